@@ -1,0 +1,3 @@
+from smscredits.cli import main
+
+main()

@@ -1,0 +1,77 @@
+"""`db` (schema migrations) and `config` (settings and where they come from)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from smscredits.commands.base import STATE, app, command, output
+
+db_app = app("db", "Create and upgrade the database schema.")
+config_app = app("config", "Show and change settings (config file).")
+
+
+@command(db_app, "upgrade", example="smscredits --db postgresql+psycopg://gw@db1/sms db upgrade")
+def db_upgrade() -> None:
+    """Create the schema or bring it up to date (safe to run again)."""
+    from smscredits.storage.engine import describe, open_db
+    from smscredits.storage.migrate import upgrade
+
+    handle = STATE.handle = open_db(STATE.db_flag, actor=STATE.actor, check=False)
+    before, after = upgrade(handle)
+    where = describe(handle.url)
+    text = (f"{where}: schema already at {after}" if before == after
+            else f"{where}: schema upgraded from {before or 'empty'} to {after}")
+    output().message(text, {"database": where, "before": before, "after": after})
+
+
+@command(db_app, "status", example="smscredits db status --json")
+def db_status() -> None:
+    """Show the database in use and whether its schema is current."""
+    from smscredits.storage.engine import HEAD, describe, open_db
+
+    handle = STATE.handle = open_db(STATE.db_flag, actor=STATE.actor, check=False)
+    current = handle.schema_version()
+    data = {"database": describe(handle.url), "schema": current, "expected": HEAD,
+            "up_to_date": current == HEAD}
+    output().record(data, [("database", "Database"), ("schema", "Schema"),
+                           ("expected", "Expected"), ("up_to_date", "Up to date")])
+    if current != HEAD:
+        raise typer.Exit(7)
+
+
+@command(config_app, "show", example="smscredits config show --json")
+def config_show() -> None:
+    """Effective settings and where each comes from (flag, env, file, default)."""
+    from smscredits import config
+
+    rows = []
+    for key, (env, meaning) in config.KEYS.items():
+        flag = STATE.db_flag if key == "db" else STATE.actor if key == "actor" else None
+        s = config.resolve(key, flag)
+        value = config.mask_url(s.value) if key == "db" and s.value else s.value
+        rows.append({"key": key, "value": value, "source": s.source, "env": env,
+                     "meaning": meaning})
+    output().rows(rows, [("key", "Key"), ("value", "Value"), ("source", "Source"),
+                         ("env", "Environment")], title=f"Settings ({config.config_file()})")
+
+
+@command(config_app, "set", example="smscredits config set default_tz Europe/Budapest")
+def config_set(
+    key: Annotated[str, typer.Argument(help="db, default_tz or actor.")],
+    value: Annotated[str | None, typer.Argument(help="New value; leave out to unset.")] = None,
+) -> None:
+    """Write a setting to the config file (leave the value out to remove it)."""
+    from smscredits import config, validate
+
+    if key == "default_tz" and value is not None:
+        validate.time_zone(value)
+    if key == "db" and value is not None:
+        from smscredits.storage.engine import to_url
+
+        to_url(value)
+    path = config.write_setting(key, value, None)
+    shown = config.mask_url(value) if key == "db" and value else value
+    output().message(f"{path}: {key} = {shown}" if value is not None else f"{path}: {key} unset",
+                     {"file": str(path), "key": key, "value": shown})

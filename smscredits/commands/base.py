@@ -1,0 +1,159 @@
+"""What every command shares: global options, the open database, the output, errors.
+
+Kept light (Typer only): the core and SQLAlchemy are imported inside commands, so that
+``--help`` and ``--version`` start fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import typer
+from typer.core import TyperGroup
+
+from smscredits.errors import BadInput, DatabaseError, SmsCreditsError
+
+if TYPE_CHECKING:
+    from smscredits.render import Output
+    from smscredits.storage.engine import Db
+
+_MODES = ("json", "jsonl", "csv")
+# Global options the root reads; `hoist` lets them follow the command too.
+GLOBAL_FLAGS = {"--json", "--jsonl", "--csv", "--quiet", "-q"}
+GLOBAL_VALUED = {"--db", "--actor"}
+
+
+@dataclass
+class State:
+    db_flag: str | None = None
+    mode: str = "table"
+    quiet: bool = False
+    actor: str | None = None
+    handle: Db | None = None
+
+
+STATE = State()
+
+
+def set_globals(
+    *, db: str | None, actor: str | None, modes: dict[str, bool], quiet: bool
+) -> None:
+    """Fresh state for one invocation, from the root's options."""
+    chosen = [m for m in _MODES if modes.get(m)]
+    if len(chosen) > 1:
+        raise BadInput(f"choose one output format, not {' and '.join('--' + m for m in chosen)}")
+    STATE.db_flag, STATE.actor, STATE.quiet, STATE.handle = db, actor, quiet, None
+    STATE.mode = chosen[0] if chosen else "table"
+
+
+def _valued_options(cmd: Any, found: set[str] | None = None) -> set[str]:
+    """Every option name in the command tree that takes a value (so its value is skipped)."""
+    found = set() if found is None else found
+    for param in getattr(cmd, "params", []):
+        if getattr(param, "param_type_name", "") == "option" and not (
+            getattr(param, "is_flag", False) or getattr(param, "count", False)
+        ):
+            found.update(param.opts)
+    for sub in getattr(cmd, "commands", {}).values():
+        _valued_options(sub, found)
+    return found
+
+
+def hoist(root: Any, args: list[str]) -> list[str]:
+    """Move global options written after the command to the front, where the root reads them."""
+    valued = _valued_options(root) - GLOBAL_VALUED
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":
+            rest.extend(args[i:])
+            break
+        if token in GLOBAL_FLAGS or token.split("=", 1)[0] in GLOBAL_VALUED and "=" in token:
+            front.append(token)
+        elif token in GLOBAL_VALUED or token in valued:
+            (front if token in GLOBAL_VALUED else rest).extend(args[i : i + 2])
+            i += 1
+        else:
+            rest.append(token)
+        i += 1
+    return front + rest
+
+
+class Group(TyperGroup):
+    pass
+
+
+class RootGroup(TyperGroup):
+    """Reads global options anywhere; turns every error a user can cause into one line on
+    stderr and its exit code."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist(self, args))
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SmsCreditsError as e:
+            fail(e)
+        except Exception as e:
+            if type(e).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3")):
+                fail(_database_error(e))
+            raise
+        finally:
+            if STATE.handle is not None:
+                STATE.handle.dispose()
+                STATE.handle = None
+
+
+def _database_error(e: Exception) -> DatabaseError:
+    from sqlalchemy import exc
+
+    from smscredits.storage.engine import explain
+
+    if STATE.handle is not None and isinstance(e, exc.DBAPIError):
+        return explain(e, STATE.handle.url)
+    return DatabaseError(f"database error: {type(e).__name__}")
+
+
+def fail(e: SmsCreditsError) -> None:
+    output().error(e.code, e.message)
+    raise typer.Exit(int(e.exit_code))
+
+
+def output() -> Output:
+    from smscredits.render import Output
+
+    return Output(mode=STATE.mode, quiet=STATE.quiet)
+
+
+def db() -> Db:
+    """The database for this invocation, opened (and checked) on first use."""
+    if STATE.handle is None:
+        from smscredits.storage.engine import open_db
+
+        STATE.handle = open_db(STATE.db_flag, actor=STATE.actor)
+    return STATE.handle
+
+
+def app(name: str, help_: str) -> typer.Typer:
+    return typer.Typer(
+        name=name, help=help_, cls=Group, no_args_is_help=True,
+        pretty_exceptions_show_locals=False,
+    )
+
+
+def command(
+    target: typer.Typer, name: str | None = None, *, example: str, **kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command with an example at the end of its help."""
+    return target.command(name, epilog=f"Example: {example}", **kwargs)
+
+
+def amount(text: str, *, what: str = "amount", signed: bool = False) -> int:
+    from smscredits.amounts import parse_amount
+
+    return parse_amount(text, what=what, signed=signed)

@@ -1,0 +1,60 @@
+"""`credits`: add, subtract, set and show balances."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from smscredits.commands.base import amount, app, command, db, output
+from smscredits.commands.users import ACCOUNT_COLUMNS, UserArg
+
+credits_app = app("credits", "Add, subtract and set prepaid credits; show balances.")
+
+Note = Annotated[str | None, typer.Option(help="Why: kept in the journal.")]
+SIGNED = {"ignore_unknown_options": True}  # so that `credits add alice -5` reads -5 as a number
+
+
+def _changed(change: object, verb: str) -> None:
+    c = change  # a ledger.Change
+    sign = "+" if c.amount >= 0 else ""  # type: ignore[attr-defined]
+    output().message(f"{c.user}: {verb} {sign}{c.amount}, balance {c.balance}", c)  # type: ignore[attr-defined]
+
+
+@command(credits_app, "add", example="smscredits credits add alice 100 --note 'invoice 42'",
+         context_settings=SIGNED)
+def credits_add(
+    user: UserArg,
+    value: Annotated[str, typer.Argument(metavar="AMOUNT",
+                                         help="Credits to add; negative subtracts.")],
+    note: Note = None,
+) -> None:
+    """Add credits (a negative amount subtracts; refused below the overdraft)."""
+    from smscredits import ledger
+
+    _changed(ledger.add_credits(db(), user, amount(value, signed=True), note=note), "added")
+
+
+@command(credits_app, "set", example="smscredits credits set alice 250", context_settings=SIGNED)
+def credits_set(
+    user: UserArg,
+    value: Annotated[str, typer.Argument(metavar="AMOUNT", help="The new balance.")],
+    note: Note = None,
+) -> None:
+    """Set the balance; the difference is journaled as an adjustment."""
+    from smscredits import ledger
+
+    _changed(ledger.set_credits(db(), user, amount(value, signed=True), note=note), "adjusted")
+
+
+@command(credits_app, "balance", example="smscredits credits balance alice --json")
+def credits_balance(
+    user: Annotated[str | None, typer.Argument(help="One user (default: all).")] = None,
+) -> None:
+    """Show balances."""
+    from smscredits import ledger
+
+    if user is None:
+        output().rows(ledger.list_accounts(db()), ACCOUNT_COLUMNS, empty="no credits powers yet")
+        return
+    output().record(ledger.get_account(db(), user), ACCOUNT_COLUMNS + [("tz", "Time zone")])

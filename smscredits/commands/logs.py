@@ -1,0 +1,56 @@
+"""`log` (the credit log) and `events` (the whole journal)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from smscredits.commands.base import command, db, output
+from smscredits.errors import BadInput
+
+EVENT_COLUMNS = [
+    ("id", "ID"), ("at", "At (UTC)"), ("user", "User"), ("kind", "Kind"), ("amount", "Amount"),
+    ("balance_after", "Balance"), ("ref", "Ref"), ("note", "Note"),
+]
+
+UserOpt = Annotated[str | None, typer.Argument(help="Only this user.")]
+Since = Annotated[str | None, typer.Option(help="From this time: 2026-11-25, "
+                                                 "2026-11-25T10:00Z, or an age like 7d.")]
+Until = Annotated[str | None, typer.Option(help="Before this time (same forms).")]
+Kind = Annotated[list[str] | None, typer.Option(help="Only this kind (repeatable), "
+                                                      "e.g. message.charged.")]
+Limit = Annotated[int, typer.Option(help="At most this many rows.", min=1, max=100_000)]
+Before = Annotated[int | None, typer.Option(help="Page on: rows older than this event id.")]
+
+
+def _show(user: str | None, since: str | None, until: str | None, kind: list[str] | None,
+          limit: int, before: int | None, credit_only: bool) -> None:
+    from smscredits import clock, ledger, validate
+
+    now = clock.now()
+    lo = clock.to_us(validate.instant(since, now=now, what="--since")) if since else None
+    hi = clock.to_us(validate.instant(until, now=now, what="--until")) if until else None
+    if lo is not None and hi is not None and lo >= hi:
+        raise BadInput(f"--since {since!r} is not before --until {until!r}")
+    rows = ledger.query_events(db(), user, since=lo, until=hi, kinds=kind, before=before,
+                               limit=limit, credit_only=credit_only)
+    title = "Credit log" if credit_only else "Events"
+    output().rows(rows, EVENT_COLUMNS, title=title + (f" of {user}" if user else ""),
+                  empty="no events match")
+
+
+def register(root: typer.Typer) -> None:
+    @command(root, "log", example="smscredits log alice --since 7d --limit 20",
+             rich_help_panel="Logs")
+    def log(user: UserOpt = None, since: Since = None, until: Until = None, kind: Kind = None,
+            limit: Limit = 50, before: Before = None) -> None:
+        """The credit log: every change of a balance, newest first."""
+        _show(user, since, until, kind, limit, before, credit_only=True)
+
+    @command(root, "events", example="smscredits events alice --kind user.disabled --json",
+             rich_help_panel="Logs")
+    def events(user: UserOpt = None, since: Since = None, until: Until = None, kind: Kind = None,
+               limit: Limit = 50, before: Before = None) -> None:
+        """The event journal: everything that happened, newest first."""
+        _show(user, since, until, kind, limit, before, credit_only=False)

@@ -1,0 +1,85 @@
+"""The append-only event journal, with a hash chain per account.
+
+Each account event's hash covers its content and the hash of the account's previous event
+(kept on the power row as ``last_hash``), so ``verify`` can find an edited, deleted or
+reordered row. Events without an account (users, prices) are not chained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, insert, update
+
+from smscredits.storage.tables import events, powers
+
+
+def event_hash(prev: str | None, row: Mapping[str, Any]) -> str:
+    fields = (
+        prev or "",
+        row["at"],
+        row["user_id"],
+        row["power_id"],
+        row["kind"],
+        row.get("amount"),
+        row.get("balance_after"),
+        row.get("ref"),
+        row.get("note"),
+        row.get("actor"),
+        row.get("detail"),
+    )
+    text = "\x1f".join("" if f is None else str(f) for f in fields)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def dump_detail(detail: Mapping[str, Any] | None) -> str | None:
+    return json.dumps(detail, separators=(",", ":"), sort_keys=True) if detail else None
+
+
+def build(
+    *,
+    at: int,
+    kind: str,
+    actor: str,
+    user_id: int | None = None,
+    power_id: int | None = None,
+    amount: int | None = None,
+    balance_after: int | None = None,
+    ref: str | None = None,
+    note: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+    prev_hash: str | None = None,
+) -> dict[str, Any]:
+    """An event row; chained to ``prev_hash`` when it belongs to an account."""
+    row: dict[str, Any] = {
+        "at": at,
+        "user_id": user_id,
+        "power_id": power_id,
+        "kind": kind,
+        "amount": amount,
+        "balance_after": balance_after,
+        "ref": ref,
+        "note": note,
+        "actor": actor,
+        "detail": dump_detail(detail),
+    }
+    row["hash"] = event_hash(prev_hash, row) if power_id is not None else None
+    return row
+
+
+def record(conn: Connection, **fields: Any) -> int:
+    """Write one event (and advance its account's chain) in the caller's transaction.
+
+    For an account event the caller must hold the power row (it has updated it in this
+    transaction, or locked it) and pass its ``prev_hash``.
+    """
+    row = build(**fields)
+    event_id = conn.execute(insert(events).returning(events.c.id), row).scalar_one()
+    if row["hash"] is not None:
+        conn.execute(
+            update(powers).where(powers.c.id == row["power_id"]).values(last_hash=row["hash"])
+        )
+    return event_id

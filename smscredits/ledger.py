@@ -1,0 +1,407 @@
+"""Users, credits powers, manual credit changes and the journal queries.
+
+Every change runs in one transaction with its event. Balance changes are relative,
+conditional UPDATEs (``balance = balance + :d WHERE <still within overdraft>``), so
+concurrent writers can neither lose an update nor overdraw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, and_, delete, exc, insert, or_, select, update
+
+from smscredits import clock, journal, validate
+from smscredits.amounts import format_amount, parse_amount, to_decimal
+from smscredits.errors import BadInput, Conflict, InsufficientCredits, NotFound
+from smscredits.storage.engine import Db
+from smscredits.storage.tables import events, powers, users
+
+KINDS = ("credits",)
+# Event kinds that change a balance: the credit log.
+CREDIT_KINDS = (
+    "power.created",
+    "credits.added",
+    "credits.subtracted",
+    "credits.set",
+    "message.charged",
+    "message.refunded",
+    "refill.applied",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    id: int
+    name: str
+    tz: str
+    disabled: bool
+    created_at: str | None
+    balance: Decimal | None  # None: no credits power (not metered)
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    user: str
+    user_id: int
+    power_id: int
+    kind: str
+    balance: Decimal
+    overdraft: Decimal | None  # None: unlimited
+    available: Decimal | None  # balance + overdraft; None: unlimited
+    disabled: bool
+    tz: str
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    user: str
+    amount: Decimal
+    balance: Decimal
+    event_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    id: int
+    at: str
+    user: str | None
+    kind: str
+    amount: Decimal | None
+    balance_after: Decimal | None
+    ref: str | None
+    note: str | None
+    actor: str | None
+
+
+def _dec(millis: int | None) -> Decimal | None:
+    return None if millis is None else to_decimal(millis)
+
+
+def _user_row(conn: Connection, name: str, *, lock: bool = False) -> RowMapping:
+    stmt = select(users).where(users.c.name == name)
+    if lock and conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).mappings().first()
+    if row is None:
+        raise NotFound(f"unknown user {name!r}", code="unknown_user")
+    return row
+
+
+def _power_row(conn: Connection, user_id: int, name: str, kind: str = "credits") -> RowMapping:
+    row = conn.execute(
+        select(powers).where(powers.c.user_id == user_id, powers.c.kind == kind)
+    ).mappings().first()
+    if row is None:
+        raise NotFound(f"user {name!r} has no {kind} power", code="no_power")
+    return row
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise BadInput(f"unknown power kind {kind!r}: expected one of {', '.join(KINDS)}")
+    return kind
+
+
+# -- users -------------------------------------------------------------------------------
+
+
+def add_user(db: Db, name: str, *, tz: str | None = None) -> UserInfo:
+    validate.user_name(name)
+    if tz is not None:
+        validate.time_zone(tz)
+    now = clock.now_us()
+    try:
+        with db.write() as conn:
+            user_id = conn.execute(
+                insert(users).returning(users.c.id),
+                {"name": name, "tz": tz, "disabled": False, "created_at": now},
+            ).scalar_one()
+            journal.record(
+                conn, at=now, kind="user.added", actor=db.actor, user_id=user_id,
+                detail={"tz": tz} if tz else None,
+            )
+    except exc.IntegrityError:
+        raise Conflict(f"user {name!r} already exists", code="user_exists") from None
+    return get_user(db, name)
+
+
+def get_user(db: Db, name: str) -> UserInfo:
+    with db.read() as conn:
+        row = _user_row(conn, name)
+        balance = conn.execute(
+            select(powers.c.balance).where(powers.c.user_id == row["id"])
+        ).scalar()
+    return _user_info(row, balance, db.default_tz)
+
+
+def _user_info(row: RowMapping, balance: int | None, default_tz: str) -> UserInfo:
+    return UserInfo(
+        id=row["id"],
+        name=row["name"],
+        tz=row["tz"] or default_tz,
+        disabled=row["disabled"],
+        created_at=clock.iso(row["created_at"]),
+        balance=_dec(balance),
+    )
+
+
+def list_users(db: Db) -> list[UserInfo]:
+    stmt = (
+        select(users, powers.c.balance)
+        .outerjoin(powers, and_(powers.c.user_id == users.c.id, powers.c.kind == "credits"))
+        .order_by(users.c.name)
+    )
+    with db.read() as conn:
+        rows = conn.execute(stmt).mappings().all()
+    return [_user_info(r, r["balance"], db.default_tz) for r in rows]
+
+
+def set_disabled(db: Db, name: str, disabled: bool) -> UserInfo:
+    """Disable (no charges accepted; the balance is kept) or enable a user."""
+    with db.write() as conn:
+        row = _user_row(conn, name, lock=True)
+        if row["disabled"] != disabled:
+            conn.execute(update(users).where(users.c.id == row["id"]).values(disabled=disabled))
+            journal.record(
+                conn, at=clock.now_us(), kind="user.disabled" if disabled else "user.enabled",
+                actor=db.actor, user_id=row["id"],
+            )
+    return get_user(db, name)
+
+
+# -- powers ------------------------------------------------------------------------------
+
+
+def create_power(
+    db: Db,
+    user: str,
+    kind: str = "credits",
+    *,
+    initial: int = 0,
+    overdraft: int | None = 0,
+) -> Account:
+    """Put a user under credit control, with an opening balance (millis)."""
+    _check_kind(kind)
+    if overdraft is not None and initial < -overdraft:
+        raise BadInput(f"initial balance {format_amount(initial)} is below the overdraft")
+    now = clock.now_us()
+    try:
+        with db.write() as conn:
+            urow = _user_row(conn, user)
+            power_id = conn.execute(
+                insert(powers).returning(powers.c.id),
+                {"user_id": urow["id"], "kind": kind, "balance": initial,
+                 "overdraft": overdraft, "created_at": now},
+            ).scalar_one()
+            journal.record(
+                conn, at=now, kind="power.created", actor=db.actor, user_id=urow["id"],
+                power_id=power_id, amount=initial, balance_after=initial,
+                detail={"kind": kind, "overdraft": format_amount(overdraft)},
+            )
+    except exc.IntegrityError:
+        raise Conflict(f"user {user!r} already has a {kind} power", code="power_exists") from None
+    return get_account(db, user)
+
+
+def set_overdraft(db: Db, user: str, overdraft: int | None) -> Account:
+    with db.write() as conn:
+        urow = _user_row(conn, user)
+        prow = _power_row(conn, urow["id"], user)
+        stmt = update(powers).where(powers.c.id == prow["id"]).values(overdraft=overdraft)
+        if overdraft is not None:
+            stmt = stmt.where(powers.c.balance >= -overdraft)
+        if conn.execute(stmt).rowcount != 1:
+            raise Conflict(
+                f"balance of {user!r} is below -{format_amount(overdraft)}: overdraft refused"
+            )
+        journal.record(
+            conn, at=clock.now_us(), kind="power.overdraft", actor=db.actor,
+            user_id=urow["id"], power_id=prow["id"], prev_hash=prow["last_hash"],
+            detail={"overdraft": format_amount(overdraft)},
+        )
+    return get_account(db, user)
+
+
+def _account(row: RowMapping, default_tz: str) -> Account:
+    od = row["overdraft"]
+    return Account(
+        user=row["name"],
+        user_id=row["user_id"],
+        power_id=row["id"],
+        kind=row["kind"],
+        balance=to_decimal(row["balance"]),
+        overdraft=_dec(od),
+        available=None if od is None else to_decimal(row["balance"] + od),
+        disabled=row["disabled"],
+        tz=row["tz"] or default_tz,
+    )
+
+
+def _accounts_stmt():  # type: ignore[no-untyped-def]
+    return select(powers, users.c.name, users.c.disabled, users.c.tz).join(
+        users, users.c.id == powers.c.user_id
+    )
+
+
+def get_account(db: Db, user: str, kind: str = "credits") -> Account:
+    with db.read() as conn:
+        row = conn.execute(
+            _accounts_stmt().where(users.c.name == user, powers.c.kind == kind)
+        ).mappings().first()
+        if row is None:
+            _user_row(conn, user)  # unknown user is its own error
+            raise NotFound(f"user {user!r} has no {kind} power", code="no_power")
+    return _account(row, db.default_tz)
+
+
+def list_accounts(db: Db, user: str | None = None) -> list[Account]:
+    stmt = _accounts_stmt().order_by(users.c.name, powers.c.kind)
+    with db.read() as conn:
+        if user is not None:
+            _user_row(conn, user)
+            stmt = stmt.where(users.c.name == user)
+        rows = conn.execute(stmt).mappings().all()
+    return [_account(r, db.default_tz) for r in rows]
+
+
+def delete_power(db: Db, user: str, kind: str = "credits", *, force: bool = False) -> Account:
+    """Remove a power: the user is no longer metered. Its journal stays."""
+    _check_kind(kind)
+    account = get_account(db, user, kind)
+    with db.write() as conn:
+        prow = _power_row(conn, account.user_id, user, kind)
+        if prow["balance"] != 0 and not force:
+            raise Conflict(
+                f"{user!r} still has {format_amount(prow['balance'])} credits: "
+                "set them to 0 first or use --force"
+            )
+        from smscredits.storage.tables import refill_plans
+
+        conn.execute(
+            update(refill_plans)
+            .where(refill_plans.c.user_id == account.user_id, refill_plans.c.status != "cancelled")
+            .values(status="cancelled")
+        )
+        journal.record(
+            conn, at=clock.now_us(), kind="power.deleted", actor=db.actor,
+            user_id=account.user_id, power_id=prow["id"], prev_hash=prow["last_hash"],
+            amount=-prow["balance"], balance_after=0,
+        )
+        conn.execute(delete(powers).where(powers.c.id == prow["id"]))
+    return account
+
+
+# -- credits -----------------------------------------------------------------------------
+
+
+def add_credits(db: Db, user: str, amount: int, *, note: str | None = None) -> Change:
+    """Add (or, negative, subtract) credits; a subtraction beyond the overdraft is refused."""
+    if amount == 0:
+        raise BadInput("bad amount '0': adding nothing changes nothing")
+    validate.note(note)
+    with db.write() as conn:
+        urow = _user_row(conn, user)
+        stmt = (
+            update(powers)
+            .where(powers.c.user_id == urow["id"], powers.c.kind == "credits")
+            .values(balance=powers.c.balance + amount)
+            .returning(powers.c.id, powers.c.balance, powers.c.last_hash)
+        )
+        if amount < 0:
+            stmt = stmt.where(
+                or_(powers.c.overdraft.is_(None), powers.c.balance + amount >= -powers.c.overdraft)
+            )
+        row = conn.execute(stmt).first()
+        if row is None:
+            prow = _power_row(conn, urow["id"], user)
+            raise InsufficientCredits(
+                f"cannot subtract {format_amount(-amount)} from {user!r}: balance "
+                f"{format_amount(prow['balance'])}, overdraft {format_amount(prow['overdraft'])}"
+            )
+        event_id = journal.record(
+            conn, at=clock.now_us(), kind="credits.added" if amount > 0 else "credits.subtracted",
+            actor=db.actor, user_id=urow["id"], power_id=row.id, prev_hash=row.last_hash,
+            amount=amount, balance_after=row.balance, note=note,
+        )
+    return Change(user, to_decimal(amount), to_decimal(row.balance), event_id)
+
+
+def set_credits(db: Db, user: str, target: int, *, note: str | None = None) -> Change:
+    """Set the balance; the difference is journaled as an adjustment."""
+    validate.note(note)
+    with db.write() as conn:
+        urow = _user_row(conn, user)
+        stmt = select(powers).where(powers.c.user_id == urow["id"], powers.c.kind == "credits")
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        prow = conn.execute(stmt).mappings().first()
+        if prow is None:
+            raise NotFound(f"user {user!r} has no credits power", code="no_power")
+        if prow["overdraft"] is not None and target < -prow["overdraft"]:
+            raise InsufficientCredits(
+                f"cannot set {user!r} to {format_amount(target)}: below the overdraft "
+                f"{format_amount(prow['overdraft'])}"
+            )
+        diff = target - prow["balance"]
+        conn.execute(update(powers).where(powers.c.id == prow["id"]).values(balance=target))
+        event_id = journal.record(
+            conn, at=clock.now_us(), kind="credits.set", actor=db.actor, user_id=urow["id"],
+            power_id=prow["id"], prev_hash=prow["last_hash"], amount=diff,
+            balance_after=target, note=note,
+        )
+    return Change(user, to_decimal(diff), to_decimal(target), event_id)
+
+
+# -- journal queries ---------------------------------------------------------------------
+
+
+def query_events(
+    db: Db,
+    user: str | None = None,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    kinds: list[str] | None = None,
+    before: int | None = None,
+    limit: int = 50,
+    credit_only: bool = False,
+) -> list[EventRow]:
+    """Events newest first; page on with ``before`` = the last id shown (keyset paging)."""
+    if limit < 1:
+        raise BadInput(f"bad limit {limit}: must be at least 1")
+    stmt = (
+        select(events, users.c.name)
+        .outerjoin(users, users.c.id == events.c.user_id)
+        .order_by(events.c.id.desc())
+        .limit(limit)
+    )
+    conds: list[Any] = []
+    if since is not None:
+        conds.append(events.c.at >= since)
+    if until is not None:
+        conds.append(events.c.at < until)
+    if kinds:
+        conds.append(events.c.kind.in_(kinds))
+    if credit_only:
+        conds.append(events.c.amount.is_not(None))
+    if before is not None:
+        conds.append(events.c.id < before)
+    with db.read() as conn:
+        if user is not None:
+            conds.append(events.c.user_id == _user_row(conn, user)["id"])
+        rows = conn.execute(stmt.where(*conds)).mappings().all()
+    return [
+        EventRow(
+            id=r["id"], at=clock.iso(r["at"]) or "", user=r["name"], kind=r["kind"],
+            amount=_dec(r["amount"]), balance_after=_dec(r["balance_after"]), ref=r["ref"],
+            note=r["note"], actor=r["actor"],
+        )
+        for r in rows
+    ]
+
+
+def parse_credits(text: str, *, signed: bool = False) -> int:
+    return parse_amount(text, what="amount", signed=signed)

@@ -1,0 +1,180 @@
+"""All output in one place: Rich tables for people, JSON / JSON lines / CSV for scripts.
+
+User-controlled text (names, notes) is rendered as ``rich.text.Text`` so markup in it is
+shown, never interpreted; control characters are made visible so they cannot break a
+table, a CSV file or the terminal.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, TextIO
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_ALL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses to dicts, recursively; Decimals stay Decimals for exact JSON."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def to_json(value: Any, indent: int | None = None, _depth: int = 0) -> str:
+    """JSON with Decimals written exactly as numbers (``12.5``, never ``12.499999``)."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if value is None or isinstance(value, bool | int | str):
+        return json.dumps(value, ensure_ascii=False)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = plain(value)
+    pad = "" if indent is None else "\n" + " " * (indent * (_depth + 1))
+    end = "" if indent is None else "\n" + " " * (indent * _depth)
+    sep = ":" if indent is None else ": "
+    if isinstance(value, Mapping):
+        if not value:
+            return "{}"
+        items = (
+            f"{pad}{json.dumps(str(k), ensure_ascii=False)}{sep}{to_json(v, indent, _depth + 1)}"
+            for k, v in value.items()
+        )
+        return "{" + ",".join(items) + end + "}"
+    if isinstance(value, list | tuple):
+        if not value:
+            return "[]"
+        return "[" + ",".join(f"{pad}{to_json(v, indent, _depth + 1)}" for v in value) + end + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def cell(value: Any) -> str:
+    """Text of one table or CSV cell."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return _CONTROL_ALL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+@dataclass
+class Output:
+    """The chosen output format and the streams it writes to."""
+
+    mode: str = "table"  # table | json | jsonl | csv
+    quiet: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+
+    @property
+    def machine(self) -> bool:
+        return self.mode != "table"
+
+    def console(self, stream: TextIO | None = None) -> Any:
+        from rich.console import Console
+
+        return Console(file=stream or self.out, highlight=False, soft_wrap=False)
+
+    def document(self, value: Any) -> None:
+        """One JSON document (``--json``)."""
+        self.out.write(to_json(value, indent=2) + "\n")
+
+    def line(self, value: Any) -> None:
+        """One JSON line, flushed at once (streams, ``--jsonl``)."""
+        self.out.write(to_json(value) + "\n")
+        self.out.flush()
+
+    def message(self, text: str, data: Any = None) -> None:
+        """The result of a change: a sentence for people, the data for scripts."""
+        if self.mode == "json":
+            self.document(plain(data) if data is not None else {"message": text})
+        elif self.mode == "jsonl":
+            self.line(plain(data) if data is not None else {"message": text})
+        elif not self.quiet:
+            self.out.write(_CONTROL.sub("?", text) + "\n")
+
+    def rows(
+        self,
+        rows: Sequence[Any],
+        columns: Sequence[tuple[str, str]],
+        *,
+        title: str | None = None,
+        empty: str = "nothing to show",
+    ) -> None:
+        """A list of records: table, JSON array, JSON lines or CSV."""
+        records = [plain(r) for r in rows]
+        if self.mode == "json":
+            self.document(records)
+        elif self.mode == "jsonl":
+            for r in records:
+                self.line(r)
+        elif self.mode == "csv":
+            # CSV carries every field, like JSON; the table shows what fits a terminal.
+            keys = list(records[0]) if records else [key for key, _ in columns]
+            writer = csv.writer(self.out, lineterminator="\n")
+            writer.writerow(keys)
+            writer.writerows([cell(r.get(key)) for key in keys] for r in records)
+        elif not records:
+            if not self.quiet:
+                self.err.write(empty + "\n")
+        else:
+            self.console().print(table(records, columns, title=title))
+
+    def record(self, data: Any, fields: Sequence[tuple[str, str]], *, title: str | None = None)\
+            -> None:
+        """One record: a two-column table for people, an object for scripts."""
+        if self.machine:
+            self.document(plain(data)) if self.mode != "jsonl" else self.line(plain(data))
+            return
+        values = plain(data)
+        from rich.table import Table
+        from rich.text import Text
+
+        grid = Table(title=title, show_header=False, box=None, padding=(0, 2, 0, 0))
+        grid.add_column(style="bold")
+        grid.add_column()
+        for key, label in fields:
+            grid.add_row(label, Text(cell(values.get(key))))
+        self.console().print(grid)
+
+    def error(self, code: str, message: str) -> None:
+        """One line on stderr (a JSON object with ``--json``/``--jsonl``)."""
+        if self.machine and self.mode != "csv":
+            self.err.write(to_json({"error": {"code": code, "message": message}}) + "\n")
+        else:
+            self.err.write(f"Error: {_CONTROL.sub('?', message)}\n")
+        self.err.flush()
+
+
+def table(records: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, str]], *,
+          title: str | None = None) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=title, header_style="bold")
+    for key, label in columns:
+        numeric = key in NUMERIC
+        t.add_column(label, justify="right" if numeric else "left",
+                     overflow="fold", no_wrap=numeric)
+    for r in records:
+        t.add_row(*(Text(cell(r.get(key))) for key, _ in columns))
+    return t
+
+
+# Columns shown right-aligned.
+NUMERIC = {
+    "id", "amount", "balance", "balance_after", "overdraft", "available", "cost", "price",
+    "parts", "limit", "spent", "remaining", "count", "messages",
+}

@@ -1,0 +1,1 @@
+"""Storage: SQLModel tables, migrations, engines and the hot statements in SQLAlchemy Core."""

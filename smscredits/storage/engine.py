@@ -1,0 +1,195 @@
+"""Engines: URL resolution, SQLite pragmas and locking, schema version check, error mapping."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy.engine import URL, make_url
+
+from smscredits import config
+from smscredits.errors import DatabaseError
+
+# The Alembic head this code expects; a test checks it against the migration scripts, so
+# that the per-command schema check needs no Alembic import.
+HEAD = "0001"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def to_url(text_: str) -> URL:
+    """A database URL from a URL or a plain SQLite file path."""
+    if "://" not in text_:
+        return URL.create("sqlite", database=str(Path(text_).expanduser()))
+    try:
+        url = make_url(text_)
+    except (exc.ArgumentError, ValueError):
+        raise DatabaseError(f"malformed database URL {config.mask_url(text_)!r}") from None
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        raise DatabaseError(
+            f"unsupported database {url.drivername!r} in {config.mask_url(text_)!r}: "
+            "use a SQLite path or postgresql+psycopg://"
+        )
+    return url
+
+
+def describe(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def sqlite_path(url: URL) -> Path | None:
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def create_sqlite_file(path: Path) -> bool:
+    """Create the file owner-only (0600 in a 0700 directory); True if it was new."""
+    if path.exists():
+        return False
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise DatabaseError(f"cannot create database file {path}: {e.strerror}") from None
+    os.close(fd)
+    import sqlite3
+
+    # WAL lets readers run beside the writer; it persists in the file. Set it here, outside
+    # any transaction, where SQLite allows it.
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+    return True
+
+
+def make_engine(url: URL) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        engine = create_engine(url)
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, connect_args={"connect_timeout": 10})
+
+
+def _sqlite_connect(dbapi_conn: object, _record: object) -> None:
+    # Take transactions into our own hands: pysqlite's implicit BEGIN is deferred, and a
+    # deferred read-then-write transaction fails with "database is locked" under load.
+    dbapi_conn.isolation_level = None  # type: ignore[attr-defined]
+    cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # Writers take the write lock up front so that concurrent writers queue on the busy
+    # timeout instead of failing; readers stay deferred so they never block writers.
+    if conn.get_execution_options().get("readonly"):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def explain(e: exc.DBAPIError, url: URL) -> DatabaseError:
+    """A one-line, password-free message for a database failure."""
+    raw = str(e.orig) if e.orig is not None else str(e)
+    first = " ".join(line.strip() for line in raw.strip().splitlines()[:2]) or type(e).__name__
+    if url.password:
+        first = first.replace(str(url.password), "***")
+    if "readonly" in first or "read-only" in first:
+        return DatabaseError(f"database {describe(url)} is read-only: {first}")
+    return DatabaseError(f"database {describe(url)} unavailable: {first}")
+
+
+class Db:
+    """An open database: the engine plus who acts and how to run a transaction."""
+
+    def __init__(self, engine: Engine, url: URL, *, actor: str, default_tz: str) -> None:
+        self.engine = engine
+        self.url = url
+        self.actor = actor
+        self.default_tz = default_tz
+        self.is_sqlite = url.get_backend_name() == "sqlite"
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction: committed when the block ends, rolled back on error."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except (exc.OperationalError, exc.InterfaceError) as e:
+            raise explain(e, self.url) from None
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(readonly=True)
+                with conn.begin():
+                    yield conn
+        except (exc.OperationalError, exc.InterfaceError) as e:
+            raise explain(e, self.url) from None
+
+    def schema_version(self) -> str | None:
+        exists = (
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+            if self.is_sqlite
+            else "SELECT to_regclass('alembic_version') IS NOT NULL"
+        )
+        with self.read() as conn:
+            if not conn.exec_driver_sql(exists).scalar():
+                return None
+            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+    def check_schema(self) -> None:
+        version = self.schema_version()
+        if version == HEAD:
+            return
+        if version is None:
+            raise DatabaseError(
+                f"database {describe(self.url)} has no smscredits schema: "
+                "run `smscredits db upgrade`"
+            )
+        raise DatabaseError(
+            f"database {describe(self.url)} is at schema {version}, this smscredits needs "
+            f"{HEAD}: run `smscredits db upgrade`"
+        )
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_db(
+    db: str | None = None,
+    *,
+    actor: str | None = None,
+    check: bool = True,
+) -> Db:
+    """Open the database the settings point to; a new SQLite file is created and migrated."""
+    url = to_url(config.resolve("db", db).value or "")
+    path = sqlite_path(url)
+    is_new = create_sqlite_file(path) if path is not None else False
+    handle = Db(
+        make_engine(url),
+        url,
+        actor=actor or config.resolve("actor").value or "unknown",
+        default_tz=config.resolve("default_tz").value or "UTC",
+    )
+    try:
+        if is_new:
+            from smscredits.storage.migrate import upgrade
+
+            upgrade(handle)
+        elif check:
+            handle.check_schema()
+    except exc.DBAPIError as e:
+        handle.dispose()
+        raise explain(e, url) from None
+    return handle

@@ -1,0 +1,151 @@
+"""The tables, as SQLModel models.
+
+Amounts are BIGINT thousandths of a credit and instants are BIGINT microseconds since the
+epoch (UTC): exact on both engines. Hot paths use ``Model.__table__`` with SQLAlchemy Core;
+the ORM is kept for the schema and for Alembic.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Integer, MetaData, String, Text
+from sqlmodel import Field, SQLModel
+
+# Named constraints: Alembic's SQLite batch mode cannot drop unnamed ones.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata: MetaData = SQLModel.metadata
+
+
+def _big(**kw: object) -> object:
+    return Field(sa_column=Column(BigInteger, **kw))  # type: ignore[arg-type]
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    tz: str | None = Field(default=None, max_length=64)
+    disabled: bool = False
+    created_at: int = _big(nullable=False)
+
+
+class Power(SQLModel, table=True):
+    """A capability of a user; kind ``credits`` holds the balance and the limit windows.
+
+    The current day/week/month windows are counters on this row, so one conditional UPDATE
+    checks balance, overdraft and every limit at once and the check never sums history.
+    """
+
+    __tablename__ = "powers"
+    __table_args__ = (
+        CheckConstraint("overdraft IS NULL OR balance >= -overdraft", name="within_overdraft"),
+        Index("uq_powers_user_kind", "user_id", "kind", unique=True),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", nullable=False)
+    kind: str = Field(default="credits", max_length=16)
+    balance: int = _big(nullable=False, default=0)
+    overdraft: int | None = _big(nullable=True, default=0)  # NULL: unlimited (postpaid)
+    daily_limit: int | None = _big(nullable=True)
+    weekly_limit: int | None = _big(nullable=True)
+    monthly_limit: int | None = _big(nullable=True)
+    day_key: int = _big(nullable=False, default=0)
+    day_spent: int = _big(nullable=False, default=0)
+    week_key: int = _big(nullable=False, default=0)
+    week_spent: int = _big(nullable=False, default=0)
+    month_key: int = _big(nullable=False, default=0)
+    month_spent: int = _big(nullable=False, default=0)
+    last_hash: str | None = Field(default=None, max_length=64)
+    created_at: int = _big(nullable=False)
+
+
+class Event(SQLModel, table=True):
+    """One append-only journal row. ``amount`` is set for credit-log rows (balance changes)."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_user_id_id", "user_id", "id"),
+        Index("ix_events_power_id_id", "power_id", "id"),
+        Index("ix_events_at", "at"),
+    )
+    # SQLite only auto-increments an INTEGER PRIMARY KEY; Postgres gets a BIGSERIAL.
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
+    at: int = _big(nullable=False)
+    user_id: int | None = Field(default=None)
+    power_id: int | None = Field(default=None)  # no FK: a deleted power keeps its journal
+    kind: str = Field(max_length=32)
+    amount: int | None = _big(nullable=True)
+    balance_after: int | None = _big(nullable=True)
+    ref: str | None = Field(default=None, max_length=128)
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    actor: str | None = Field(default=None, max_length=128)
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
+    hash: str | None = Field(default=None, max_length=64)
+
+
+class Message(SQLModel, table=True):
+    """The outcome of one charge, keyed by message id: makes retries idempotent."""
+
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_user_id_at", "user_id", "at"),)
+    id: str = Field(primary_key=True, max_length=128)
+    user_id: int | None = Field(default=None)
+    power_id: int | None = Field(default=None)
+    at: int = _big(nullable=False)
+    to_number: str = Field(max_length=32)
+    country: str | None = Field(default=None, max_length=8)
+    encoding: str | None = Field(default=None, max_length=8)
+    parts: int = 1
+    price: int | None = _big(nullable=True)
+    cost: int | None = _big(nullable=True)
+    status: str = Field(max_length=16)  # charged | rejected | refunded
+    reason: str | None = Field(default=None, max_length=32)
+    balance_after: int | None = _big(nullable=True)
+    day_key: int | None = _big(nullable=True)
+    week_key: int | None = _big(nullable=True)
+    month_key: int | None = _big(nullable=True)
+
+
+class Price(SQLModel, table=True):
+    """Credits per message part: ``default``, a country (``HU``) or a prefix (``+3630``)."""
+
+    __tablename__ = "prices"
+    key: str = Field(primary_key=True, max_length=16)
+    price: int = _big(nullable=False)
+    updated_at: int = _big(nullable=False)
+
+
+class RefillPlan(SQLModel, table=True):
+    __tablename__ = "refill_plans"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", nullable=False)
+    every: str | None = Field(default=None, max_length=8)  # day|week|month; NULL: threshold
+    on_day: int | None = None
+    at_minute: int = 0
+    below: int | None = _big(nullable=True)
+    add_amount: int | None = _big(nullable=True)
+    top_up_to: int | None = _big(nullable=True)
+    status: str = Field(default="active", max_length=16)  # active | paused | cancelled
+    armed: bool = True
+    start_after: int = _big(nullable=False)  # periods due after this instant only
+    last_period: int | None = _big(nullable=True)
+    last_applied_at: int | None = _big(nullable=True)
+    created_at: int = _big(nullable=False)
+
+
+class RefillApplication(SQLModel, table=True):
+    """The key that makes a refill exactly-once: one row per (plan, period), ever."""
+
+    __tablename__ = "refill_applications"
+    plan_id: int = Field(primary_key=True, foreign_key="refill_plans.id")
+    period: int = Field(sa_column=Column(BigInteger, primary_key=True))
+    at: int = _big(nullable=False)
+    amount: int = _big(nullable=False)
