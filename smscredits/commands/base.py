@@ -72,7 +72,7 @@ def hoist(root: Any, args: list[str]) -> list[str]:
         if token == "--":
             rest.extend(args[i:])
             break
-        if token in GLOBAL_FLAGS or token.split("=", 1)[0] in GLOBAL_VALUED and "=" in token:
+        if token in GLOBAL_FLAGS or (token.split("=", 1)[0] in GLOBAL_VALUED and "=" in token):
             front.append(token)
         elif token in GLOBAL_VALUED or token in valued:
             (front if token in GLOBAL_VALUED else rest).extend(args[i : i + 2])

@@ -57,4 +57,4 @@ def credits_balance(
     if user is None:
         output().rows(ledger.list_accounts(db()), ACCOUNT_COLUMNS, empty="no credits powers yet")
         return
-    output().record(ledger.get_account(db(), user), ACCOUNT_COLUMNS + [("tz", "Time zone")])
+    output().record(ledger.get_account(db(), user), [*ACCOUNT_COLUMNS, ("tz", "Time zone")])

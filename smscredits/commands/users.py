@@ -130,7 +130,7 @@ def power_show(user: UserArg) -> None:
     """Show a user's credits power."""
     from smscredits import ledger
 
-    output().record(ledger.get_account(db(), user), ACCOUNT_COLUMNS + [("tz", "Time zone")])
+    output().record(ledger.get_account(db(), user), [*ACCOUNT_COLUMNS, ("tz", "Time zone")])
 
 
 @command(power_app, "overdraft", example="smscredits power overdraft alice unlimited")

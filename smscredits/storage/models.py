@@ -102,6 +102,7 @@ class Message(SQLModel, table=True):
     at: int = _big(nullable=False)
     to_number: str = Field(max_length=32)
     country: str | None = Field(default=None, max_length=8)
+    rule: str | None = Field(default=None, max_length=16)
     encoding: str | None = Field(default=None, max_length=8)
     parts: int = 1
     price: int | None = _big(nullable=True)

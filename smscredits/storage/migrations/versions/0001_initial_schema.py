@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 02:46:25.182786
+Create Date: 2026-11-25
 """
 
 from collections.abc import Sequence
@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("at", sa.BigInteger(), nullable=False),
         sa.Column("to_number", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
         sa.Column("country", sqlmodel.sql.sqltypes.AutoString(length=8), nullable=True),
+        sa.Column("rule", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
         sa.Column("encoding", sqlmodel.sql.sqltypes.AutoString(length=8), nullable=True),
         sa.Column("parts", sa.Integer(), nullable=False),
         sa.Column("price", sa.BigInteger(), nullable=True),
@@ -60,6 +61,9 @@ def upgrade() -> None:
         sa.Column("month_key", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_messages")),
     )
+    with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.create_index("ix_messages_user_id_at", ["user_id", "at"], unique=False)
+
     op.create_table(
         "prices",
         sa.Column("key", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
@@ -151,6 +155,9 @@ def downgrade() -> None:
     op.drop_table("powers")
     op.drop_table("users")
     op.drop_table("prices")
+    with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.drop_index("ix_messages_user_id_at")
+
     op.drop_table("messages")
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index("ix_events_user_id_id")

@@ -1,0 +1,345 @@
+"""`price`, `limits`, `charge`, `refund` and `usage`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from smscredits.commands.base import app, command, db, output
+from smscredits.commands.users import UserArg
+from smscredits.errors import BadInput
+
+price_app = app("price", "Set prices per message part by destination; quote a message.")
+limits_app = app("limits", "Daily, weekly and monthly spending limits.")
+
+To = Annotated[str, typer.Option("--to", help="Destination number, E.164 (+36301234567).")]
+TextOpt = Annotated[str | None, typer.Option("--text", help="The message text (parts are "
+                                                            "counted from it).")]
+PartsOpt = Annotated[int | None, typer.Option("--parts", help="Number of parts, if known "
+                                                              "instead of the text.")]
+CHARGE_COLUMNS = [("window", "Window"), ("limit", "Limit"), ("spent", "Spent"),
+                  ("remaining", "Remaining"), ("resets_at", "Resets at (UTC)")]
+
+
+def _parts(text: str | None, parts: int | None) -> Any:
+    from smscredits.parts import count_parts
+    from smscredits.pricing import given_parts
+
+    if (text is None) == (parts is None):
+        raise BadInput("give exactly one of --text and --parts")
+    return count_parts(text) if text is not None else given_parts(parts or 0)
+
+
+# -- prices ------------------------------------------------------------------------------
+
+
+@command(price_app, "set", example="smscredits price set +3630 0.8")
+def price_set(
+    destination: Annotated[str, typer.Argument(help="default, a country code (HU) or a "
+                                                    "prefix (+3630).")],
+    price: Annotated[str, typer.Argument(help="Credits per message part.")],
+) -> None:
+    """Set the price per part for a destination."""
+    from smscredits import pricing
+
+    row = pricing.set_price(db(), destination, price)
+    output().message(f"price for {row.key} ({row.kind}): {row.price} per part", row)
+
+
+@command(price_app, "delete", example="smscredits price delete +3630")
+def price_delete(destination: Annotated[str, typer.Argument(help="default, CC or +PREFIX.")])\
+        -> None:
+    """Remove a price."""
+    from smscredits import pricing
+
+    key = pricing.delete_price(db(), destination)
+    output().message(f"price for {key} removed", {"key": key, "deleted": True})
+
+
+@command(price_app, "list", example="smscredits price list --csv")
+def price_list() -> None:
+    """List prices: default, countries, prefixes."""
+    from smscredits import pricing
+
+    output().rows(pricing.list_prices(db()), [("key", "Destination"), ("kind", "Kind"),
+                                              ("price", "Price"), ("updated_at", "Updated")],
+                  empty="no prices set: every charge is refused with no_price")
+
+
+@command(price_app, "import", example="smscredits price import prices.csv")
+def price_import(
+    file: Annotated[Path, typer.Argument(help="CSV of destination,price rows.")],
+) -> None:
+    """Import prices from CSV; any bad row is reported and nothing is imported."""
+    from smscredits import pricing
+
+    report = pricing.import_csv(db(), file)
+    out = output()
+    if report.errors:
+        if out.machine:
+            out.document({"imported": 0, "errors": report.errors})
+        else:
+            for e in report.errors:
+                out.err.write(f"{file}:{e['line']}: {e['error']}\n")
+        out.error("bad_input", f"{len(report.errors)} bad row(s) in {str(file)!r}: "
+                               "nothing imported")
+        raise typer.Exit(2)
+    out.message(f"imported {report.imported} price(s) from {file}",
+                {"imported": report.imported, "errors": []})
+
+
+@command(price_app, "quote", example="smscredits price quote --to +36301234567 --text 'Hello'")
+def price_quote(
+    to: To,
+    text: TextOpt = None,
+    parts: PartsOpt = None,
+    user: Annotated[str | None, typer.Option(help="Also show this user's limits left.")] = None,
+) -> None:
+    """What a message would cost: encoding, parts, matching price rule, cost."""
+    from smscredits import limits
+    from smscredits.pricing import PriceBook, Rejected
+
+    handle = db()
+    counted = _parts(text, parts)
+    with handle.read() as conn:
+        book = PriceBook.load(conn)
+    try:
+        quote = book.quote(to, counted)
+    except Rejected as r:
+        raise BadInput(r.message, code=r.reason) from None
+    data: dict[str, Any] = {
+        "to": quote.to, "country": quote.country, "encoding": counted.encoding,
+        "units": counted.units, "parts": quote.parts, "rule": quote.rule,
+        "price": _dec(quote.price), "cost": _dec(quote.cost),
+    }
+    if user is not None:
+        data["limits"] = limits.show_limits(handle, user).windows
+    out = output()
+    if out.machine:
+        out.document(data)
+        return
+    out.record(data, [("to", "To"), ("country", "Country"), ("encoding", "Encoding"),
+                      ("units", "Units"), ("parts", "Parts"), ("rule", "Price rule"),
+                      ("price", "Price per part"), ("cost", "Cost")])
+    if user is not None:
+        out.rows(data["limits"], CHARGE_COLUMNS, title=f"Limits left for {user}")
+
+
+def _dec(millis: int) -> Any:
+    from smscredits.amounts import to_decimal
+
+    return to_decimal(millis)
+
+
+# -- limits ------------------------------------------------------------------------------
+
+LimitOpt = Annotated[str | None, typer.Option(help="Credits, or none to remove the limit.")]
+
+
+@command(limits_app, "set", example="smscredits limits set alice --daily 100 --monthly none")
+def limits_set(user: UserArg, daily: LimitOpt = None, weekly: LimitOpt = None,
+               monthly: LimitOpt = None) -> None:
+    """Set or remove spending limits (calendar day, ISO week, month in the user's zone)."""
+    from smscredits import limits
+    from smscredits.amounts import parse_optional
+
+    given = {"day": daily, "week": weekly, "month": monthly}
+    changes = {w: parse_optional(v, what=f"{w} limit") for w, v in given.items() if v is not None}
+    _show_limits(limits.set_limits(db(), user, changes))
+
+
+@command(limits_app, "show", example="smscredits limits show alice")
+def limits_show(user: UserArg) -> None:
+    """Each limit with what is spent, what is left and when it resets."""
+    from smscredits import limits
+
+    _show_limits(limits.show_limits(db(), user))
+
+
+def _show_limits(lim: Any) -> None:
+    out = output()
+    if out.machine:
+        out.document(lim)
+    else:
+        out.rows(lim.windows, CHARGE_COLUMNS, title=f"Limits of {lim.user} ({lim.tz})")
+
+
+# -- charge, refund, usage ---------------------------------------------------------------
+
+
+def register(root: typer.Typer) -> None:
+    panel = "Prices and charging"
+
+    @command(root, "charge", rich_help_panel=panel,
+             example="smscredits charge alice --to +36301234567 --text 'Hello' --id msg-1")
+    def charge(
+        user: Annotated[str | None, typer.Argument(help="User to charge.")] = None,
+        to: Annotated[str | None, typer.Option("--to", help="Destination number.")] = None,
+        text: TextOpt = None,
+        parts: PartsOpt = None,
+        msg_id: Annotated[str | None, typer.Option("--id", help="Message id: a retry with "
+                                                   "the same id is not charged again.")] = None,
+        file: Annotated[str | None, typer.Option("--file", help="JSON lines to charge "
+                                                 "(- for stdin); one result line each.")] = None,
+    ) -> None:
+        """Charge one message (or a stream of them with --file)."""
+        if file is not None:
+            if user is not None or to is not None or text is not None or parts is not None:
+                raise BadInput("--file takes no USER, --to, --text or --parts")
+            raise typer.Exit(_charge_file(file))
+        if user is None or to is None:
+            raise BadInput("give USER and --to (or --file)")
+        _charge_one(user, to, text, parts, msg_id)
+
+    @command(root, "refund", rich_help_panel=panel,
+             example="smscredits refund msg-1 --note 'not delivered'")
+    def refund(
+        msg_id: Annotated[str, typer.Argument(metavar="MESSAGE_ID", help="The message id.")],
+        note: Annotated[str | None, typer.Option(help="Why: kept in the journal.")] = None,
+    ) -> None:
+        """Give back a charged message's credits (once) and its limit-window room."""
+        from smscredits import charging, validate
+
+        r = charging.refund(db(), msg_id, note=validate.note(note))
+        output().message(f"refunded {r.amount} to {r.user} for {r.id}: balance {r.balance}", r)
+
+    @command(root, "usage", rich_help_panel="Logs", example="smscredits usage alice --by country")
+    def usage(
+        user: UserArg,
+        by: Annotated[str, typer.Option(help="day, week, month or country.")] = "day",
+        limit: Annotated[int, typer.Option(help="Most recent periods shown.", min=1)] = 31,
+    ) -> None:
+        """Spend and message counts per day, week, month or country."""
+        from smscredits import usage as usage_mod
+
+        rows = usage_mod.usage(db(), user, by, limit)
+        output().rows(rows, [("period", by.capitalize()), ("messages", "Messages"),
+                             ("parts", "Parts"), ("spent", "Spent"), ("refunded", "Refunded")],
+                      title=f"Usage of {user} by {by}", empty="no messages yet")
+
+
+def _charge_one(user: str, to: str, text: str | None, parts: int | None,
+                msg_id: str | None) -> None:
+    from smscredits import validate
+    from smscredits.charging import Charger, ChargeRequest
+
+    if (text is None) == (parts is None):
+        raise BadInput("give exactly one of --text and --parts")
+    req = ChargeRequest(user, to, text, parts, validate.message_id(msg_id) if msg_id else None)
+    result = Charger(db()).charge(req)
+    out = output()
+    if out.machine:
+        out.document(result)
+    elif result.status == "charged":
+        what = f"{result.parts} part{'s' * (result.parts != 1)}"
+        if not result.metered:
+            out.message(f"{user} is not metered (no credits power): {what} to {result.to}, "
+                        "charged 0")
+        else:
+            again = " (already charged: nothing charged now)" if result.replayed else ""
+            out.message(f"charged {result.cost} to {user} for {what} to {result.to} "
+                        f"({result.rule} at {result.price}){again}: balance {result.balance}")
+    if result.status != "charged":
+        if not out.machine:
+            out.error(result.reason or "error", f"{result.reason}: {result.message}")
+        raise typer.Exit(result.exit_code)
+
+
+def _read_batches(fd: int, size: int = 1000) -> Iterator[list[bytes]]:
+    """Lines in batches: whatever is available now, up to ``size``.
+
+    A pipe fed one line at a time yields one-line batches at once (each is charged and its
+    result flushed before the next is awaited); a file yields full batches.
+    """
+    pending = b""
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            if pending:
+                yield [pending]
+            return
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for i in range(0, len(lines), size):
+            yield lines[i : i + size]
+
+
+def _parse_line(raw: bytes, lineno: int) -> Any:
+    """A ChargeRequest, or an error result naming the line."""
+    from smscredits import validate
+    from smscredits.charging import ChargeRequest, ChargeResult
+
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise BadInput("expected a JSON object")
+        unknown = set(data) - {"user", "to", "text", "parts", "id"}
+        if unknown:
+            raise BadInput(f"unknown field(s) {', '.join(sorted(unknown))}")
+        user, to, text, parts, msg_id = (data.get(k) for k in ("user", "to", "text", "parts",
+                                                                "id"))
+        if not isinstance(user, str) or not isinstance(to, str):
+            raise BadInput("user and to must be strings")
+        if (text is None) == (parts is None):
+            raise BadInput("give exactly one of text and parts")
+        if text is not None and not isinstance(text, str):
+            raise BadInput("text must be a string")
+        if parts is not None and (not isinstance(parts, int) or isinstance(parts, bool)):
+            raise BadInput("parts must be a whole number")
+        if msg_id is not None and not isinstance(msg_id, str):
+            raise BadInput("id must be a string")
+        return ChargeRequest(user, to, text, parts,
+                             validate.message_id(msg_id) if msg_id is not None else None)
+    except (ValueError, BadInput) as e:
+        message = e.message if isinstance(e, BadInput) else f"bad JSON: {e}"
+        return ChargeResult("error", None, None, None, reason="bad_input",
+                            message=f"line {lineno}: {message}", line=lineno)
+
+
+def _charge_file(name: str) -> int:
+    from dataclasses import replace
+
+    from smscredits.charging import BatchSummary, Charger, ChargeRequest
+    from smscredits.render import plain, to_json
+
+    try:
+        fd = sys.stdin.fileno() if name == "-" else os.open(name, os.O_RDONLY)
+    except OSError as e:
+        raise BadInput(f"cannot read {name!r}: {e.strerror}") from None
+    charger, summary, lineno = Charger(db()), BatchSummary(), 0
+    out = sys.stdout
+    for lines in _read_batches(fd):
+        parsed = []
+        for raw in lines:
+            lineno += 1
+            if raw.strip():
+                parsed.append((lineno, _parse_line(raw, lineno)))
+        reqs = [p for _, p in parsed if isinstance(p, ChargeRequest)]
+        charged = iter(charger.charge_batch(reqs)) if reqs else iter(())
+        for n, p in parsed:
+            result = replace(next(charged), line=n) if isinstance(p, ChargeRequest) else p
+            summary.add(result)
+            out.write(to_json(plain(result)) + "\n")
+        out.flush()
+    if name != "-":
+        os.close(fd)
+    _report(summary)
+    return 2 if summary.errors else 0
+
+
+def _report(s: Any) -> None:
+    from smscredits.amounts import format_amount
+
+    out = output()
+    if out.quiet:
+        return
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items()))
+    out.err.write(f"{s.lines} line(s): charged {s.charged}, rejected {s.rejected}, errors "
+                  f"{s.errors}{f' ({reasons})' if reasons else ''}; "
+                  f"{format_amount(s.cost)} credits charged\n")

@@ -1,0 +1,217 @@
+"""Prices per message part by destination: longest E.164 prefix, then country, then default.
+
+A destination with no matching price and no default is ``no_price`` (never free); a number
+that ``phonenumbers`` finds invalid is ``invalid_number``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Connection, delete, select
+
+from smscredits import clock, journal
+from smscredits.amounts import parse_amount, to_decimal
+from smscredits.errors import BadInput, NotFound
+from smscredits.parts import Parts
+from smscredits.storage.engine import Db
+from smscredits.storage.tables import prices
+
+_PREFIX = re.compile(r"\+[0-9]{1,15}\Z", re.ASCII)
+_COUNTRY = re.compile(r"[A-Za-z]{2}\Z", re.ASCII)
+_NUMBER = re.compile(r"(\+|00)?[0-9][0-9 ().-]{2,30}\Z", re.ASCII)
+MAX_PARTS = 255
+
+
+class Rejected(Exception):
+    """A charge that cannot go ahead, with its reason code (``no_price``, ...)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    number: str  # E.164
+    country: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    to: str
+    country: str | None
+    rule: str  # "+3630", "HU" or "default"
+    price: int  # millis per part
+    encoding: str | None
+    parts: int
+    cost: int  # millis
+
+
+@lru_cache(maxsize=65_536)
+def destination(text: str) -> Destination:
+    """Parse a number (``+36301234567``, ``0036...``, or international digits) to E.164."""
+    import phonenumbers
+
+    if not _NUMBER.match(text):
+        raise Rejected("invalid_number", f"invalid number {text!r}")
+    digits = re.sub(r"[ ().-]", "", text)
+    if digits.startswith("00"):
+        digits = "+" + digits[2:]
+    elif not digits.startswith("+"):
+        digits = "+" + digits
+    try:
+        parsed = phonenumbers.parse(digits, None)
+    except phonenumbers.NumberParseException:
+        raise Rejected("invalid_number", f"invalid number {text!r}") from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise Rejected("invalid_number", f"invalid number {text!r}")
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return Destination(e164, phonenumbers.region_code_for_number(parsed))
+
+
+def parse_key(text: str) -> str:
+    """``default``, a country code (``HU``, ``hu``) or an E.164 prefix (``+3630``)."""
+    if text.lower() == "default":
+        return "default"
+    if _PREFIX.match(text):
+        return text
+    if _COUNTRY.match(text):
+        import phonenumbers
+
+        code = text.upper()
+        if code in phonenumbers.SUPPORTED_REGIONS:
+            return code
+    raise BadInput(
+        f"bad price destination {text!r}: use default, a country code like HU, "
+        "or a prefix like +3630"
+    )
+
+
+class PriceBook:
+    """All prices in memory (a few thousand rows at most), for fast lookups."""
+
+    def __init__(self, table: dict[str, int]) -> None:
+        self.table = table
+        self.lengths = sorted({len(k) for k in table if k.startswith("+")}, reverse=True)
+
+    @classmethod
+    def load(cls, conn: Connection) -> PriceBook:
+        return cls({k: p for k, p in conn.execute(select(prices.c.key, prices.c.price))})
+
+    def rule_for(self, dest: Destination) -> tuple[str, int]:
+        for n in self.lengths:
+            key = dest.number[:n]
+            if key in self.table:
+                return key, self.table[key]
+        if dest.country and dest.country in self.table:
+            return dest.country, self.table[dest.country]
+        if "default" in self.table:
+            return "default", self.table["default"]
+        raise Rejected("no_price", f"no price for {dest.number} and no default price")
+
+    def quote(self, to: str, parts: Parts) -> Quote:
+        dest = destination(to)
+        rule, price = self.rule_for(dest)
+        encoding = parts.encoding if parts.units or parts.encoding != "-" else None
+        return Quote(dest.number, dest.country, rule, price, encoding, parts.parts,
+                     price * parts.parts)
+
+
+def given_parts(count: int) -> Parts:
+    """Parts stated by the caller (``--parts N``) instead of counted from a text."""
+    if not 1 <= count <= MAX_PARTS:
+        raise BadInput(f"bad parts {count}: must be 1-{MAX_PARTS}")
+    return Parts("-", 0, count)
+
+
+# -- price administration ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRow:
+    key: str
+    kind: str
+    price: Decimal
+    updated_at: str | None
+
+
+def _kind(key: str) -> str:
+    return "default" if key == "default" else "prefix" if key.startswith("+") else "country"
+
+
+def set_price(db: Db, key_text: str, price_text: str) -> PriceRow:
+    key, price = parse_key(key_text), parse_amount(price_text, what="price")
+    with db.write() as conn:
+        _upsert(conn, key, price, db.actor)
+    return PriceRow(key, _kind(key), to_decimal(price), clock.iso(clock.now_us()))
+
+
+def _upsert(conn: Connection, key: str, price: int, actor: str) -> None:
+    now = clock.now_us()
+    conn.execute(delete(prices).where(prices.c.key == key))
+    conn.execute(prices.insert(), {"key": key, "price": price, "updated_at": now})
+    journal.record(conn, at=now, kind="price.set", actor=actor, ref=key,
+                   detail={"price": str(to_decimal(price))})
+
+
+def delete_price(db: Db, key_text: str) -> str:
+    key = parse_key(key_text)
+    with db.write() as conn:
+        if conn.execute(delete(prices).where(prices.c.key == key)).rowcount == 0:
+            raise NotFound(f"no price for {key!r}", code="no_price")
+        journal.record(conn, at=clock.now_us(), kind="price.deleted", actor=db.actor, ref=key)
+    return key
+
+
+def list_prices(db: Db) -> list[PriceRow]:
+    with db.read() as conn:
+        rows = conn.execute(select(prices)).all()
+    order = {"default": 0, "country": 1, "prefix": 2}
+    return sorted(
+        (PriceRow(r.key, _kind(r.key), to_decimal(r.price), clock.iso(r.updated_at))
+         for r in rows),
+        key=lambda p: (order[p.kind], p.key),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    imported: int
+    errors: list[dict[str, object]]
+
+
+def import_csv(db: Db, path: Path) -> ImportReport:
+    """Import ``destination,price`` rows (a header row is optional); all or nothing.
+
+    Every bad row is reported with its line number; if there is any, nothing is imported.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"cannot read price file {str(path)!r}: {e}") from None
+    good: dict[str, int] = {}
+    errors: list[dict[str, object]] = []
+    for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
+        if not row or not "".join(row).strip() or row[0].startswith("#"):
+            continue
+        if lineno == 1 and row[0].strip().lower() in ("destination", "key", "prefix"):
+            continue
+        try:
+            if len(row) != 2:
+                raise BadInput(f"expected 2 fields (destination,price), got {len(row)}")
+            good[parse_key(row[0].strip())] = parse_amount(row[1].strip(), what="price")
+        except BadInput as e:
+            errors.append({"line": lineno, "row": ",".join(row), "error": e.message})
+    if errors:
+        return ImportReport(0, errors)
+    with db.write() as conn:
+        for key, price in good.items():
+            _upsert(conn, key, price, db.actor)
+    return ImportReport(len(good), [])
