@@ -132,8 +132,9 @@ class Output:
         else:
             self.console().print(table(records, columns, title=title))
 
-    def record(self, data: Any, fields: Sequence[tuple[str, str]], *, title: str | None = None)\
-            -> None:
+    def record(
+        self, data: Any, fields: Sequence[tuple[str, str]], *, title: str | None = None
+    ) -> None:
         """One record: a two-column table for people, an object for scripts."""
         if self.machine:
             self.document(plain(data)) if self.mode != "jsonl" else self.line(plain(data))
@@ -158,23 +159,56 @@ class Output:
         self.err.flush()
 
 
-def table(records: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, str]], *,
-          title: str | None = None) -> Any:
+def table(
+    records: Iterable[Mapping[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    *,
+    title: str | None = None,
+) -> Any:
     from rich.table import Table
     from rich.text import Text
 
     t = Table(title=title, header_style="bold")
     for key, label in columns:
         numeric = key in NUMERIC
-        t.add_column(label, justify="right" if numeric else "left",
-                     overflow="fold", no_wrap=numeric)
+        t.add_column(
+            label,
+            justify="right" if numeric else "left",
+            overflow="fold",
+            no_wrap=numeric or key in NO_WRAP,
+        )
     for r in records:
-        t.add_row(*(Text(cell(r.get(key))) for key, _ in columns))
+        t.add_row(*(Text(_table_cell(key, r.get(key))) for key, _ in columns))
     return t
+
+
+def _table_cell(key: str, value: Any) -> str:
+    # Instants read better in a table as "2026-11-25 10:00:00" under an "(UTC)" header.
+    if key in TIMES and isinstance(value, str):
+        return value.replace("T", " ").removesuffix("Z")
+    return cell(value)
+
+
+TIMES = {"at", "created_at", "updated_at", "resets_at", "next_due", "last_applied"}
+NO_WRAP = TIMES | {"kind", "user", "name", "window", "period"}
 
 
 # Columns shown right-aligned.
 NUMERIC = {
-    "id", "amount", "balance", "balance_after", "overdraft", "available", "cost", "price",
-    "parts", "limit", "spent", "remaining", "count", "messages",
+    "id",
+    "amount",
+    "balance",
+    "balance_after",
+    "overdraft",
+    "available",
+    "cost",
+    "price",
+    "parts",
+    "limit",
+    "spent",
+    "remaining",
+    "count",
+    "messages",
+    "refunded",
+    "units",
 }

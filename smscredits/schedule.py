@@ -8,7 +8,9 @@ month) are identified by integer keys so they can be stored and compared cheaply
 * week  -> the ordinal of the Monday of the local ISO week
 * month -> ``year * 12 + (month - 1)``
 
-A refill plan's period number is the key of the calendar unit it is due in.
+A refill plan's period number is the key of the calendar unit it is due in. The one exception
+is a due time inside a DST gap that crosses local midnight (or a skipped day, as in Pacific/Apia
+on 2011-12-30): it moves to the first instant after the gap, which is in the following unit.
 """
 
 from __future__ import annotations
@@ -249,8 +251,8 @@ def due_periods(rule: Rule, after: datetime, now: datetime) -> list[int]:
     _require_aware(now)
     if now <= after:
         return []
-    # Start one unit early: an occurrence is normally inside its own unit, but a local day that
-    # does not exist at all (e.g. Pacific/Apia 2011-12-30) is pushed into the next one.
+    # Start one unit early: a due time inside a gap that crosses local midnight (America/Nuuk
+    # skips Saturday 23:00-24:00 every spring) is pushed into the next unit.
     period = _step(rule.every, period_of(rule, after), -1)
     due: list[int] = []
     while (t := occurrence(rule, period)) <= now:

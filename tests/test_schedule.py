@@ -300,6 +300,18 @@ def test_time_in_the_autumn_fold_is_due_at_its_first_occurrence():
     assert due_periods(DAILY_0230_BUD, utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 1, 30)) == []
 
 
+def test_gap_across_midnight_moves_the_due_time_into_the_next_day():
+    # America/Nuuk jumps from Sat 28 Mar 23:00 (-02) to Sun 29 Mar 00:00 (-01) at 01:00 UTC.
+    rule = Rule("day", None, 23 * 60 + 30, "America/Nuuk")
+    assert occurrence(rule, MAR_27_2026) == utc(2026, 3, 28, 1, 30)
+    assert occurrence(rule, MAR_28_2026) == utc(2026, 3, 29, 1, 0)
+    assert occurrence(rule, MAR_29_2026) == utc(2026, 3, 30, 0, 30)
+    # Still exactly one refill per period.
+    due = due_periods(rule, utc(2026, 3, 28, 1, 30), utc(2026, 3, 30, 0, 30))
+    assert due == [MAR_28_2026, MAR_29_2026]
+    assert due_periods(rule, utc(2026, 3, 29, 1, 0), utc(2026, 3, 30, 0, 30)) == [MAR_29_2026]
+
+
 # --- monthly and weekly plans ----------------------------------------------------------------
 
 

@@ -75,3 +75,42 @@ def config_set(
     shown = config.mask_url(value) if key == "db" and value else value
     output().message(f"{path}: {key} = {shown}" if value is not None else f"{path}: {key} unset",
                      {"file": str(path), "key": key, "value": shown})
+
+
+def register(root: typer.Typer) -> None:
+    @command(root, "demo", rich_help_panel="Setup", example="smscredits demo")
+    def demo(
+        keep: Annotated[str | None, typer.Option(help="Keep the demo database at this path "
+                                                 "instead of a throwaway one.")] = None,
+    ) -> None:
+        """Walk through the tutorial on a throwaway SQLite database."""
+        import tempfile
+        from pathlib import Path
+
+        from smscredits.demo import STEPS
+
+        with tempfile.TemporaryDirectory(prefix="smscredits-demo-") as tmp:
+            path = keep or str(Path(tmp) / "demo.db")
+            if keep and Path(keep).exists():
+                from smscredits.errors import Conflict
+
+                raise Conflict(f"{keep!r} already exists: give a new path to --keep")
+            _run_steps(STEPS, path)
+
+
+def _run_steps(steps: list[tuple[str, list[str]]], path: str) -> None:
+    import shlex
+
+    from smscredits.cli import app
+
+    console = output().console()
+    command_ = typer.main.get_command(app)
+    for caption, args in steps:
+        if caption:
+            console.print(f"\n[bold]{caption}[/bold]")
+        console.print(f"[dim]$[/dim] smscredits {shlex.join(args)}", markup=True, highlight=False)
+        console.file.flush()
+        try:
+            command_.main([*args, "--db", path], prog_name="smscredits", standalone_mode=False)
+        except typer.Exit:
+            pass

@@ -36,7 +36,8 @@ def _show(user: str | None, since: str | None, until: str | None, kind: list[str
     rows = ledger.query_events(db(), user, since=lo, until=hi, kinds=kind, before=before,
                                limit=limit, credit_only=credit_only)
     title = "Credit log" if credit_only else "Events"
-    output().rows(rows, EVENT_COLUMNS, title=title + (f" of {user}" if user else ""),
+    columns = [c for c in EVENT_COLUMNS if c[0] != "user"] if user else EVENT_COLUMNS
+    output().rows(rows, columns, title=title + (f" of {user}" if user else ""),
                   empty="no events match")
 
 
