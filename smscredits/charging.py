@@ -10,7 +10,7 @@ an interrupted batch leaves nothing behind.
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -113,7 +113,7 @@ DEBIT = (
         month_key=bindparam("month_key"),
         **_window_sets,
     )
-    .returning(powers.c.balance, powers.c.last_hash)
+    .returning(powers.c.balance, powers.c.last_hash, powers.c.refill_below)
 )
 ACCOUNT = (
     select(users.c.id, users.c.disabled, users.c.tz, powers.c.id.label("power_id"))
@@ -139,7 +139,8 @@ class _Batch:
         self.book = PriceBook.load(conn)
         self.accounts: dict[str, _Account | None] = {}
         self.hashes: dict[int, str | None] = {}
-        self.pending: dict[str, dict[str, Any]] = {}  # message rows by id
+        self.pending: dict[str, dict[str, Any]] = {}  # message rows by id, not yet written
+        self.written: dict[str, dict[str, Any]] = {}  # ... and those flushed in this batch
         self.events: list[dict[str, Any]] = []
 
     def account(self, name: str) -> _Account | None:
@@ -183,7 +184,7 @@ class _Batch:
         row = self.conn.execute(DEBIT, params).first()
         if row is None:
             return self.reject(base, account, quote, self.why_refused(params))
-        msg_id = base.id or uuid.uuid4().hex
+        msg_id = base.id or secrets.token_hex(8)
         assert account.power_id is not None
         prev = self.hashes.get(account.power_id, row.last_hash)
         event = journal.build(
@@ -195,8 +196,20 @@ class _Batch:
         self.hashes[account.power_id] = event["hash"]
         self.events.append(event)
         self.remember(msg_id, account, quote, now, "charged", None, row.balance, (day, week, month))
+        balance = row.balance
+        if row.refill_below is not None and balance < row.refill_below:
+            balance = self.refill(account, balance)
         return replace(base, status="charged", id=msg_id, **_quoted(quote),
-                       balance=to_decimal(row.balance))
+                       balance=to_decimal(balance))
+
+    def refill(self, account: _Account, balance: int) -> int:
+        """A threshold plan fires in the charge's own transaction, after the charge's event."""
+        from smscredits.refills import fire_thresholds
+
+        self.flush()
+        assert account.power_id is not None
+        self.hashes.pop(account.power_id, None)  # the power row's last_hash is current again
+        return fire_thresholds(self.conn, account.user_id, balance, self.db.actor)
 
     def why_refused(self, params: dict[str, Any]) -> Rejected:
         row = self.conn.execute(select(powers).where(powers.c.id == params["pid"])).mappings().one()
@@ -211,7 +224,7 @@ class _Batch:
 
     def unmetered(self, base: ChargeResult, account: _Account, quote: Quote) -> ChargeResult:
         now = clock.now_us()
-        msg_id = base.id or uuid.uuid4().hex
+        msg_id = base.id or secrets.token_hex(8)
         self.events.append(journal.build(
             at=now, kind="message.unmetered", actor=self.db.actor, user_id=account.user_id,
             ref=msg_id, detail={"to": quote.to, "parts": quote.parts, "rule": quote.rule},
@@ -248,7 +261,7 @@ class _Batch:
     def first_result(self, req: ChargeRequest, account: _Account | None,
                      quote: Quote | None) -> ChargeResult | None:
         """The recorded outcome of an id seen before, or a conflict if it does not match."""
-        row = self.pending.get(req.id or "")
+        row = self.pending.get(req.id or "") or self.written.get(req.id or "")
         if row is None:
             found = self.conn.execute(
                 select(messages).where(messages.c.id == req.id)
@@ -266,13 +279,16 @@ class _Batch:
             )
         return _from_row(row, req)
 
-    def finish(self) -> None:
+    def flush(self) -> None:
+        """Write the collected message rows, events and chain heads."""
         if self.pending:
             self.conn.execute(insert(messages), list(self.pending.values()))
+            self.written.update(self.pending)
         if self.events:
             self.conn.execute(insert(events), self.events)
         if self.hashes:
             self.conn.execute(SET_HASH, [{"pid": p, "h": h} for p, h in self.hashes.items()])
+        self.pending, self.events, self.hashes = {}, [], {}
 
 
 def _quoted(quote: Quote) -> dict[str, Any]:
@@ -312,7 +328,7 @@ class Charger:
                 with self.db.write() as conn:
                     batch = _Batch(conn, self.db)
                     results = [batch.charge(r) for r in reqs]
-                    batch.finish()
+                    batch.flush()
                 return results
             except exc.IntegrityError:
                 # Another process recorded one of these message ids first (Postgres):
@@ -402,6 +418,9 @@ def refund(db: Db, msg_id: str, *, note: str | None = None) -> Refund:
         if row is None:
             raise Conflict(f"the credits power of message {msg_id!r} was deleted",
                            code="no_power")
+        from smscredits.refills import rearm
+
+        rearm(conn, msg["user_id"], row.balance)
         conn.execute(update(messages).where(messages.c.id == msg_id).values(status="refunded"))
         event_id = journal.record(
             conn, at=clock.now_us(), kind="message.refunded", actor=db.actor,

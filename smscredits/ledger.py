@@ -326,6 +326,7 @@ def add_credits(db: Db, user: str, amount: int, *, note: str | None = None) -> C
             actor=db.actor, user_id=urow["id"], power_id=row.id, prev_hash=row.last_hash,
             amount=amount, balance_after=row.balance, note=note,
         )
+        _balance_rose(conn, urow["id"], row.balance, amount)
     return Change(user, to_decimal(amount), to_decimal(row.balance), event_id)
 
 
@@ -352,7 +353,16 @@ def set_credits(db: Db, user: str, target: int, *, note: str | None = None) -> C
             power_id=prow["id"], prev_hash=prow["last_hash"], amount=diff,
             balance_after=target, note=note,
         )
+        _balance_rose(conn, urow["id"], target, diff)
     return Change(user, to_decimal(diff), to_decimal(target), event_id)
+
+
+def _balance_rose(conn: Connection, user_id: int, balance: int, change: int) -> None:
+    """Threshold refill plans re-arm once the balance is back at or above their threshold."""
+    if change > 0:
+        from smscredits.refills import rearm
+
+        rearm(conn, user_id, balance)
 
 
 # -- journal queries ---------------------------------------------------------------------

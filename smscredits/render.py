@@ -190,7 +190,7 @@ def _table_cell(key: str, value: Any) -> str:
 
 
 TIMES = {"at", "created_at", "updated_at", "resets_at", "next_due", "last_applied"}
-NO_WRAP = TIMES | {"kind", "user", "name", "window", "period"}
+NO_WRAP = TIMES | {"kind", "user", "name", "window", "period", "status", "action"}
 
 
 # Columns shown right-aligned.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import typer
@@ -110,7 +111,5 @@ def _run_steps(steps: list[tuple[str, list[str]]], path: str) -> None:
             console.print(f"\n[bold]{caption}[/bold]")
         console.print(f"[dim]$[/dim] smscredits {shlex.join(args)}", markup=True, highlight=False)
         console.file.flush()
-        try:
+        with contextlib.suppress(typer.Exit):
             command_.main([*args, "--db", path], prog_name="smscredits", standalone_mode=False)
-        except typer.Exit:
-            pass

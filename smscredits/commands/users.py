@@ -46,7 +46,7 @@ def user_add(
     from smscredits import ledger
 
     handle = db()
-    user = ledger.add_user(handle, name, tz=tz or handle.default_tz)
+    user = ledger.add_user(handle, name, tz=handle.default_tz if tz is None else tz)
     output().message(f"added user {user.name} (time zone {user.tz})", user)
 
 

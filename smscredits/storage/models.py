@@ -60,6 +60,9 @@ class Power(SQLModel, table=True):
     week_spent: int = _big(nullable=False, default=0)
     month_key: int = _big(nullable=False, default=0)
     month_spent: int = _big(nullable=False, default=0)
+    # The highest threshold of the user's armed "when below" refill plans (NULL: none), so
+    # the charge's UPDATE tells at once whether a plan may fire.
+    refill_below: int | None = _big(nullable=True)
     last_hash: str | None = Field(default=None, max_length=64)
     created_at: int = _big(nullable=False)
 

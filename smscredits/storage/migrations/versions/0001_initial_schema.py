@@ -97,6 +97,7 @@ def upgrade() -> None:
         sa.Column("week_spent", sa.BigInteger(), nullable=False),
         sa.Column("month_key", sa.BigInteger(), nullable=False),
         sa.Column("month_spent", sa.BigInteger(), nullable=False),
+        sa.Column("refill_below", sa.BigInteger(), nullable=True),
         sa.Column("last_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.CheckConstraint(

@@ -1,0 +1,107 @@
+"""`refill`: automatic refill plans and the cron entry point."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from smscredits.commands.base import amount, app, command, db, output
+from smscredits.commands.users import UserArg
+
+refill_app = app("refill", "Automatic refill plans, applied exactly once by `refill run`.")
+
+PLAN_COLUMNS = [("id", "Plan"), ("user", "User"), ("rule", "Rule"), ("action", "Action"),
+                ("status", "Status"), ("next_due", "Next due"),
+                ("last_applied", "Last applied")]
+PlanArg = Annotated[int, typer.Argument(metavar="PLAN", help="Plan number (refill list).")]
+
+
+def _opt_amount(text: str | None, what: str) -> int | None:
+    return None if text is None else amount(text, what=what)
+
+
+@command(refill_app, "schedule",
+         example="smscredits refill schedule alice --every month --on 1 --add 100")
+def refill_schedule(
+    user: UserArg,
+    every: Annotated[str | None, typer.Option(help="day, week or month.")] = None,
+    on: Annotated[str | None, typer.Option(help="Weekly: mon..sun; monthly: 1-31 or last "
+                                           "(31 means the last day in shorter months).")] = None,
+    at: Annotated[str | None, typer.Option(help="HH:MM in the user's time zone (default "
+                                           "00:00).")] = None,
+    when_below: Annotated[str | None, typer.Option(help="Instead of --every: refill when a "
+                                                   "charge takes the balance below this.")] = None,
+    add: Annotated[str | None, typer.Option(help="Credits to add each time.")] = None,
+    top_up_to: Annotated[str | None, typer.Option(help="Bring the balance up to this "
+                                                  "(nothing when above).")] = None,
+) -> None:
+    """Schedule a refill plan: periodic (--every) or threshold (--when-below)."""
+    from smscredits import refills
+
+    plan = refills.schedule_plan(
+        db(), user, every=every, on=on, at=at,
+        below=_opt_amount(when_below, "--when-below"),
+        add=_opt_amount(add, "--add"), top_up_to=_opt_amount(top_up_to, "--top-up-to"),
+    )
+    due = f"; next due {plan.next_due}" if plan.next_due else ""
+    output().message(f"plan {plan.id} for {plan.user}: {plan.action} {plan.rule}{due}", plan)
+
+
+@command(refill_app, "list", example="smscredits refill list alice")
+def refill_list(
+    user: Annotated[str | None, typer.Argument(help="Only this user.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Include cancelled plans.")] = False,
+) -> None:
+    """List refill plans with their rule, next due time and last application."""
+    from smscredits import refills
+
+    output().rows(refills.list_plans(db(), user, all_=all_), PLAN_COLUMNS,
+                  title="Refill plans", empty="no refill plans")
+
+
+def _set(plan_id: int, status: str, verb: str) -> None:
+    from smscredits import refills
+
+    plan = refills.set_status(db(), plan_id, status)
+    output().message(f"plan {plan.id} for {plan.user} {verb}", plan)
+
+
+@command(refill_app, "cancel", example="smscredits refill cancel 3")
+def refill_cancel(plan_id: PlanArg) -> None:
+    """Cancel a plan for good."""
+    _set(plan_id, "cancelled", "cancelled")
+
+
+@command(refill_app, "pause", example="smscredits refill pause 3")
+def refill_pause(plan_id: PlanArg) -> None:
+    """Pause a plan; periods due while paused are skipped, not caught up."""
+    _set(plan_id, "paused", "paused")
+
+
+@command(refill_app, "resume", example="smscredits refill resume 3")
+def refill_resume(plan_id: PlanArg) -> None:
+    """Resume a paused plan."""
+    _set(plan_id, "active", "resumed")
+
+
+@command(refill_app, "run", example="smscredits refill run --quiet   # from cron, every 5 minutes")
+def refill_run(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what is due; change "
+                                          "nothing.")] = False,
+) -> None:
+    """Apply every due refill exactly once (the cron entry point); missed periods catch up."""
+    from smscredits import refills
+
+    done = refills.run(db(), dry_run=dry_run)
+    out = output()
+    if out.machine:
+        out.rows(done, [])
+        return
+    if not done:
+        out.message("nothing due")
+        return
+    title = "Refills due (dry run: nothing applied)" if dry_run else "Refills applied"
+    out.rows(done, [("plan", "Plan"), ("user", "User"), ("period", "Period"),
+                    ("amount", "Added"), ("balance", "Balance")], title=title)
+
