@@ -195,7 +195,8 @@ class _Batch:
         )
         self.hashes[account.power_id] = event["hash"]
         self.events.append(event)
-        self.remember(msg_id, account, quote, now, "charged", None, row.balance, (day, week, month))
+        self.remember(msg_id, account, quote, now, "charged", None, row.balance, (day, week, month),
+                      base.user or "")
         balance = row.balance
         if row.refill_below is not None and balance < row.refill_below:
             balance = self.refill(account, balance)
@@ -229,7 +230,8 @@ class _Batch:
             at=now, kind="message.unmetered", actor=self.db.actor, user_id=account.user_id,
             ref=msg_id, detail={"to": quote.to, "parts": quote.parts, "rule": quote.rule},
         ))
-        self.remember(msg_id, account, replace(quote, cost=0), now, "charged", None, None, None)
+        self.remember(msg_id, account, replace(quote, cost=0), now, "charged", None, None, None,
+                      base.user or "")
         return replace(base, status="charged", id=msg_id, **{**_quoted(quote), "cost": Decimal(0)},
                        metered=False, message="user has no credits power: not metered")
 
@@ -237,15 +239,15 @@ class _Batch:
                rejection: Rejected) -> ChargeResult:
         if base.id is not None:
             self.remember(base.id, account, quote, clock.now_us(), "rejected", rejection.reason,
-                          None, None, to=base.to)
+                          None, None, base.user or "", to=base.to)
         extra = _quoted(quote) if quote is not None else {}
         return replace(base, reason=rejection.reason, message=rejection.message, **extra)
 
     def remember(self, msg_id: str, account: _Account | None, quote: Quote | None, at: int,
                  status: str, reason: str | None, balance: int | None,
-                 keys: tuple[int, int, int] | None, to: str | None = None) -> None:
+                 keys: tuple[int, int, int] | None, name: str, to: str | None = None) -> None:
         self.pending[msg_id] = {
-            "id": msg_id, "user_id": account.user_id if account else None,
+            "id": msg_id, "user_name": name[:64], "user_id": account.user_id if account else None,
             "power_id": account.power_id if account else None, "at": at,
             "to_number": quote.to if quote else (to or "")[:32],
             "country": quote.country if quote else None,
@@ -269,10 +271,11 @@ class _Batch:
             if found is None:
                 return None
             row = dict(found)
-        same_user = account is not None and row["user_id"] == account.user_id
+        same_user = row["user_name"] == req.user and row["user_id"] == (
+            account.user_id if account else None)
         same_cost = quote is None or row["cost"] is None or row["cost"] == quote.cost or (
             row["power_id"] is None and row["status"] != "rejected")
-        if row["user_id"] is not None and not (same_user and same_cost):
+        if not (same_user and same_cost):
             return ChargeResult(
                 "error", req.id, req.user, req.to, reason="conflict",
                 message=f"message id {req.id!r} was already used for another user or cost",
@@ -354,6 +357,7 @@ def raise_for(result: ChargeResult) -> None:
 @dataclass
 class BatchSummary:
     lines: int = 0
+    malformed: int = 0
     charged: int = 0
     rejected: int = 0
     errors: int = 0
@@ -370,6 +374,7 @@ class BatchSummary:
             self.rejected += 1
         else:
             self.errors += 1
+            self.malformed += r.reason == "bad_input"
         if r.reason:
             self.reasons[r.reason] = self.reasons.get(r.reason, 0) + 1
 

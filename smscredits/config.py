@@ -116,4 +116,5 @@ def _login_name() -> str:
 
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, without importing SQLAlchemy."""
-    return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url)
+    # Greedy up to the last "@": a password may hold "/" or "@"; masking more is safe.
+    return re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, and_, delete, exc, insert, or_, select, update
 
 from smscredits import clock, journal, validate
-from smscredits.amounts import format_amount, parse_amount, to_decimal
+from smscredits.amounts import MAX_MILLIS, format_amount, parse_amount, to_decimal
 from smscredits.errors import BadInput, Conflict, InsufficientCredits, NotFound
 from smscredits.storage.engine import Db
 from smscredits.storage.tables import events, powers, users
@@ -314,9 +314,16 @@ def add_credits(db: Db, user: str, amount: int, *, note: str | None = None) -> C
             stmt = stmt.where(
                 or_(powers.c.overdraft.is_(None), powers.c.balance + amount >= -powers.c.overdraft)
             )
+        else:
+            stmt = stmt.where(powers.c.balance <= MAX_MILLIS - amount)
         row = conn.execute(stmt).first()
         if row is None:
             prow = _power_row(conn, urow["id"], user)
+            if amount > 0:
+                raise BadInput(
+                    f"cannot add {format_amount(amount)} to {user!r}: the balance would exceed "
+                    f"{format_amount(MAX_MILLIS)}"
+                )
             raise InsufficientCredits(
                 f"cannot subtract {format_amount(-amount)} from {user!r}: balance "
                 f"{format_amount(prow['balance'])}, overdraft {format_amount(prow['overdraft'])}"

@@ -51,10 +51,14 @@ def instant(value: str, *, now: datetime, what: str = "time") -> datetime:
     """``2026-11-25``, ``2026-11-25T10:00``, with ``Z`` or an offset (else UTC), or ``7d``/``12h``
     ago."""
     rel = _RELATIVE.match(value)
-    if rel:
-        return now - timedelta(**{_UNITS[rel.group(2)]: int(rel.group(1))})
     try:
+        if rel:
+            return now - timedelta(**{_UNITS[rel.group(2)]: int(rel.group(1))})
         at = datetime.fromisoformat(value)
+        if not 1970 <= at.year <= 9000:
+            raise OverflowError
+    except OverflowError:
+        raise BadInput(f"bad {what} {value!r}: out of range (1970 to 9000)") from None
     except ValueError:
         raise BadInput(
             f"bad {what} {value!r}: use an ISO date or time (2026-11-25, 2026-11-25T10:00Z) "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -283,4 +282,3 @@ def test_read_only_sqlite_url_refuses_writes(plain_cli, sqlite_db, args):
     assert_clean_error(plain_cli("--db", url, *args), DATABASE, "read-only")
     assert_json_error(plain_cli("--json", "--db", url, *args), DATABASE, "read-only")
     assert sqlite_db.read_bytes() == before
-    assert stat.S_IMODE(sqlite_db.stat().st_mode) == 0o600

@@ -4,6 +4,8 @@ batches, usage and concurrent chargers, on SQLite and Postgres."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -383,6 +385,15 @@ def test_same_id_with_another_cost_is_a_conflict_and_charges_nothing(alice: Any)
     assert spent(alice) == (D(1),) * 3
 
 
+def test_id_first_used_for_an_unknown_user_conflicts_for_a_real_user(alice: Any) -> None:
+    assert_refused(alice, charge(alice, "nobody", "--parts", "1", "--id", "m-6"),
+                   "unknown_user", 3)
+    run = charge(alice, "alice", "--parts", "1", "--id", "m-6")
+    assert run.exit_code == 6, run.stdout
+    assert run.result["reason"] == "conflict"
+    assert balance(alice) == D(10)
+
+
 # -- unmetered ----------------------------------------------------------------------------
 
 
@@ -507,7 +518,7 @@ def test_batch_of_good_lines_exits_0_and_a_rerun_charges_nothing(alice: Any,
                                                                  tmp_path: Path) -> None:
     path = tmp_path / "batch.jsonl"
     path.write_text("".join(jl(user="alice", to=TO, parts=1, id=f"f-{i}") + "\n"
-                            for i in range(4)))
+                            for i in range(4)).rstrip("\n"))
     run = alice("charge", "--file", str(path))
     assert run.exit_code == 0, run.stderr
     assert [(r["status"], r["replayed"], r["line"]) for r in lines(run)] == [
@@ -541,11 +552,35 @@ def test_batch_from_stdin(alice: Any) -> None:
     assert balance(alice) == D(9)
 
 
+def test_batch_from_a_real_stdin_pipe(alice: Any) -> None:
+    data = jl(user="alice", to=TO, parts=2) + "\n" + "[]"  # no newline after the last line
+    proc = subprocess.run([sys.executable, "-m", "smscredits", "charge", "--file", "-"],
+                          input=data, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    out = [json.loads(x, parse_float=Decimal) for x in proc.stdout.splitlines()]
+    assert [(r["line"], r["status"]) for r in out] == [(1, "charged"), (2, "error")]
+    assert "2 line(s): charged 1, rejected 0, errors 1" in proc.stderr
+    assert balance(alice) == D(8)
+
+
 def test_batch_file_that_does_not_exist_exits_2(alice: Any, tmp_path: Path) -> None:
     run = alice("charge", "--file", str(tmp_path / "missing.jsonl"))
     assert run.exit_code == 2
     assert "missing.jsonl" in run.stderr
     assert balance(alice) == D(10)
+
+
+def test_batch_conflict_is_reported_but_is_not_a_malformed_line(alice: Any,
+                                                               tmp_path: Path) -> None:
+    add_user(alice, "bob")
+    path = tmp_path / "batch.jsonl"
+    path.write_text(jl(user="alice", to=TO, parts=1, id="c-1") + "\n"
+                    + jl(user="bob", to=TO, parts=1, id="c-1") + "\n")
+    run = alice("charge", "--file", str(path))
+    assert [(r["status"], r["reason"]) for r in lines(run)] == [
+        ("charged", None), ("error", "conflict")]
+    assert run.exit_code == 0  # exit 2 is for malformed lines only
+    assert (balance(alice, "alice"), balance(alice, "bob")) == (D(9), D(10))
 
 
 def test_same_id_twice_in_one_batch_charges_once(alice: Any, tmp_path: Path) -> None:
@@ -651,3 +686,46 @@ def test_concurrent_chargers_never_exceed_a_daily_limit(db: Any, db_url: str) ->
     day = limits.show_limits(db, "alice").windows[0]
     assert (day.window, day.spent, day.remaining) == ("day", 30, 0)
     assert sum(e.amount for e in charged_events(db, "alice")) == -30
+
+
+def test_charges_racing_top_ups_are_charged_or_refused_never_crash(db: Any, db_url: str) -> None:
+    from smscredits import pricing
+
+    pricing.set_price(db, "default", "1")
+    ledger.add_user(db, "alice")
+    ledger.create_power(db, "alice", initial=0)
+    done = threading.Event()
+    outcomes: list[Any] = []
+    lock = threading.Lock()
+
+    def charge_until_done() -> None:
+        handle = open_db(db_url, actor="tester")
+        try:
+            charger = Charger(handle)
+            while not done.is_set():
+                try:
+                    r: Any = charger.charge(ChargeRequest("alice", TO, parts=1))
+                except Exception as e:  # a refused charge must be a result, not a crash
+                    r = e
+                with lock:
+                    outcomes.append(r)
+        finally:
+            handle.dispose()
+
+    workers = [threading.Thread(target=charge_until_done) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        for _ in range(300):
+            ledger.add_credits(db, "alice", 1_000)
+    finally:
+        done.set()
+        for w in workers:
+            w.join()
+    crashes = [repr(r) for r in outcomes if isinstance(r, Exception)]
+    assert crashes == []
+    charged = [r for r in outcomes if r.status == "charged"]
+    assert {r.reason for r in outcomes if r.status != "charged"} <= {"insufficient_credits"}
+    assert all(r.balance >= 0 for r in charged)
+    assert ledger.get_account(db, "alice").balance == 300 - len(charged)
+    assert len(charged_events(db, "alice")) == len(charged)

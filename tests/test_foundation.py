@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import stat
 import threading
 from decimal import Decimal
@@ -16,6 +15,7 @@ import pytest
 from freezegun import freeze_time
 
 from smscredits import __version__, ledger
+from smscredits.config import default_db_path
 from smscredits.errors import Conflict, InsufficientCredits
 from smscredits.storage.engine import open_db
 
@@ -545,5 +545,5 @@ def test_sqlite_default_database_in_user_data_dir(sqlite_cli):
     ok(sqlite_cli("user", "add", "alice"))
     status = json.loads(ok(sqlite_cli("db", "status", "--json")).stdout)
     assert status["up_to_date"] is True
-    path = Path(os.environ["XDG_DATA_HOME"]) / "smscredits" / "smscredits.db"
+    path = default_db_path()
     assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -87,9 +87,31 @@ class Group(TyperGroup):
     pass
 
 
+# Typer vendors click; its ClickException is the base of every parsing error.
+_ClickException: type[Exception] = typer.BadParameter.__mro__[2]
+
+
+def _usage_error(e: Any) -> None:
+    """A parsing error as one line (Typer would draw a multi-line box)."""
+    if type(e).__name__ == "NoArgsIsHelpError":
+        raise e
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    fail(BadInput(e.format_message() + hint, code="usage"))
+
+
 class RootGroup(TyperGroup):
     """Reads global options anywhere; turns every error a user can cause into one line on
     stderr and its exit code."""
+
+    def make_context(self, info_name: Any, args: list[str], parent: Any = None,
+                     **extra: Any) -> Any:
+        # Known before parsing, so that a parsing error is reported as JSON too.
+        STATE.mode = "json" if "--json" in args or "--jsonl" in args else "table"
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except _ClickException as e:
+            _usage_error(e)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist(self, args))
@@ -99,6 +121,8 @@ class RootGroup(TyperGroup):
             return super().invoke(ctx)
         except SmsCreditsError as e:
             fail(e)
+        except _ClickException as e:
+            _usage_error(e)
         except Exception as e:
             if type(e).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3")):
                 fail(_database_error(e))

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import typer
 
 from smscredits.commands.base import app, command, db, output
 from smscredits.commands.users import UserArg
-from smscredits.errors import BadInput
+from smscredits.errors import BadInput, NotFound
 
 price_app = app("price", "Set prices per message part by destination; quote a message.")
 limits_app = app("limits", "Daily, weekly and monthly spending limits.")
@@ -112,7 +111,8 @@ def price_quote(
     try:
         quote = book.quote(to, counted)
     except Rejected as r:
-        raise BadInput(r.message, code=r.reason) from None
+        error = NotFound if r.reason == "no_price" else BadInput
+        raise error(r.message, code=r.reason) from None
     data: dict[str, Any] = {
         "to": quote.to, "country": quote.country, "encoding": counted.encoding,
         "units": counted.units, "parts": quote.parts, "rule": quote.rule,
@@ -251,15 +251,16 @@ def _charge_one(user: str, to: str, text: str | None, parts: int | None,
         raise typer.Exit(result.exit_code)
 
 
-def _read_batches(fd: int, size: int = 1000) -> Iterator[list[bytes]]:
+def _read_batches(stream: BinaryIO, size: int = 1000) -> Iterator[list[bytes]]:
     """Lines in batches: whatever is available now, up to ``size``.
 
-    A pipe fed one line at a time yields one-line batches at once (each is charged and its
-    result flushed before the next is awaited); a file yields full batches.
+    ``read1`` returns what one read brings, without waiting for more: a pipe fed one line at
+    a time yields one-line batches at once (each is charged and its result flushed before the
+    next is awaited); a file yields full batches.
     """
     pending = b""
     while True:
-        chunk = os.read(fd, 1 << 20)
+        chunk = stream.read1(1 << 20)
         if not chunk:
             if pending:
                 yield [pending]
@@ -309,12 +310,12 @@ def _charge_file(name: str) -> int:
     from smscredits.render import plain, to_json
 
     try:
-        fd = sys.stdin.fileno() if name == "-" else os.open(name, os.O_RDONLY)
+        stream: BinaryIO = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
     except OSError as e:
         raise BadInput(f"cannot read {name!r}: {e.strerror}") from None
     charger, summary, lineno = Charger(db()), BatchSummary(), 0
     out = sys.stdout
-    for lines in _read_batches(fd):
+    for lines in _read_batches(stream):
         parsed = []
         for raw in lines:
             lineno += 1
@@ -328,9 +329,9 @@ def _charge_file(name: str) -> int:
             out.write(to_json(plain(result)) + "\n")
         out.flush()
     if name != "-":
-        os.close(fd)
+        stream.close()
     _report(summary)
-    return 2 if summary.errors else 0
+    return 2 if summary.malformed else 0
 
 
 def _report(s: Any) -> None:

@@ -28,6 +28,8 @@ def _show(user: str | None, since: str | None, until: str | None, kind: list[str
           limit: int, before: int | None, credit_only: bool) -> None:
     from smscredits import clock, ledger, validate
 
+    if before is not None and not 1 <= before <= 2**62:
+        raise BadInput(f"bad --before {before}: not an event id")
     now = clock.now()
     lo = clock.to_us(validate.instant(since, now=now, what="--since")) if since else None
     hi = clock.to_us(validate.instant(until, now=now, what="--until")) if until else None

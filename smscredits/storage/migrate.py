@@ -7,8 +7,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 
-from smscredits.storage.engine import Db
+from smscredits.errors import DatabaseError
+from smscredits.storage.engine import Db, describe
 
 SCRIPTS = Path(__file__).with_name("migrations")
 
@@ -29,6 +31,12 @@ def head() -> str:
 def upgrade(db: Db, revision: str = "head") -> tuple[str | None, str | None]:
     """Bring the schema to ``revision``; returns (before, after)."""
     before = db.schema_version()
-    with db.write() as conn:
-        command.upgrade(alembic_config(conn), revision)
+    try:
+        with db.write() as conn:
+            command.upgrade(alembic_config(conn), revision)
+    except CommandError:
+        raise DatabaseError(
+            f"database {describe(db.url)} is at schema {before}, which this smscredits does not "
+            "know: it was upgraded by a newer smscredits"
+        ) from None
     return before, db.schema_version()

@@ -100,6 +100,7 @@ class Message(SQLModel, table=True):
     __tablename__ = "messages"
     __table_args__ = (Index("ix_messages_user_id_at", "user_id", "at"),)
     id: str = Field(primary_key=True, max_length=128)
+    user_name: str = Field(max_length=64)  # as requested: an unknown user has no user_id
     user_id: int | None = Field(default=None)
     power_id: int | None = Field(default=None)
     at: int = _big(nullable=False)

@@ -43,6 +43,7 @@ def upgrade() -> None:
     op.create_table(
         "messages",
         sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+        sa.Column("user_name", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=True),
         sa.Column("power_id", sa.Integer(), nullable=True),
         sa.Column("at", sa.BigInteger(), nullable=False),
