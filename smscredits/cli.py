@@ -58,6 +58,7 @@ app.add_typer(charging.price_app, rich_help_panel="Prices and charging")
 charging.register(app)
 logs.register(app)
 admin.register(app)
+admin.register_verify(app)
 app.add_typer(admin.db_app, rich_help_panel="Setup")
 app.add_typer(admin.config_app, rich_help_panel="Setup")
 

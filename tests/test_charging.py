@@ -622,7 +622,8 @@ def test_usage_of_an_unknown_user_exits_3(alice: Any) -> None:
 # -- concurrency (core) -------------------------------------------------------------------
 
 
-def run_threads(db_url: str, user: str, threads: int = 8, each: int = 20) -> list[Any]:
+def run_threads(db_url: str, user: str, threads: int = 8, each: int = 20,
+                ids: bool = False) -> list[Any]:
     results: list[Any] = []
     lock = threading.Lock()
     barrier = threading.Barrier(threads)
@@ -632,8 +633,9 @@ def run_threads(db_url: str, user: str, threads: int = 8, each: int = 20) -> lis
         try:
             charger = Charger(handle)
             barrier.wait()
-            for _ in range(each):
-                r = charger.charge(ChargeRequest(user, TO, parts=1))
+            for i in range(each):
+                msg_id = f"same-{i}" if ids else None
+                r = charger.charge(ChargeRequest(user, TO, parts=1, id=msg_id))
                 with lock:
                     results.append(r)
         finally:
@@ -686,6 +688,20 @@ def test_concurrent_chargers_never_exceed_a_daily_limit(db: Any, db_url: str) ->
     day = limits.show_limits(db, "alice").windows[0]
     assert (day.window, day.spent, day.remaining) == ("day", 30, 0)
     assert sum(e.amount for e in charged_events(db, "alice")) == -30
+
+
+def test_concurrent_retries_of_the_same_ids_charge_each_once(db: Any, db_url: str) -> None:
+    from smscredits import pricing
+
+    pricing.set_price(db, "default", "1")
+    ledger.add_user(db, "alice")
+    ledger.create_power(db, "alice", initial=1_000_000)
+    results = run_threads(db_url, "alice", ids=True)
+    assert {r.status for r in results} == {"charged"}
+    assert len([r for r in results if not r.replayed]) == 20
+    assert ledger.get_account(db, "alice").balance == 980
+    assert sorted(e.ref for e in charged_events(db, "alice")) == sorted(
+        f"same-{i}" for i in range(20))
 
 
 def test_charges_racing_top_ups_are_charged_or_refused_never_crash(db: Any, db_url: str) -> None:

@@ -113,3 +113,27 @@ def _run_steps(steps: list[tuple[str, list[str]]], path: str) -> None:
         console.file.flush()
         with contextlib.suppress(typer.Exit):
             command_.main([*args, "--db", path], prog_name="smscredits", standalone_mode=False)
+
+
+def register_verify(root: typer.Typer) -> None:
+    @command(root, "verify", rich_help_panel="Logs", example="smscredits verify --json")
+    def verify() -> None:
+        """Recompute every balance and limit window from the journal; check its hash chains."""
+        from smscredits import verify as verify_mod
+        from smscredits.commands.base import db
+
+        report = verify_mod.verify(db())
+        out = output()
+        if out.machine:
+            out.document({"ok": report.ok, "accounts": report.accounts, "events": report.events,
+                          "problems": report.problems})
+        elif report.ok:
+            out.message(f"ledger verified: {report.accounts} account(s), {report.events} "
+                        "event(s); balances, limit windows and hash chains agree")
+        else:
+            out.rows(report.problems, [("check", "Check"), ("user", "User"),
+                                       ("detail", "Problem"), ("expected", "Journal"),
+                                       ("found", "Stored"), ("event_id", "Event")],
+                     title="Ledger differences")
+        if not report.ok:
+            raise typer.Exit(1)

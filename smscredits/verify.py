@@ -1,0 +1,117 @@
+"""Recompute every balance and limit-window counter from the journal; check the hash chains.
+
+The journal is the source of truth: a balance is the sum of its account's event amounts; the
+current day/week/month counters are the costs of the ``message.charged`` events in those
+windows less the refunds of those messages; each account event's hash must cover its content
+and the previous event's hash, and the last one must be the account's ``last_hash``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from smscredits import clock, schedule
+from smscredits.amounts import to_decimal
+from smscredits.journal import event_hash
+from smscredits.limits import WINDOWS, window_keys
+from smscredits.storage.engine import Db
+from smscredits.storage.tables import events, powers, users
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    check: str  # balance | window | chain
+    user: str
+    detail: str
+    expected: Any = None
+    found: Any = None
+    event_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    accounts: int
+    events: int
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(db: Db) -> Report:
+    problems: list[Problem] = []
+    with db.read() as conn:
+        accounts = conn.execute(
+            select(powers, users.c.name, users.c.tz).join(users, users.c.id == powers.c.user_id)
+            .order_by(powers.c.id)
+        ).mappings().all()
+        sums = dict(conn.execute(
+            select(events.c.power_id, func.coalesce(func.sum(events.c.amount), 0))
+            .where(events.c.power_id.is_not(None)).group_by(events.c.power_id)
+        ).all())
+        total = conn.execute(select(func.count()).select_from(events)).scalar_one()
+        for acc in accounts:
+            expected = int(sums.get(acc["id"], 0))
+            if expected != acc["balance"]:
+                problems.append(Problem(
+                    "balance", acc["name"], "balance differs from the sum of its journal",
+                    to_decimal(expected), to_decimal(acc["balance"]),
+                ))
+            problems.extend(_windows(conn, acc, acc["tz"] or db.default_tz))
+            problems.extend(_chain(conn, acc))
+    return Report(len(accounts), total, problems)
+
+
+def _windows(conn: Connection, acc: Any, tz: str) -> list[Problem]:
+    """Counters of the windows stored on the row, recomputed from the journal."""
+    month_start = schedule.window_reset("month", acc["month_key"] - 1, tz)
+    # The week can start in the month before; a window starts where the previous one ends.
+    week_start = schedule.window_reset("week", acc["week_key"] - 7, tz)
+    since = clock.to_us(min(month_start, week_start))
+    rows = conn.execute(
+        select(events.c.kind, events.c.amount, events.c.ref, events.c.at)
+        .where(events.c.power_id == acc["id"], events.c.at >= since,
+               events.c.kind.in_(("message.charged", "message.refunded")))
+        .order_by(events.c.id)
+    ).all()
+    spent = dict.fromkeys(WINDOWS, 0)
+    charged_keys: dict[str, tuple[int, int, int]] = {}
+    for kind, amount, ref, at in rows:
+        if kind == "message.charged":
+            keys = charged_keys[ref] = window_keys(at, tz)
+            sign = 1
+        elif ref in charged_keys:
+            keys, sign = charged_keys[ref], -1
+        else:
+            continue  # a refund of a message charged before these windows
+        for window, key in zip(WINDOWS, keys, strict=True):
+            if key == acc[f"{window}_key"]:
+                spent[window] += sign * abs(amount)
+    return [
+        Problem("window", acc["name"], f"{window} counter differs from its journal",
+                to_decimal(spent[window]), to_decimal(acc[f"{window}_spent"]))
+        for window in WINDOWS
+        if spent[window] != acc[f"{window}_spent"]
+    ]
+
+
+def _chain(conn: Connection, acc: Any) -> list[Problem]:
+    prev: str | None = None
+    last_id = None
+    result = conn.execution_options(yield_per=5000).execute(
+        select(events).where(events.c.power_id == acc["id"]).order_by(events.c.id)
+    ).mappings()
+    for row in result:
+        if row["hash"] != event_hash(prev, row):
+            result.close()
+            return [Problem("chain", acc["name"], "event altered, removed or reordered",
+                            event_id=row["id"])]
+        prev, last_id = row["hash"], row["id"]
+    if prev != acc["last_hash"]:
+        return [Problem("chain", acc["name"], "latest events missing from the journal",
+                        event_id=last_id)]
+    return []
