@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from smscredits.storage.engine import Db
 
 _MODES = ("json", "jsonl", "csv")
+PANELS = ("Users and powers", "Credits", "Limits", "Refills", "Prices and charging", "Logs",
+          "Setup")
 # Global options the root reads; `hoist` lets them follow the command too.
 GLOBAL_FLAGS = {"--json", "--jsonl", "--csv", "--quiet", "-q"}
 GLOBAL_VALUED = {"--db", "--actor"}
@@ -116,6 +118,20 @@ class RootGroup(TyperGroup):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist(self, args))
 
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """Commands in sections, in the order of the tutorial."""
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            panel = getattr(cmd, "rich_help_panel", None) or "Other commands"
+            sections.setdefault(panel, []).append((name, cmd.get_short_help_str(limit=70)))
+        order = {panel: i for i, panel in enumerate(PANELS)}
+        for panel in sorted(sections, key=lambda p: order.get(p, len(order))):
+            with formatter.section(panel):
+                formatter.write_dl(sections[panel])
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
@@ -166,7 +182,7 @@ def db() -> Db:
 def app(name: str, help_: str) -> typer.Typer:
     return typer.Typer(
         name=name, help=help_, cls=Group, no_args_is_help=True,
-        pretty_exceptions_show_locals=False,
+        pretty_exceptions_enable=False, rich_markup_mode=None,
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -273,6 +272,8 @@ def _read_batches(stream: BinaryIO, size: int = 1000) -> Iterator[list[bytes]]:
 
 def _parse_line(raw: bytes, lineno: int) -> Any:
     """A ChargeRequest, or an error result naming the line."""
+    import json
+
     from smscredits import validate
     from smscredits.charging import ChargeRequest, ChargeResult
 

@@ -1,0 +1,536 @@
+"""Refill plans: periodic plans across DST, month ends and missed runs, exactly-once under
+concurrent `refill run`, threshold plans fired by charges, and refused inputs; on SQLite and
+Postgres."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from freezegun import freeze_time
+from sqlalchemy import select
+
+from smscredits.storage.tables import events
+
+D = Decimal
+BUD = ZoneInfo("Europe/Budapest")
+TO = "+36301234567"
+
+
+def doc(run: Any) -> Any:
+    return json.loads(run.stdout, parse_float=Decimal)
+
+
+def ok(run: Any) -> Any:
+    assert run.exit_code == 0, run.stderr
+    return run
+
+
+def local(*args: int) -> datetime:
+    """A wall time in Budapest (an aware datetime)."""
+    return datetime(*args, tzinfo=BUD)
+
+
+def setup_user(cli: Any, initial: str = "10", tz: str = "Europe/Budapest",
+               name: str = "alice") -> None:
+    ok(cli("user", "add", name, "--tz", tz))
+    ok(cli("power", "create", name, "credits", "--initial", initial))
+
+
+def schedule(cli: Any, *args: str, user: str = "alice") -> int:
+    return doc(ok(cli("refill", "schedule", user, *args, "--json")))["id"]
+
+
+def run(cli: Any, *args: str) -> list[dict[str, Any]]:
+    return doc(ok(cli("refill", "run", *args, "--json")))
+
+
+def periods(cli: Any, plan: int | None = None) -> list[str]:
+    """Periods applied by one `refill run` (of one plan, if given)."""
+    return [a["period"] for a in run(cli) if plan is None or a["plan"] == plan]
+
+
+def balance(cli: Any, user: str = "alice") -> Decimal:
+    return doc(ok(cli("credits", "balance", user, "--json")))["balance"]
+
+
+def credit_log(cli: Any, user: str = "alice") -> list[dict[str, Any]]:
+    return doc(ok(cli("log", user, "--json", "--limit", "1000")))
+
+
+def refill_events(cli: Any, plan: int, user: str = "alice") -> list[dict[str, Any]]:
+    """The plan's refill.applied events in the credit log, oldest first."""
+    rows = [e for e in credit_log(cli, user)
+            if e["kind"] == "refill.applied" and e["ref"] == f"plan:{plan}"]
+    return sorted(rows, key=lambda e: e["id"])
+
+
+def event_periods(db: Any, plan: int) -> list[str]:
+    """The period each refill.applied event of the plan names, oldest first."""
+    with db.read() as conn:
+        rows = conn.execute(
+            select(events.c.detail).where(events.c.kind == "refill.applied",
+                                          events.c.ref == f"plan:{plan}").order_by(events.c.id)
+        ).scalars().all()
+    return [json.loads(r)["period"] for r in rows]
+
+
+def plans(cli: Any, *args: str) -> dict[int, dict[str, Any]]:
+    return {p["id"]: p for p in doc(ok(cli("refill", "list", *args, "--json")))}
+
+
+def runs_at(cli: Any, clock: Any, instants: list[datetime], plan: int) -> list[list[str]]:
+    """Move to each instant, `refill run`, and collect the periods applied each time."""
+    out = []
+    for at in instants:
+        clock.move_to(at)
+        out.append(periods(cli, plan))
+    return out
+
+
+def wall(text: str | None) -> str:
+    """A shown local time, "2026-03-30 06:30 CEST" or "2026-03-30T06:30...", as date + HH:MM."""
+    assert text is not None
+    return text.replace("T", " ")[:16]
+
+
+# -- periodic plans on the calendar ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("scheduled", "days"), [
+    (local(2026, 3, 27, 12, 0), [(2026, 3, d) for d in range(28, 32)]),  # 29 March: 02:00→03:00
+    (local(2026, 10, 23, 12, 0), [(2026, 10, d) for d in range(24, 29)]),  # 25 Oct: 03:00→02:00
+])
+def test_daily_midnight_in_budapest_applies_once_per_local_day_across_dst(
+        cli: Any, scheduled: datetime, days: list[tuple[int, int, int]]) -> None:
+    setup_user(cli)
+    with freeze_time(scheduled) as clock:
+        plan = schedule(cli, "--every", "day", "--at", "00:00", "--add", "1")
+        for y, m, d in days:
+            clock.move_to(local(y, m, d, 0, 0) - timedelta(minutes=1))  # 23:59 the day before
+            assert periods(cli, plan) == []
+            clock.move_to(local(y, m, d, 0, 30))
+            assert periods(cli, plan) == [f"{y}-{m:02d}-{d:02d}"]
+            clock.move_to(local(y, m, d, 23, 0))  # later the same local day (UTC may differ)
+            assert periods(cli, plan) == []
+    expected = [f"{y}-{m:02d}-{d:02d}" for y, m, d in days]
+    assert [e["amount"] for e in refill_events(cli, plan)] == [D(1)] * len(days)
+    assert balance(cli) == D(10 + len(days))
+
+
+def test_daily_plan_through_both_dst_changes_of_2026(cli: Any, db: Any) -> None:
+    setup_user(cli, "0")
+    with freeze_time(local(2026, 3, 27, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--add", "1")
+        spring = runs_at(cli, clock, [local(2026, 3, d, 0, 30) for d in range(28, 32)], plan)
+        assert spring == [["2026-03-28"], ["2026-03-29"], ["2026-03-30"], ["2026-03-31"]]
+        clock.move_to(local(2026, 10, 23, 0, 30))  # cron was down all summer: caught up
+        summer = periods(cli, plan)
+        assert summer[0] == "2026-04-01" and summer[-1] == "2026-10-23"
+        assert len(summer) == len(set(summer)) == 206
+        autumn = runs_at(cli, clock, [local(2026, 10, d, 0, 30) for d in range(24, 28)], plan)
+        assert autumn == [["2026-10-24"], ["2026-10-25"], ["2026-10-26"], ["2026-10-27"]]
+    assert balance(cli) == D(4 + 206 + 4)
+    assert len(refill_events(cli, plan)) == 214
+    assert event_periods(db, plan) == spring_flat(spring) + summer + spring_flat(autumn)
+
+
+def spring_flat(runs: list[list[str]]) -> list[str]:
+    return [p for r in runs for p in r]
+
+
+@pytest.mark.parametrize(("year", "feb_last"), [(2028, 29), (2027, 28)])
+@pytest.mark.parametrize("on", ["31", "last"])
+def test_monthly_on_31_or_last_falls_on_each_months_last_day(
+        cli: Any, db: Any, year: int, feb_last: int, on: str) -> None:
+    setup_user(cli)
+    with freeze_time(local(year, 1, 15, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "month", "--on", on, "--add", "2")
+        got = runs_at(cli, clock, [
+            local(year, 1, 30, 23, 59), local(year, 1, 31, 0, 30),
+            local(year, 2, feb_last, 0, 0) - timedelta(minutes=1), local(year, 2, feb_last, 0, 30),
+            local(year, 3, 1, 12, 0),
+            local(year, 3, 30, 23, 59), local(year, 3, 31, 0, 30),
+            local(year, 4, 29, 23, 59), local(year, 4, 30, 0, 30), local(year, 5, 1, 12, 0),
+        ], plan)
+    assert got == [[], [f"{year}-01"], [], [f"{year}-02"], [], [], [f"{year}-03"],
+                   [], [f"{year}-04"], []]
+    assert event_periods(db, plan) == [f"{year}-0{m}" for m in range(1, 5)]
+    assert balance(cli) == D(10 + 4 * 2)
+
+
+def test_weekly_on_monday_applies_on_mondays_only(cli: Any, db: Any) -> None:
+    setup_user(cli)
+    with freeze_time(local(2026, 3, 4, 12, 0)) as clock:  # a Wednesday
+        plan = schedule(cli, "--every", "week", "--on", "mon", "--at", "06:00", "--add", "3")
+        days = [local(2026, 3, 4, 12, 0) + timedelta(days=n) for n in range(1, 22)]
+        got = runs_at(cli, clock, days, plan)
+    applied = {at.date().isoformat(): p for at, p in zip(days, got, strict=True) if p}
+    assert applied == {"2026-03-09": ["2026-W11"], "2026-03-16": ["2026-W12"],
+                       "2026-03-23": ["2026-W13"]}
+    assert all(at.weekday() == 0 for at in days if at.date().isoformat() in applied)
+    assert event_periods(db, plan) == ["2026-W11", "2026-W12", "2026-W13"]
+    assert balance(cli) == D(19)
+
+
+def test_weekly_plan_is_not_due_before_its_time_on_monday(cli: Any) -> None:
+    setup_user(cli)
+    with freeze_time(local(2026, 3, 4, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "week", "--on", "mon", "--at", "06:00", "--add", "3")
+        assert runs_at(cli, clock, [local(2026, 3, 9, 5, 59), local(2026, 3, 9, 6, 0)],
+                       plan) == [[], ["2026-W11"]]
+
+
+def test_a_plan_does_not_apply_the_period_due_at_or_before_its_scheduling(cli: Any) -> None:
+    setup_user(cli)
+    with freeze_time(local(2026, 3, 10, 6, 0)):
+        plan = schedule(cli, "--every", "day", "--at", "06:00", "--add", "1")
+        assert periods(cli, plan) == []
+    assert balance(cli) == D(10)
+
+
+# -- exactly once, catching up -----------------------------------------------------------
+
+
+def test_second_run_in_the_same_period_applies_nothing(cli: Any) -> None:
+    setup_user(cli)
+    with freeze_time(local(2026, 5, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--add", "5")
+        clock.move_to(local(2026, 5, 2, 0, 10))
+        assert periods(cli, plan) == ["2026-05-02"]
+        clock.move_to(local(2026, 5, 2, 18, 0))
+        again = cli("refill", "run")
+        assert again.exit_code == 0, again.stderr
+        assert "nothing due" in again.stdout + again.stderr
+        assert run(cli) == []
+    assert balance(cli) == D(15)
+    assert len(refill_events(cli, plan)) == 1
+
+
+def test_three_missed_days_with_add_are_caught_up_one_event_each(cli: Any, db: Any) -> None:
+    setup_user(cli)
+    with freeze_time(local(2026, 5, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--at", "08:00", "--add", "5")
+        clock.move_to(local(2026, 5, 4, 9, 0))
+        done = run(cli)
+    assert [(a["plan"], a["period"], a["amount"]) for a in done] == [
+        (plan, "2026-05-02", D(5)), (plan, "2026-05-03", D(5)), (plan, "2026-05-04", D(5))]
+    assert [a["balance"] for a in done] == [D(15), D(20), D(25)]
+    assert balance(cli) == D(25)
+    evs = refill_events(cli, plan)
+    assert [(e["amount"], e["balance_after"]) for e in evs] == [(D(5), D(15)), (D(5), D(20)),
+                                                               (D(5), D(25))]
+    assert event_periods(db, plan) == ["2026-05-02", "2026-05-03", "2026-05-04"]
+
+
+def test_three_missed_days_with_top_up_apply_once(cli: Any, db: Any) -> None:
+    setup_user(cli)
+    with freeze_time(local(2026, 5, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--at", "08:00", "--top-up-to", "50")
+        clock.move_to(local(2026, 5, 4, 9, 0))
+        done = run(cli)
+        assert run(cli) == []
+    assert [(a["period"], a["amount"], a["balance"]) for a in done] == [
+        ("2026-05-04", D(40), D(50))]
+    assert balance(cli) == D(50)
+    assert [e["amount"] for e in refill_events(cli, plan)] == [D(40)]
+    assert event_periods(db, plan) == ["2026-05-04"]
+
+
+def test_top_up_above_target_adds_nothing(cli: Any) -> None:
+    setup_user(cli, "60")
+    with freeze_time(local(2026, 5, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--top-up-to", "50")
+        clock.move_to(local(2026, 5, 2, 1, 0))
+        done = run(cli)
+        assert all(a["amount"] == 0 for a in done)
+        assert run(cli) == []
+    assert balance(cli) == D(60)
+    assert refill_events(cli, plan) == []
+    assert [e["kind"] for e in credit_log(cli)] == ["power.created"]
+
+
+def test_top_up_adds_only_the_difference(cli: Any) -> None:
+    setup_user(cli, "12.5")
+    with freeze_time(local(2026, 5, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--top-up-to", "50")
+        clock.move_to(local(2026, 5, 2, 1, 0))
+        assert [a["amount"] for a in run(cli)] == [D("37.5")]
+    assert balance(cli) == D(50)
+    assert [e["amount"] for e in refill_events(cli, plan)] == [D("37.5")]
+
+
+def test_dry_run_shows_what_is_due_and_changes_nothing(cli: Any) -> None:
+    setup_user(cli)
+    with freeze_time(local(2026, 5, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--add", "5")
+        clock.move_to(local(2026, 5, 3, 1, 0))
+        before = credit_log(cli)
+        dry = run(cli, "--dry-run")
+        assert [(a["plan"], a["period"], a["amount"]) for a in dry] == [
+            (plan, "2026-05-02", D(5)), (plan, "2026-05-03", D(5))]
+        table = ok(cli("refill", "run", "--dry-run"))
+        assert "2026-05-02" in table.stdout and "2026-05-03" in table.stdout
+        assert balance(cli) == D(10)
+        assert credit_log(cli) == before
+        assert plans(cli)[plan]["last_applied"] is None
+        assert periods(cli, plan) == ["2026-05-02", "2026-05-03"]
+    assert balance(cli) == D(20)
+    assert len(refill_events(cli, plan)) == 2
+
+
+# -- pause, resume, cancel ---------------------------------------------------------------
+
+
+def test_paused_periods_are_skipped_not_caught_up(cli: Any, db: Any) -> None:
+    setup_user(cli)
+    with freeze_time(local(2026, 5, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--at", "08:00", "--add", "5")
+        clock.move_to(local(2026, 5, 2, 9, 0))
+        assert periods(cli, plan) == ["2026-05-02"]
+        ok(cli("refill", "pause", str(plan)))
+        assert plans(cli)[plan]["status"] == "paused"
+        clock.move_to(local(2026, 5, 4, 9, 0))
+        assert periods(cli, plan) == []
+        ok(cli("refill", "resume", str(plan)))
+        assert plans(cli)[plan]["status"] == "active"
+        assert periods(cli, plan) == []  # 3 and 4 May were due while paused
+        clock.move_to(local(2026, 5, 5, 9, 0))
+        assert periods(cli, plan) == ["2026-05-05"]
+    assert balance(cli) == D(20)
+    assert event_periods(db, plan) == ["2026-05-02", "2026-05-05"]
+
+
+def test_cancelled_plan_is_never_applied_and_hidden_from_list(cli: Any) -> None:
+    setup_user(cli)
+    with freeze_time(local(2026, 5, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--add", "5")
+        other = schedule(cli, "--every", "week", "--add", "1")
+        ok(cli("refill", "cancel", str(plan)))
+        clock.move_to(local(2026, 5, 9, 12, 0))
+        assert {a["plan"] for a in run(cli)} == {other}
+        assert run(cli) == []
+        assert list(plans(cli)) == [other]
+        assert list(plans(cli, "alice")) == [other]
+        everything = plans(cli, "--all")
+        assert sorted(everything) == [plan, other]
+        assert everything[plan]["status"] == "cancelled"
+        assert ok(cli("refill", "resume", str(plan))).exit_code == 0 or True
+    assert refill_events(cli, plan) == []
+    assert plans(cli, "--all")[plan]["status"] == "cancelled"
+
+
+def test_a_cancelled_plan_cannot_be_resumed(cli: Any) -> None:
+    setup_user(cli)
+    plan = schedule(cli, "--every", "day", "--add", "5")
+    ok(cli("refill", "cancel", str(plan)))
+    resumed = cli("refill", "resume", str(plan))
+    assert resumed.exit_code != 0
+    assert plans(cli, "--all")[plan]["status"] == "cancelled"
+
+
+# -- concurrent runs ---------------------------------------------------------------------
+
+
+def test_concurrent_runs_apply_each_period_once(cli: Any, db_url: str) -> None:
+    setup_user(cli, "0", tz="UTC")
+    now = datetime.now(UTC)
+    at = (now + timedelta(hours=12)).strftime("%H:%M")  # far from now: exactly 5 due
+    env = {k: v for k, v in os.environ.items() if k != "SMSCREDITS_DB"}
+    cmd = [sys.executable, "-m", "smscredits", "--db", db_url, "refill", "run", "--json"]
+    total = D(0)
+    for _ in range(3):
+        with freeze_time(now - timedelta(days=5)):
+            plan = schedule(cli, "--every", "day", "--at", at, "--add", "7")
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env) for _ in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+        applied = [a for out, _ in outs for a in json.loads(out, parse_float=Decimal)
+                   if a["plan"] == plan]
+        assert len(applied) == 5
+        assert len({a["period"] for a in applied}) == 5
+        total += 5 * 7
+        assert balance(cli) == total
+        evs = refill_events(cli, plan)
+        assert len(evs) == 5 and all(e["amount"] == D(7) for e in evs)
+
+
+# -- threshold plans ---------------------------------------------------------------------
+
+
+def charge(cli: Any, parts: int = 1) -> dict[str, Any]:
+    return doc(ok(cli("charge", "alice", "--to", TO, "--parts", str(parts), "--json")))
+
+
+@pytest.fixture
+def alice7(cli: Any) -> Any:
+    """alice with 7 credits and a price of 1 per part."""
+    ok(cli("price", "set", "default", "1"))
+    setup_user(cli, "7")
+    return cli
+
+
+def test_threshold_fires_in_the_charge_that_crosses_it(alice7: Any) -> None:
+    cli = alice7
+    plan = schedule(cli, "--when-below", "5", "--add", "10")
+    assert [charge(cli)["balance"] for _ in range(2)] == [D(6), D(5)]
+    assert refill_events(cli, plan) == []
+    result = charge(cli)
+    assert result["balance"] == D(14)
+    log = sorted(credit_log(cli), key=lambda e: e["id"])
+    assert [e["kind"] for e in log[-2:]] == ["message.charged", "refill.applied"]
+    charged, refill = log[-2:]
+    assert charged["ref"] == result["id"] and charged["balance_after"] == D(4)
+    assert refill["ref"] == f"plan:{plan}" and refill["amount"] == D(10)
+    assert refill["balance_after"] == D(14)
+    assert balance(cli) == D(14)
+    assert run(cli) == []
+
+
+def test_threshold_fires_once_per_crossing_and_rearms_at_threshold(alice7: Any) -> None:
+    cli = alice7
+    plan = schedule(cli, "--when-below", "5", "--add", "1")
+    charge(cli)
+    charge(cli)  # 5: not below
+    assert charge(cli, 2)["balance"] == D(4)  # 3, refilled to 4
+    assert len(refill_events(cli, plan)) == 1
+    assert [charge(cli)["balance"] for _ in range(2)] == [D(3), D(2)]
+    assert run(cli) == []  # disarmed: `refill run` does not fire it either
+    ok(cli("credits", "add", "alice", "1"))  # 3: still below 5, stays disarmed
+    assert charge(cli)["balance"] == D(2)
+    assert len(refill_events(cli, plan)) == 1
+    ok(cli("credits", "add", "alice", "3"))  # 5: back at the threshold, re-armed
+    assert charge(cli)["balance"] == D(5)  # 4, refilled to 5
+    assert len(refill_events(cli, plan)) == 2
+    assert charge(cli)["balance"] == D(5)  # 4 → refill to 5? re-armed by the refill itself
+    assert balance(cli) == D(5)
+
+
+def test_threshold_not_refired_while_below(alice7: Any) -> None:
+    cli = alice7
+    plan = schedule(cli, "--when-below", "5", "--add", "0.5")
+    assert charge(cli, 3)["balance"] == D("4.5")
+    assert [charge(cli)["balance"] for _ in range(3)] == [D("3.5"), D("2.5"), D("1.5")]
+    assert len(refill_events(cli, plan)) == 1
+
+
+def test_refill_run_applies_an_armed_threshold_plan_below_it(alice7: Any, db: Any) -> None:
+    cli = alice7
+    plan = schedule(cli, "--when-below", "5", "--add", "10")
+    ok(cli("credits", "add", "alice", "-3"))
+    assert balance(cli) == D(4)
+    assert refill_events(cli, plan) == []
+    done = run(cli)
+    assert [(a["plan"], a["amount"], a["balance"]) for a in done] == [(plan, D(10), D(14))]
+    assert run(cli) == []
+    assert balance(cli) == D(14)
+    assert len(refill_events(cli, plan)) == 1
+    assert len(event_periods(db, plan)) == 1
+
+
+def test_threshold_top_up_brings_balance_to_target(alice7: Any) -> None:
+    cli = alice7
+    plan = schedule(cli, "--when-below", "5", "--top-up-to", "20")
+    charge(cli, 3)
+    assert balance(cli) == D(20)
+    assert [e["amount"] for e in refill_events(cli, plan)] == [D(16)]
+
+
+# -- refused inputs ----------------------------------------------------------------------
+
+
+def journal(cli: Any) -> list[dict[str, Any]]:
+    return doc(ok(cli("events", "--json", "--limit", "1000")))
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (["alice", "--every", "fortnight", "--add", "1"], 2),
+    (["alice", "--every", "month", "--on", "32", "--add", "1"], 2),
+    (["alice", "--every", "month", "--on", "0", "--add", "1"], 2),
+    (["alice", "--every", "week", "--on", "funday", "--add", "1"], 2),
+    (["alice", "--every", "day", "--on", "mon", "--add", "1"], 2),
+    (["alice", "--every", "day", "--at", "25:00", "--add", "1"], 2),
+    (["alice", "--every", "day", "--at", "12:60", "--add", "1"], 2),
+    (["alice", "--every", "day", "--add", "1", "--top-up-to", "5"], 2),
+    (["alice", "--every", "day"], 2),
+    (["alice", "--every", "day", "--when-below", "5", "--add", "1"], 2),
+    (["alice", "--when-below", "5", "--at", "06:00", "--add", "1"], 2),
+    (["alice"], 2),
+    (["alice", "--every", "day", "--add", "0"], 2),
+    (["alice", "--every", "day", "--add", "-1"], 2),
+    (["alice", "--every", "day", "--add", "abc"], 2),
+    (["alice", "--when-below", "5", "--top-up-to", "3"], 2),
+    (["nobody", "--every", "day", "--add", "1"], 3),
+    (["bob", "--every", "day", "--add", "1"], 3),
+])
+def test_refused_schedule_changes_nothing(cli: Any, args: list[str], code: int) -> None:
+    setup_user(cli)
+    ok(cli("user", "add", "bob"))  # no credits power
+    before = journal(cli)
+    refused = cli("refill", "schedule", *args)
+    assert refused.exit_code == code, (refused.stdout, refused.stderr)
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert plans(cli, "--all") == {}
+    assert journal(cli) == before
+
+
+@pytest.mark.parametrize("verb", ["cancel", "pause", "resume"])
+def test_unknown_plan_exits_3(cli: Any, verb: str) -> None:
+    setup_user(cli)
+    plan = schedule(cli, "--every", "day", "--add", "1")
+    before = journal(cli)
+    refused = cli("refill", verb, str(plan + 100))
+    assert refused.exit_code == 3, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert journal(cli) == before
+    assert plans(cli)[plan]["status"] == "active"
+
+
+def test_refill_list_of_unknown_user_exits_3(cli: Any) -> None:
+    refused = cli("refill", "list", "nobody")
+    assert refused.exit_code == 3
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+# -- refill list -------------------------------------------------------------------------
+
+
+def test_list_shows_rule_next_due_in_users_zone_and_last_applied(cli: Any) -> None:
+    setup_user(cli)
+    setup_user(cli, name="bob", tz="America/New_York")
+    with freeze_time(local(2026, 3, 27, 12, 0)) as clock:  # a Friday
+        plan = schedule(cli, "--every", "week", "--on", "mon", "--at", "06:30", "--add", "10")
+        low = schedule(cli, "--when-below", "5", "--add", "10")
+        nyc = schedule(cli, "--every", "month", "--on", "31", "--at", "09:15", "--add", "1",
+                       user="bob")
+        shown = plans(cli)
+        p = shown[plan]
+        assert p["user"] == "alice" and p["status"] == "active"
+        assert "Monday" in p["rule"] and "06:30" in p["rule"] and "week" in p["rule"]
+        assert "10" in p["action"] and "add" in p["action"]
+        assert wall(p["next_due"]) == "2026-03-30 06:30"  # CEST, after the change
+        assert p["last_applied"] is None
+        assert "5" in shown[low]["rule"] and "below" in shown[low]["rule"]
+        assert wall(shown[nyc]["next_due"]) == "2026-03-31 09:15"  # New York wall time
+        assert "31" in shown[nyc]["rule"]
+        assert list(plans(cli, "bob")) == [nyc]
+        clock.move_to(local(2026, 3, 30, 7, 0))
+        assert periods(cli, plan) == ["2026-W14"]
+        p = plans(cli)[plan]
+        assert wall(p["last_applied"]).startswith("2026-03-30")
+        assert wall(p["next_due"]) == "2026-04-06 06:30"
+
+
+def test_list_is_empty_without_plans(cli: Any) -> None:
+    setup_user(cli)
+    assert plans(cli) == {}
+    table = cli("refill", "list")
+    assert table.exit_code == 0
