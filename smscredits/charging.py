@@ -182,8 +182,13 @@ class _Batch:
         params = {"pid": account.power_id, "cost": quote.cost, "day_key": day,
                   "week_key": week, "month_key": month}
         row = self.conn.execute(DEBIT, params).first()
-        if row is None:
-            return self.reject(base, account, quote, self.why_refused(params))
+        while row is None:
+            # Postgres, READ COMMITTED: a top-up may have committed since the UPDATE looked.
+            # why_refused locks the row, so a second UPDATE sees what it saw.
+            refusal = self.why_refused(params)
+            if refusal is not None:
+                return self.reject(base, account, quote, refusal)
+            row = self.conn.execute(DEBIT, params).first()
         msg_id = base.id or secrets.token_hex(8)
         assert account.power_id is not None
         prev = self.hashes.get(account.power_id, row.last_hash)
@@ -212,8 +217,12 @@ class _Batch:
         self.hashes.pop(account.power_id, None)  # the power row's last_hash is current again
         return fire_thresholds(self.conn, account.user_id, balance, self.db.actor)
 
-    def why_refused(self, params: dict[str, Any]) -> Rejected:
-        row = self.conn.execute(select(powers).where(powers.c.id == params["pid"])).mappings().one()
+    def why_refused(self, params: dict[str, Any]) -> Rejected | None:
+        """Why the debit was refused; None if, with the row now locked, nothing stops it."""
+        stmt = select(powers).where(powers.c.id == params["pid"])
+        if self.conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        row = self.conn.execute(stmt).mappings().one()
         cost = params["cost"]
         if row["overdraft"] is not None and row["balance"] - cost < -row["overdraft"]:
             return Rejected("insufficient_credits", "insufficient credits")
@@ -221,7 +230,7 @@ class _Batch:
             limit = row[LIMIT_COLUMN[window]]
             if limit is not None and spent_now(row, window, params[f"{window}_key"]) + cost > limit:
                 return Rejected(REASON[window], f"{REASON[window].replace('_', ' ')} reached")
-        raise AssertionError("debit refused for no reason")  # pragma: no cover
+        return None
 
     def unmetered(self, base: ChargeResult, account: _Account, quote: Quote) -> ChargeResult:
         now = clock.now_us()
