@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -187,7 +188,9 @@ class ImportReport:
     errors: list[dict[str, object]]
 
 
-def import_csv(db: Db, path: Path) -> ImportReport:
+def import_csv(
+    db: Db, path: Path, *, progress: Callable[[int], None] | None = None
+) -> ImportReport:
     """Import ``destination,price`` rows (a header row is optional); all or nothing.
 
     Every bad row is reported with its line number; if there is any, nothing is imported.
@@ -214,4 +217,6 @@ def import_csv(db: Db, path: Path) -> ImportReport:
     with db.write() as conn:
         for key, price in good.items():
             _upsert(conn, key, price, db.actor)
+            if progress is not None:
+                progress(1)
     return ImportReport(len(good), [])

@@ -212,3 +212,109 @@ NUMERIC = {
     "refunded",
     "units",
 }
+
+
+def bar(value: Decimal, limit: Decimal | None, width: int = 20) -> str:
+    """A text bar of value / limit (full when over)."""
+    if not limit:
+        return "░" * width if limit is not None else ""
+    filled = min(width, int(value * width / limit + Decimal("0.5")))
+    return "█" * filled + "░" * (width - filled)
+
+
+def balance_panel(account: Any, windows: Sequence[Any], plans: Sequence[Any]) -> Any:
+    """The terminal view of one account: balance, limits as bars, refill plans."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    top = Table.grid(padding=(0, 2))
+    top.add_row(
+        "Balance",
+        Text(cell(account.balance), style="bold"),
+        "Overdraft",
+        cell(account.overdraft) if account.overdraft is not None else "unlimited",
+    )
+    top.add_row(
+        "Available",
+        cell(account.available) if account.available is not None else "unlimited",
+        "Status",
+        "disabled" if account.disabled else "active",
+    )
+    limits = Table.grid(padding=(0, 2))
+    for w in windows:
+        if w.limit is None:
+            limits.add_row(w.window, Text("no limit", style="dim"), f"{cell(w.spent)} spent", "")
+        else:
+            style = "red" if w.remaining == 0 else "green"
+            limits.add_row(
+                w.window,
+                Text(bar(w.spent, w.limit), style=style),
+                f"{cell(w.spent)} / {cell(w.limit)}",
+                f"resets {local_time(w.resets_at, account.tz)}",
+            )
+    parts: list[Any] = [top, Text("\nLimits", style="bold"), limits]
+    active = [p for p in plans if p.status == "active"]
+    if active:
+        refills = Table.grid(padding=(0, 2))
+        for p in active:
+            when = f"next {p.next_due}" if p.next_due else ("armed" if p.armed else "fired")
+            refills.add_row(f"#{p.id}", Text(f"{p.action} {p.rule}"), when)
+        parts += [Text("\nRefill plans", style="bold"), refills]
+    title = Text(f"{account.user} ({account.tz})")
+    return Panel(Group(*parts), title=title, title_align="left", expand=False)
+
+
+def usage_chart(rows: Sequence[Any], label: str, title: str) -> Any:
+    """Spend per period as bars, with the numbers beside them."""
+    from rich.table import Table
+    from rich.text import Text
+
+    top = max((r.spent for r in rows), default=Decimal(0))
+    t = Table(title=title, header_style="bold", box=None, padding=(0, 1))
+    t.add_column(label, no_wrap=True)
+    t.add_column("Spent", justify="right", no_wrap=True)
+    t.add_column("", no_wrap=True)
+    t.add_column("Messages", justify="right", no_wrap=True)
+    t.add_column("Refunded", justify="right", no_wrap=True)
+    for r in rows:
+        t.add_row(
+            Text(cell(r.period)),
+            cell(r.spent),
+            Text(bar(r.spent, top, 30).rstrip("░"), style="cyan"),
+            cell(r.messages),
+            cell(r.refunded),
+        )
+    return t
+
+
+def local_time(iso_utc: str, tz: str) -> str:
+    """An ISO UTC instant as local time in a zone: ``2026-11-26 00:00 CET``."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    at = datetime.fromisoformat(iso_utc.replace("Z", "+00:00"))
+    return at.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+class Progress:
+    """A progress bar on stderr when stderr is a terminal; otherwise nothing at all."""
+
+    def __init__(self, description: str, total: int | None) -> None:
+        self.bar: Any = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task(description, total=total)
+            self.bar.start()
+
+    def advance(self, amount: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, amount)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -196,6 +196,31 @@ def test_a_plan_does_not_apply_the_period_due_at_or_before_its_scheduling(cli: A
     assert balance(cli) == D(10)
 
 
+def test_daily_time_in_the_dst_gap_and_fold_applies_once_on_that_day(cli: Any,
+                                                                     db: Any) -> None:
+    setup_user(cli)
+    with freeze_time(local(2026, 3, 27, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--at", "02:30", "--add", "1")
+        spring = runs_at(cli, clock, [
+            local(2026, 3, 28, 12, 0),
+            datetime(2026, 3, 29, 0, 59, tzinfo=UTC),  # 01:59 CET: 02:30 not yet
+            datetime(2026, 3, 29, 1, 0, tzinfo=UTC),  # 03:00 CEST: 02:30 never came, due now
+            local(2026, 3, 29, 23, 0), local(2026, 3, 30, 12, 0),
+        ], plan)
+        assert spring == [["2026-03-28"], [], ["2026-03-29"], [], ["2026-03-30"]]
+        clock.move_to(local(2026, 10, 24, 12, 0))
+        assert len(periods(cli, plan)) == 208  # 31 March .. 24 October
+        autumn = runs_at(cli, clock, [
+            datetime(2026, 10, 25, 0, 29, tzinfo=UTC),  # 02:29 CEST
+            datetime(2026, 10, 25, 0, 30, tzinfo=UTC),  # 02:30 CEST: the first 02:30
+            datetime(2026, 10, 25, 1, 30, tzinfo=UTC),  # 02:30 CET: the second, not again
+            local(2026, 10, 25, 23, 0), local(2026, 10, 26, 12, 0),
+        ], plan)
+        assert autumn == [[], ["2026-10-25"], [], [], ["2026-10-26"]]
+    got = event_periods(db, plan)
+    assert len(got) == len(set(got)) == 3 + 208 + 2
+
+
 # -- exactly once, catching up -----------------------------------------------------------
 
 
@@ -441,6 +466,64 @@ def test_threshold_top_up_brings_balance_to_target(alice7: Any) -> None:
     charge(cli, 3)
     assert balance(cli) == D(20)
     assert [e["amount"] for e in refill_events(cli, plan)] == [D(16)]
+
+
+def test_threshold_fires_once_in_a_batch_and_the_journal_verifies(alice7: Any,
+                                                                  tmp_path: Any) -> None:
+    cli = alice7
+    plan = schedule(cli, "--when-below", "5", "--add", "10")
+    path = tmp_path / "batch.jsonl"
+    path.write_text("".join(json.dumps({"user": "alice", "to": TO, "parts": 1}) + "\n"
+                            for _ in range(5)))
+    batch = ok(cli("charge", "--file", str(path)))
+    out = [json.loads(x, parse_float=Decimal) for x in batch.stdout.splitlines() if x.strip()]
+    assert [r["balance"] for r in out] == [D(6), D(5), D(14), D(13), D(12)]
+    assert [e["amount"] for e in refill_events(cli, plan)] == [D(10)]
+    assert balance(cli) == D(12)
+    assert doc(ok(cli("verify", "--json")))["ok"] is True
+
+
+def test_journal_verifies_after_periodic_and_threshold_refills(alice7: Any) -> None:
+    cli = alice7
+    with freeze_time(local(2026, 5, 1, 12, 0)) as clock:
+        schedule(cli, "--every", "day", "--add", "1")
+        schedule(cli, "--when-below", "5", "--top-up-to", "8")
+        charge(cli, 3)
+        clock.move_to(local(2026, 5, 4, 12, 0))
+        assert len(run(cli)) == 3
+        charge(cli, 7)
+    assert balance(cli) == D(8)
+    report = doc(ok(cli("verify", "--json")))
+    assert report["ok"] is True, report["problems"]
+
+
+@pytest.mark.parametrize("verb", ["pause", "cancel"])
+def test_paused_or_cancelled_threshold_plan_does_not_fire(alice7: Any, verb: str) -> None:
+    cli = alice7
+    plan = schedule(cli, "--when-below", "5", "--add", "10")
+    ok(cli("refill", verb, str(plan)))
+    assert charge(cli, 3)["balance"] == D(4)
+    assert run(cli) == []
+    assert refill_events(cli, plan) == []
+
+
+def test_resumed_threshold_plan_fires_again(alice7: Any) -> None:
+    cli = alice7
+    plan = schedule(cli, "--when-below", "5", "--add", "10")
+    ok(cli("refill", "pause", str(plan)))
+    ok(cli("refill", "resume", str(plan)))
+    assert charge(cli, 3)["balance"] == D(14)
+    assert len(refill_events(cli, plan)) == 1
+
+
+def test_refund_back_to_threshold_rearms_plan(alice7: Any) -> None:
+    cli = alice7
+    plan = schedule(cli, "--when-below", "5", "--add", "1")
+    first = charge(cli, 4)  # 3: fires, 4
+    assert first["balance"] == D(4)
+    ok(cli("refund", first["id"]))  # 8: re-armed
+    assert charge(cli, 4)["balance"] == D(5)  # 4: fires again, 5
+    assert len(refill_events(cli, plan)) == 2
 
 
 # -- refused inputs ----------------------------------------------------------------------

@@ -9,8 +9,9 @@ import typer
 
 from smscredits.commands.base import STATE, app, command, output
 
-db_app = app("db", "Create and upgrade the database schema.")
-config_app = app("config", "Show and change settings (config file).")
+db_app = app("db", "Create and upgrade the database schema.", "smscredits db upgrade")
+config_app = app("config", "Show and change settings (config file).",
+                 "smscredits config set default_tz Europe/Budapest")
 
 
 @command(db_app, "upgrade", example="smscredits --db postgresql+psycopg://gw@db1/sms db upgrade")

@@ -102,9 +102,34 @@ def _usage_error(e: Any) -> None:
     fail(BadInput(e.format_message() + hint, code="usage"))
 
 
+# How values are shown in --help (Typer would write <str>, <int>).
+METAVARS = {
+    "--to": "NUMBER", "--text": "TEXT", "--parts": "N", "--id": "MESSAGE_ID", "--file": "FILE",
+    "--note": "TEXT", "--tz": "ZONE", "--since": "WHEN", "--until": "WHEN", "--kind": "KIND",
+    "--limit": "N", "--before": "ID", "--every": "day|week|month", "--on": "DAY",
+    "--at": "HH:MM", "--when-below": "N", "--add": "N", "--top-up-to": "N", "--initial": "N",
+    "--overdraft": "N|unlimited", "--daily": "N|none", "--weekly": "N|none",
+    "--monthly": "N|none", "--by": "day|week|month|country", "--user": "USER", "--keep": "PATH",
+}
+
+
+def _set_metavars(cmd: Any) -> None:
+    for param in getattr(cmd, "params", []):
+        if param.param_type_name == "argument":
+            param.metavar = param.metavar or (param.name or "").upper()
+        elif not getattr(param, "is_flag", False):
+            param.metavar = param.metavar or METAVARS.get(param.opts[0], "VALUE")
+    for sub in getattr(cmd, "commands", {}).values():
+        _set_metavars(sub)
+
+
 class RootGroup(TyperGroup):
     """Reads global options anywhere; turns every error a user can cause into one line on
     stderr and its exit code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _set_metavars(self)
 
     def make_context(self, info_name: Any, args: list[str], parent: Any = None,
                      **extra: Any) -> Any:
@@ -179,9 +204,9 @@ def db() -> Db:
     return STATE.handle
 
 
-def app(name: str, help_: str) -> typer.Typer:
+def app(name: str, help_: str, example: str) -> typer.Typer:
     return typer.Typer(
-        name=name, help=help_, cls=Group, no_args_is_help=True,
+        name=name, help=help_, cls=Group, no_args_is_help=True, epilog=f"Example: {example}",
         pretty_exceptions_enable=False, rich_markup_mode=None,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,10 @@ from smscredits.commands.base import app, command, db, output
 from smscredits.commands.users import UserArg
 from smscredits.errors import BadInput, NotFound
 
-price_app = app("price", "Set prices per message part by destination; quote a message.")
-limits_app = app("limits", "Daily, weekly and monthly spending limits.")
+price_app = app("price", "Set prices per message part by destination; quote a message.",
+                "smscredits price set HU 0.8")
+limits_app = app("limits", "Daily, weekly and monthly spending limits.",
+                 "smscredits limits set alice --daily 100")
 
 To = Annotated[str, typer.Option("--to", help="Destination number, E.164 (+36301234567).")]
 TextOpt = Annotated[str | None, typer.Option("--text", help="The message text (parts are "
@@ -76,8 +79,13 @@ def price_import(
 ) -> None:
     """Import prices from CSV; any bad row is reported and nothing is imported."""
     from smscredits import pricing
+    from smscredits.render import Progress
 
-    report = pricing.import_csv(db(), file)
+    progress = Progress("importing prices", None)
+    try:
+        report = pricing.import_csv(db(), file, progress=progress.advance)
+    finally:
+        progress.close()
     out = output()
     if report.errors:
         if out.machine:
@@ -218,9 +226,15 @@ def register(root: typer.Typer) -> None:
         from smscredits import usage as usage_mod
 
         rows = usage_mod.usage(db(), user, by, limit)
-        output().rows(rows, [("period", by.capitalize()), ("messages", "Messages"),
-                             ("parts", "Parts"), ("spent", "Spent"), ("refunded", "Refunded")],
-                      title=f"Usage of {user} by {by}", empty="no messages yet")
+        out = output()
+        if out.machine or not rows:
+            out.rows(rows, [("period", by.capitalize()), ("messages", "Messages"),
+                            ("parts", "Parts"), ("spent", "Spent"), ("refunded", "Refunded")],
+                     empty="no messages yet")
+            return
+        from smscredits.render import usage_chart
+
+        out.console().print(usage_chart(rows, by.capitalize(), f"Spend of {user} by {by}"))
 
 
 def _charge_one(user: str, to: str, text: str | None, parts: int | None,
@@ -308,7 +322,7 @@ def _charge_file(name: str) -> int:
     from dataclasses import replace
 
     from smscredits.charging import BatchSummary, Charger, ChargeRequest
-    from smscredits.render import plain, to_json
+    from smscredits.render import Progress, plain, to_json
 
     try:
         stream: BinaryIO = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
@@ -316,7 +330,9 @@ def _charge_file(name: str) -> int:
         raise BadInput(f"cannot read {name!r}: {e.strerror}") from None
     charger, summary, lineno = Charger(db()), BatchSummary(), 0
     out = sys.stdout
+    progress = Progress("charging", None if name == "-" else os.path.getsize(name))
     for lines in _read_batches(stream):
+        progress.advance(sum(len(raw) + 1 for raw in lines))
         parsed = []
         for raw in lines:
             lineno += 1
@@ -329,6 +345,7 @@ def _charge_file(name: str) -> int:
             summary.add(result)
             out.write(to_json(plain(result)) + "\n")
         out.flush()
+    progress.close()
     if name != "-":
         stream.close()
     _report(summary)

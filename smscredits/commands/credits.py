@@ -9,7 +9,8 @@ import typer
 from smscredits.commands.base import amount, app, command, db, output
 from smscredits.commands.users import ACCOUNT_COLUMNS, UserArg
 
-credits_app = app("credits", "Add, subtract and set prepaid credits; show balances.")
+credits_app = app("credits", "Add, subtract and set prepaid credits; show balances.",
+                  "smscredits credits add alice 100")
 
 Note = Annotated[str | None, typer.Option(help="Why: kept in the journal.")]
 SIGNED = {"ignore_unknown_options": True}  # so that `credits add alice -5` reads -5 as a number
@@ -57,4 +58,14 @@ def credits_balance(
     if user is None:
         output().rows(ledger.list_accounts(db()), ACCOUNT_COLUMNS, empty="no credits powers yet")
         return
-    output().record(ledger.get_account(db(), user), [*ACCOUNT_COLUMNS, ("tz", "Time zone")])
+    account = ledger.get_account(db(), user)
+    out = output()
+    if out.machine:
+        out.record(account, ACCOUNT_COLUMNS)
+        return
+    from smscredits import limits, refills
+    from smscredits.render import balance_panel
+
+    windows = limits.show_limits(db(), user).windows
+    plans = refills.list_plans(db(), user)
+    out.console().print(balance_panel(account, windows, plans))

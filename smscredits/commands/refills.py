@@ -9,7 +9,8 @@ import typer
 from smscredits.commands.base import amount, app, command, db, output
 from smscredits.commands.users import UserArg
 
-refill_app = app("refill", "Automatic refill plans, applied exactly once by `refill run`.")
+refill_app = app("refill", "Automatic refill plans, applied exactly once by `refill run`.",
+                 "smscredits refill schedule alice --every month --on 1 --add 100")
 
 PLAN_COLUMNS = [("id", "Plan"), ("user", "User"), ("rule", "Rule"), ("action", "Action"),
                 ("status", "Status"), ("next_due", "Next due"),

@@ -8,8 +8,10 @@ import typer
 
 from smscredits.commands.base import amount, app, command, db, output
 
-users_app = app("user", "Add, list, show, disable and enable users (gateway accounts).")
-power_app = app("power", "Give users a credits power (put them under credit control).")
+users_app = app("user", "Add, list, show, disable and enable users (gateway accounts).",
+                "smscredits user add alice --tz Europe/Budapest")
+power_app = app("power", "Give users a credits power (put them under credit control).",
+                "smscredits power create alice credits --initial 100")
 
 USER_COLUMNS = [("name", "User"), ("tz", "Time zone"), ("disabled", "Disabled"),
                 ("balance", "Balance")]

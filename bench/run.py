@@ -1,0 +1,884 @@
+"""Benchmark of smscredits, each figure against a baseline measured in the same run.
+
+    python bench/run.py [--quick] [--pg URL] [--out results.json] [--profile]
+
+Creates its own databases in a temporary directory (and, with a Postgres URL from ``--pg`` or
+``$SMSCREDITS_TEST_PG``, its own schemas, dropped at the end) and prints one table:
+
+1. bulk ``charge --file`` on SQLite vs a plain ``sqlite3`` loop doing UPDATE + INSERT;
+2. the same on Postgres vs a plain psycopg loop in pipeline mode;
+3. streaming latency of ``charge --file -`` fed one line at a time vs an echo co-process;
+4. charge cost with a big journal (10M events) vs a small one (1k events);
+5. cold start of ``--help``, ``--version``, ``credits balance``, ``log`` vs bare imports;
+6. ``log USER --limit 50`` and ``log --since`` over 1M events.
+
+``--profile`` re-runs the smscredits side of every figure that misses its target under
+cProfile and prints the top entries by cumulative time after the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import math
+import os
+import pstats
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+PG_ENV = "SMSCREDITS_TEST_PG"
+PYTHON = sys.executable
+BATCH = 1000  # messages per transaction, in smscredits and in the references
+PRICE = "0.05"  # the default price per part, in credits
+PRICE_MILLIS = 50
+BALANCE_MILLIS = 1_000_000 * 1000  # a big balance: a million credits each
+LIMITS_MILLIS = (100_000 * 1000, 500_000 * 1000, 900_000 * 1000)  # day, week, month: never bind
+SEED = 20261125
+
+
+# -- sizes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    users: int = 10_000
+    numbers: int = 3_000  # distinct destination numbers
+    messages: int = 200_000  # figure 1
+    pg_messages: int = 200_000  # figure 2
+    stream_lines: int = 2_000  # figure 3, after the warm-up
+    stream_warmup: int = 100
+    journal_big: int = 10_000_000  # figure 4
+    journal_small: int = 1_000
+    fixed_charges: int = 20_000
+    cold_runs: int = 15  # figure 5
+    log_events: int = 1_000_000  # figure 6
+    log_runs: int = 5
+
+
+FULL = Sizes()
+QUICK = Sizes(messages=50_000, pg_messages=50_000, stream_lines=1_000, journal_big=1_000_000,
+              fixed_charges=10_000, cold_runs=10)
+
+
+# -- results ----------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    baseline_name: str
+    baseline: float | None
+    target: str
+    met: bool | None  # None: no target for this row
+    higher_is_better: bool = False
+    detail: dict[str, Any] = field(default_factory=dict)
+    # Re-runs the smscredits side under cProfile; returns the top entries as text.
+    profile: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+
+    def as_json(self) -> dict[str, Any]:
+        doc = {k: v for k, v in vars(self).items() if k != "profile"}
+        return {**doc, "ratio": self.ratio}
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.value / self.baseline
+
+
+def fmt_value(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "charges/s":
+        return f"{v:,.0f}"
+    if unit == "µs/charge":
+        return f"{v:,.1f}"
+    return f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+
+
+def render_table(figures: Sequence[Figure]) -> str:
+    head = ("#", "figure", "value", "unit", "baseline", "baseline value", "ratio", "target", "met")
+    rows = [head]
+    for f in figures:
+        ratio = "-" if f.ratio is None else f"{f.ratio:.2f}×"
+        met = "-" if f.met is None else ("yes" if f.met else "NO")
+        rows.append((f.name.split(" ", 1)[0], f.name.split(" ", 1)[1], fmt_value(f.value, f.unit),
+                     f.unit, f.baseline_name, fmt_value(f.baseline, f.unit), ratio, f.target, met))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    right = {2, 5, 6}
+    lines = []
+    for n, r in enumerate(rows):
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- timing helpers ---------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds that ``fn()`` takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median_ms(samples: Sequence[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def percentile_ms(samples: Sequence[float], pct: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, math.ceil(pct / 100 * len(ordered)) - 1)] * 1000
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- the command under test -------------------------------------------------------------
+
+
+class Cli:
+    """Runs smscredits in subprocesses, in a clean environment."""
+
+    def __init__(self, home: Path) -> None:
+        beside = Path(sys.executable).parent / "smscredits"
+        found = shutil.which("smscredits")
+        if beside.exists():
+            self.argv = [str(beside)]
+            self.how = f"console script {beside}"
+        elif found:
+            self.argv = [found]
+            self.how = f"console script {found}"
+        else:
+            self.argv = [PYTHON, "-m", "smscredits"]
+            self.how = f"{PYTHON} -m smscredits"
+        if found and Path(found) != beside and beside.exists():
+            self.how += f" (not the pyenv shim {found}, which adds a bash + pyenv start)"
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("SMSCREDITS_") and k not in ("NO_COLOR", "PYTHONPATH")}
+        self.env.update({
+            "SMSCREDITS_CONFIG_DIR": str(home / "config"), "XDG_DATA_HOME": str(home / "data"),
+            "SMSCREDITS_ACTOR": "bench", "NO_COLOR": "1", "COLUMNS": "120",
+        })
+
+    def cmd(self, db: str | None, *args: str) -> list[str]:
+        return [*self.argv, *(["--db", db] if db else []), *args]
+
+    def run(self, db: str | None, *args: str, stdin: Any = None) -> str:
+        proc = subprocess.run(self.cmd(db, *args), stdin=stdin, capture_output=True,
+                              text=True, env=self.env, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"smscredits {' '.join(args)} failed ({proc.returncode}): "
+                               f"{proc.stderr.strip()[-2000:]}")
+        return proc.stdout
+
+    def wall(self, argv: list[str], stdin_path: Path | None = None) -> tuple[float, str]:
+        """Wall time of a whole command (stdout to /dev/null) and its stderr."""
+        with open(stdin_path or os.devnull, "rb") as stdin:
+            start = time.perf_counter()
+            proc = subprocess.run(argv, stdin=stdin, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, env=self.env, check=False)
+            elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): "
+                               f"{proc.stderr.decode()[-2000:]}")
+        return elapsed, proc.stderr.decode()
+
+
+# -- data -------------------------------------------------------------------------------
+
+
+def user_name(i: int) -> str:
+    return f"user{i:05d}"
+
+
+def phone_numbers(count: int, rng: random.Random) -> list[str]:
+    """Distinct valid numbers from several countries, checked with phonenumbers."""
+    import phonenumbers
+
+    patterns = [("+3630", 7), ("+4479", 8), ("+1212555", 4), ("+49151", 8), ("+336", 8)]
+    found: set[str] = set()
+    while len(found) < count:
+        prefix, digits = rng.choice(patterns)
+        number = prefix + str(rng.randrange(10**digits)).zfill(digits)
+        if phonenumbers.is_valid_number(phonenumbers.parse(number)):
+            found.add(number)
+    return sorted(found)
+
+
+TEXTS = [
+    "Your verification code is 482913. It expires in 10 minutes.",
+    "Hi! Your parcel 7731-A will arrive tomorrow between 9:00 and 12:00. Reply STOP to opt out.",
+    "Árvíztűrő tükörfúrógép: a számla összege 12 500 Ft, esedékes 2026-12-01.",  # UCS-2
+    "Reminder: your appointment is on Monday at 10:30 {Room 4} ~ bring your card [ID].",
+    "Weekend sale! " + "Up to 50% off on everything in store and online, today only. " * 3,
+    "Ihre Bestellung wurde versandt 📦 Sendungsnummer 00340434161094042557",  # emoji
+    "OK",
+]
+
+
+def message_lines(n: int, users: int, numbers: list[str], rng: random.Random,
+                  id_prefix: str) -> Iterator[dict[str, Any]]:
+    for i in range(n):
+        msg: dict[str, Any] = {"user": user_name(rng.randrange(users) + 1),
+                               "to": rng.choice(numbers)}
+        if i % 5 == 4:
+            msg["parts"] = rng.randint(1, 3)
+        else:
+            msg["text"] = rng.choice(TEXTS)
+        msg["id"] = f"{id_prefix}-{i:08d}"
+        yield msg
+
+
+def write_jsonl(path: Path, msgs: Iterator[dict[str, Any]]) -> Path:
+    with path.open("w", encoding="utf-8") as f:
+        for m in msgs:
+            f.write(json.dumps(m, ensure_ascii=False) + "\n")
+    return path
+
+
+# -- databases --------------------------------------------------------------------------
+
+
+def pg_conninfo(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def pg_schema_url(base: str, schema: str) -> str:
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}"
+
+
+def populate(url: str, n_users: int) -> None:
+    """Users, each with a credits power (a big balance, limits that never bind), and their
+    events with a correct hash chain: inserted in bulk through the package's own tables."""
+    from sqlalchemy import bindparam, insert, select, update
+
+    from smscredits import clock, journal
+    from smscredits.storage.engine import open_db
+    from smscredits.storage.tables import events, powers, users
+
+    db = open_db(url, actor="bench")
+    now = clock.now_us()
+    day, week, month = LIMITS_MILLIS
+    with db.write() as conn:
+        conn.execute(insert(users), [{"name": user_name(i), "tz": None, "disabled": False,
+                                      "created_at": now} for i in range(1, n_users + 1)])
+        user_ids = dict(conn.execute(select(users.c.name, users.c.id)).all())
+        conn.execute(insert(powers), [
+            {"user_id": uid, "kind": "credits", "balance": BALANCE_MILLIS, "overdraft": 0,
+             "daily_limit": day, "weekly_limit": week, "monthly_limit": month, "day_key": 0,
+             "day_spent": 0, "week_key": 0, "week_spent": 0, "month_key": 0, "month_spent": 0,
+             "refill_below": None, "last_hash": None, "created_at": now}
+            for uid in user_ids.values()
+        ])
+        power_ids = dict(conn.execute(select(powers.c.user_id, powers.c.id)).all())
+        rows, heads = [], []
+        for uid in user_ids.values():
+            pid = power_ids[uid]
+            rows.append(journal.build(at=now, kind="user.added", actor="bench", user_id=uid))
+            created = journal.build(
+                at=now, kind="power.created", actor="bench", user_id=uid, power_id=pid,
+                amount=BALANCE_MILLIS, balance_after=BALANCE_MILLIS,
+                detail={"kind": "credits", "overdraft": "0"})
+            limited = journal.build(
+                at=now, kind="limits.set", actor="bench", user_id=uid, power_id=pid,
+                prev_hash=created["hash"],
+                detail={"day": str(day // 1000), "week": str(week // 1000),
+                        "month": str(month // 1000)})
+            rows += [created, limited]
+            heads.append({"pid": pid, "h": limited["hash"]})
+        conn.execute(insert(events), rows)
+        conn.execute(update(powers).where(powers.c.id == bindparam("pid"))
+                     .values(last_hash=bindparam("h")), heads)
+    db.dispose()
+
+
+def prepare(cli: Cli, url: str, n_users: int) -> None:
+    """A database with the schema made by smscredits itself, a default price and the users."""
+    cli.run(url, "db", "upgrade")
+    cli.run(url, "price", "set", "default", PRICE)
+    populate(url, n_users)
+
+
+def count_charged(url: str) -> int:
+    from sqlalchemy import func, select
+
+    from smscredits.storage.engine import open_db
+    from smscredits.storage.tables import events
+
+    db = open_db(url)
+    with db.read() as conn:
+        n = conn.execute(select(func.count()).select_from(events)
+                         .where(events.c.kind == "message.charged")).scalar_one()
+    db.dispose()
+    return n
+
+
+def fill_journal(path: Path, n_events: int, n_users: int) -> None:
+    """Bulk-fill ``events`` (and the matching ``messages``) of a prepared SQLite database with
+    ``n_events`` charges spread at random over the users and over the last 90 days.
+
+    The events indexes are dropped and re-created from the schema's own SQL (a sorted index
+    build is much faster than random inserts), so the schema stays the one smscredits made.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        mismatched = conn.execute("SELECT count(*) FROM powers WHERE id != user_id").fetchone()
+        assert mismatched[0] == 0, "power ids are expected to equal user ids"
+        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("PRAGMA cache_size = -1000000")
+        index_sql = [r[0] for r in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' "
+            "AND sql IS NOT NULL")]
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
+                                    "AND tbl_name = 'events' AND sql IS NOT NULL").fetchall():
+            conn.execute(f'DROP INDEX "{name}"')
+        end = datetime.now(UTC) - timedelta(minutes=1)
+        span_us = 90 * 86_400 * 1_000_000
+        start_us = int(end.timestamp()) * 1_000_000 - span_us
+        step = max(1, span_us // n_events)
+        chunk = 1_000_000
+        for lo in range(0, n_events, chunk):
+            hi = min(n_events, lo + chunk)
+            conn.execute("BEGIN")
+            conn.execute(
+                """
+                INSERT INTO events (at, user_id, power_id, kind, amount, balance_after, ref,
+                                    note, actor, detail, hash)
+                WITH RECURSIVE s(i) AS (SELECT :lo UNION ALL SELECT i + 1 FROM s WHERE i < :hi),
+                     r(i, u, parts) AS (SELECT i, 1 + abs(random()) % :users,
+                                               1 + abs(random()) % 3 FROM s)
+                SELECT :start + i * :step, u, u, 'message.charged', -:price * parts,
+                       :balance - :price * parts * (i / :users), printf('fill-%010d', i), NULL,
+                       'bench',
+                       printf('{"parts":%d,"rule":"default","to":"+3630%07d"}', parts,
+                              i % 10000000),
+                       lower(hex(randomblob(32)))
+                FROM r
+                """,
+                {"lo": lo, "hi": hi - 1, "users": n_users, "start": start_us, "step": step,
+                 "price": PRICE_MILLIS, "balance": BALANCE_MILLIS},
+            )
+            conn.execute(
+                """
+                INSERT INTO messages (id, user_name, user_id, power_id, at, to_number, country,
+                                      rule, encoding, parts, price, cost, status, reason,
+                                      balance_after, day_key, week_key, month_key)
+                SELECT ref, printf('user%05d', user_id), user_id, power_id, at,
+                       json_extract(detail, '$.to'), 'HU', 'default', 'gsm', -amount / :price,
+                       :price, -amount, 'charged', NULL, balance_after, 0, 0, 0
+                FROM events WHERE id > (SELECT coalesce(max(id), 0) FROM events) - :n
+                """,
+                {"price": PRICE_MILLIS, "n": hi - lo},
+            )
+            conn.execute("COMMIT")
+        for sql in index_sql:
+            conn.execute(sql)
+        conn.execute("PRAGMA journal_mode = WAL")
+    finally:
+        conn.close()
+
+
+# -- the references ---------------------------------------------------------------------
+
+
+def ref_parts(msg: dict[str, Any]) -> int:
+    """A crude part count for the references (no encoding detection)."""
+    if "parts" in msg:
+        return msg["parts"]
+    n = len(msg["text"])
+    return 1 if n <= 160 else -(-n // 153)
+
+
+def ref_batches(jsonl: Path) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    with jsonl.open("rb") as f:
+        for line in f:
+            batch.append(json.loads(line))
+            if len(batch) == BATCH:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def sqlite_reference(path: Path, jsonl: Path) -> float:
+    """Plain sqlite3: per message an UPDATE of the balance and an INSERT of its event, 1 000
+    messages per transaction, WAL and synchronous=FULL (durable commits). Seconds."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    accounts = {name: (uid, pid) for name, uid, pid in conn.execute(
+        "SELECT u.name, u.id, p.id FROM users u JOIN powers p ON p.user_id = u.id")}
+    debit = "UPDATE powers SET balance = balance - ? WHERE id = ? RETURNING balance"
+    record = ("INSERT INTO events (at, user_id, power_id, kind, amount, balance_after, ref, "
+              "actor) VALUES (?, ?, ?, 'message.charged', ?, ?, ?, 'bench')")
+    start = time.perf_counter()
+    for batch in ref_batches(jsonl):
+        conn.execute("BEGIN IMMEDIATE")
+        now = time.time_ns() // 1000
+        for msg in batch:
+            uid, pid = accounts[msg["user"]]
+            cost = PRICE_MILLIS * ref_parts(msg)
+            (balance,) = conn.execute(debit, (cost, pid)).fetchone()
+            conn.execute(record, (now, uid, pid, -cost, balance, msg["id"]))
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed
+
+
+def pg_reference(url: str, jsonl: Path) -> float:
+    """Plain psycopg in pipeline mode: per message an UPDATE and an INSERT, 1 000 messages per
+    transaction. Seconds."""
+    import psycopg
+
+    with psycopg.connect(pg_conninfo(url)) as conn:
+        accounts = {name: (uid, pid) for name, uid, pid in conn.execute(
+            "SELECT u.name, u.id, p.id FROM users u JOIN powers p ON p.user_id = u.id")}
+        conn.commit()
+        debit = "UPDATE powers SET balance = balance - %s WHERE id = %s"
+        record = ("INSERT INTO events (at, user_id, power_id, kind, amount, balance_after, ref, "
+                  "actor) VALUES (%s, %s, %s, 'message.charged', %s, "
+                  "(SELECT balance FROM powers WHERE id = %s), %s, 'bench')")
+        start = time.perf_counter()
+        with conn.pipeline():
+            cur = conn.cursor()
+            for batch in ref_batches(jsonl):
+                with conn.transaction():
+                    now = time.time_ns() // 1000
+                    for msg in batch:
+                        uid, pid = accounts[msg["user"]]
+                        cost = PRICE_MILLIS * ref_parts(msg)
+                        cur.execute(debit, (cost, pid))
+                        cur.execute(record, (now, uid, pid, -cost, pid, msg["id"]))
+        return time.perf_counter() - start
+
+
+# -- figures ----------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    cli: Cli
+    sizes: Sizes
+    tmp: Path
+    rng: random.Random
+    numbers: list[str]
+    pg: str | None
+    pg_schemas: list[str] = field(default_factory=list)
+    bulk_db: Path | None = None
+
+
+def bulk_file(ctx: Context, name: str, n: int) -> Path:
+    rng = random.Random(SEED + n)
+    return write_jsonl(ctx.tmp / f"{name}.jsonl",
+                       message_lines(n, ctx.sizes.users, ctx.numbers, rng, name))
+
+
+def figure_sqlite_bulk(ctx: Context) -> list[Figure]:
+    n = ctx.sizes.messages
+    jsonl = bulk_file(ctx, "bulk", n)
+    db, ref = ctx.tmp / "bulk.db", ctx.tmp / "bulk-ref.db"
+    for path in (db, ref):
+        prepare(ctx.cli, str(path), ctx.sizes.users)
+    log(f"1: charge --file, {n} messages on SQLite")
+    seconds, err = ctx.cli.wall(ctx.cli.cmd(str(db), "charge", "--file", str(jsonl)))
+    charged = count_charged(str(db))
+    assert charged == n, f"smscredits charged {charged} of {n}: {err}"
+    log("1: sqlite3 reference")
+    ref_seconds = sqlite_reference(ref, jsonl)
+    ctx.bulk_db = db
+
+    def profile() -> str:
+        fresh = ctx.tmp / "bulk-profile.db"
+        prepare(ctx.cli, str(fresh), ctx.sizes.users)
+        return profile_cli(ctx, ctx.cli.cmd(str(fresh), "charge", "--file", str(jsonl)))
+
+    return [Figure("1 bulk charge --file, SQLite", n / seconds, "charges/s", "sqlite3 loop",
+                   n / ref_seconds, "≥ 0.5× baseline", n / seconds >= 0.5 * n / ref_seconds,
+                   higher_is_better=True, profile=profile,
+                   detail={"messages": n, "seconds": seconds, "reference_seconds": ref_seconds})]
+
+
+def figure_pg_bulk(ctx: Context) -> list[Figure]:
+    if not ctx.pg:
+        return []
+    import psycopg
+
+    n = ctx.sizes.pg_messages
+    jsonl = bulk_file(ctx, "pg-bulk", n)
+    run_id = uuid.uuid4().hex[:8]
+    urls = []
+    for role in ("main", "ref"):
+        schema = f"bench_{run_id}_{role}"
+        with psycopg.connect(pg_conninfo(ctx.pg), autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        ctx.pg_schemas.append(schema)
+        urls.append(pg_schema_url(ctx.pg, schema))
+        prepare(ctx.cli, urls[-1], ctx.sizes.users)
+    log(f"2: charge --file, {n} messages on Postgres")
+    seconds, err = ctx.cli.wall(ctx.cli.cmd(urls[0], "charge", "--file", str(jsonl)))
+    charged = count_charged(urls[0])
+    assert charged == n, f"smscredits charged {charged} of {n}: {err}"
+    log("2: psycopg pipeline reference")
+    ref_seconds = pg_reference(urls[1], jsonl)
+
+    def profile() -> str:
+        schema = f"bench_{run_id}_profile"
+        with psycopg.connect(pg_conninfo(ctx.pg or ""), autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        ctx.pg_schemas.append(schema)
+        url = pg_schema_url(ctx.pg or "", schema)
+        prepare(ctx.cli, url, ctx.sizes.users)
+        return profile_cli(ctx, ctx.cli.cmd(url, "charge", "--file", str(jsonl)))
+
+    rate = n / seconds
+    return [Figure("2 bulk charge --file, Postgres", rate, "charges/s", "psycopg pipeline",
+                   n / ref_seconds, "≥ 20,000/s", rate >= 20_000, higher_is_better=True,
+                   profile=profile,
+                   detail={"messages": n, "seconds": seconds, "reference_seconds": ref_seconds})]
+
+
+ECHO = ("import sys\n"
+        "for line in iter(sys.stdin.buffer.readline, b''):\n"
+        "    sys.stdout.buffer.write(line)\n"
+        "    sys.stdout.buffer.flush()\n")
+
+
+def round_trips(argv: list[str], lines: list[bytes], env: dict[str, str],
+                warmup: int) -> list[float]:
+    """Seconds per line: write one line, read its one result line, repeat."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    samples = []
+    try:
+        for i, line in enumerate(lines):
+            start = time.perf_counter()
+            proc.stdin.write(line)
+            proc.stdin.flush()
+            answer = proc.stdout.readline()
+            elapsed = time.perf_counter() - start
+            if not answer:
+                raise RuntimeError(f"{argv[0]} stopped answering at line {i + 1}")
+            if i >= warmup:
+                samples.append(elapsed)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    return samples
+
+
+def figure_streaming(ctx: Context) -> list[Figure]:
+    s = ctx.sizes
+    assert ctx.bulk_db is not None
+    rng = random.Random(SEED + 3)
+    lines = [(json.dumps(m, ensure_ascii=False) + "\n").encode()
+             for m in message_lines(s.stream_warmup + s.stream_lines, s.users, ctx.numbers, rng,
+                                    "stream")]
+    log(f"3: streaming, {len(lines)} lines one at a time")
+    argv = ctx.cli.cmd(str(ctx.bulk_db), "charge", "--file", "-")
+    ours = round_trips(argv, lines, ctx.cli.env, s.stream_warmup)
+    echo = round_trips([PYTHON, "-c", ECHO], lines, ctx.cli.env, s.stream_warmup)
+
+    def profile() -> str:
+        rng2 = random.Random(SEED + 33)
+        again = [(json.dumps(m) + "\n").encode() for m in message_lines(
+            s.stream_warmup + s.stream_lines, s.users, ctx.numbers, rng2, "stream-profile")]
+        out = ctx.tmp / "stream.prof"
+        prof_argv = [PYTHON, "-m", "cProfile", "-o", str(out), "-m", "smscredits",
+                     *argv[len(ctx.cli.argv):]]
+        round_trips(prof_argv, again, ctx.cli.env, 0)
+        return top_entries(out)
+
+    p50, p99 = median_ms(ours), percentile_ms(ours, 99)
+    detail = {"lines": len(ours), "warmup": s.stream_warmup}
+    return [
+        Figure("3 streaming charge --file -, SQLite, p50", p50, "ms/line", "echo co-process",
+               median_ms(echo), "≤ 1 ms", p50 <= 1.0, detail=detail, profile=profile),
+        Figure("3 streaming charge --file -, SQLite, p99", p99, "ms/line", "echo co-process",
+               percentile_ms(echo, 99), "-", None, detail=detail),
+    ]
+
+
+def fixed_requests(ctx: Context, n: int, tag: str) -> list[list[Any]]:
+    from smscredits.charging import ChargeRequest
+
+    rng = random.Random(SEED + 4)
+    reqs = [ChargeRequest(m["user"], m["to"], m.get("text"), m.get("parts"), m["id"])
+            for m in message_lines(n, ctx.sizes.users, ctx.numbers, rng, tag)]
+    return [reqs[i : i + BATCH] for i in range(0, n, BATCH)]
+
+
+def figure_big_journal(ctx: Context, journal_db: Callable[[int], Path]) -> list[Figure]:
+    from smscredits.charging import Charger
+    from smscredits.storage.engine import open_db
+
+    s = ctx.sizes
+    big, small = journal_db(s.journal_big), journal_db(s.journal_small)
+    log(f"4: {s.fixed_charges} charges with {s.journal_big:,} vs {s.journal_small:,} events")
+    chargers = {"big": Charger(open_db(str(big), actor="bench")),
+                "small": Charger(open_db(str(small), actor="bench"))}
+    times: dict[str, list[float]] = {"big": [], "small": []}
+    for name, charger in chargers.items():  # warm up: engine, statement caches, price book
+        charger.charge_batch(fixed_requests(ctx, BATCH, f"warm-{name}")[0])
+    batches = {name: fixed_requests(ctx, s.fixed_charges, f"fixed-{name}") for name in chargers}
+    for i in range(len(batches["big"])):  # alternate, so drift hits both alike
+        for name, charger in chargers.items():
+            batch = batches[name][i]
+            seconds = timed(lambda c=charger, b=batch: c.charge_batch(b))
+            times[name].append(seconds / len(batch))
+    for charger in chargers.values():
+        charger.db.dispose()
+    big_us = statistics.median(times["big"]) * 1e6
+    small_us = statistics.median(times["small"]) * 1e6
+
+    def profile() -> str:
+        charger = Charger(open_db(str(big), actor="bench"))
+        prof = cProfile.Profile()
+        prof.enable()
+        for batch in fixed_requests(ctx, s.fixed_charges, "fixed-profile"):
+            charger.charge_batch(batch)
+        prof.disable()
+        charger.db.dispose()
+        out = ctx.tmp / "journal.prof"
+        prof.dump_stats(out)
+        return top_entries(out)
+
+    label = f"{s.journal_big:,} vs {s.journal_small:,} events"
+    return [Figure(f"4 charge cost, {label}", big_us, "µs/charge",
+                   f"{s.journal_small:,} events", small_us, "≤ 1.2× baseline",
+                   big_us <= 1.2 * small_us, profile=profile,
+                   detail={"charges": s.fixed_charges, "batch": BATCH,
+                           "big_events": s.journal_big, "small_events": s.journal_small})]
+
+
+def interleaved_walls(cli: Cli, commands: dict[str, list[str]], runs: int) -> dict[str, float]:
+    """Median wall time (ms) of each command, run round-robin ``runs`` times."""
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for argv in commands.values():  # one untimed run each: page cache, .pyc files
+        cli.wall(argv)
+    for _ in range(runs):
+        for name, argv in commands.items():
+            samples[name].append(cli.wall(argv)[0])
+    return {name: median_ms(v) for name, v in samples.items()}
+
+
+def figure_cold_start(ctx: Context) -> list[Figure]:
+    assert ctx.bulk_db is not None
+    db, user = str(ctx.bulk_db), user_name(1)
+    commands = {
+        "help": ctx.cli.cmd(None, "--help"),
+        "version": ctx.cli.cmd(None, "--version"),
+        "balance": ctx.cli.cmd(db, "credits", "balance", user),
+        "log": ctx.cli.cmd(db, "log", user, "--limit", "50"),
+        "typer": [PYTHON, "-c", "import typer"],
+        "typer+sqlmodel": [PYTHON, "-c", "import typer, sqlmodel"],
+    }
+    log(f"5: cold start, {ctx.sizes.cold_runs} runs each")
+    ms = interleaved_walls(ctx.cli, commands, ctx.sizes.cold_runs)
+    figures = []
+    for name, shown, base, factor in (
+        ("help", "--help", "typer", 1.3), ("version", "--version", "typer", 1.3),
+        ("balance", f"--db F credits balance {user}", "typer+sqlmodel", 1.15),
+        ("log", f"--db F log {user} --limit 50", "typer+sqlmodel", 1.15),
+    ):
+        label = "import typer" if base == "typer" else "import typer, sqlmodel"
+        figures.append(Figure(f"5 cold start: smscredits {shown}", ms[name], "ms", label,
+                              ms[base], f"≤ {factor}× baseline", ms[name] <= factor * ms[base],
+                              detail={"runs": ctx.sizes.cold_runs},
+                              profile=lambda argv=commands[name]: profile_cli(ctx, argv)))
+    return figures
+
+
+def figure_log_pages(ctx: Context, journal_db: Callable[[int], Path]) -> list[Figure]:
+    s = ctx.sizes
+    path = journal_db(s.log_events)
+    with sqlite3.connect(path) as conn:
+        lo, hi = conn.execute("SELECT min(at), max(at) FROM events WHERE ref LIKE 'fill-%'") \
+            .fetchone()
+    middle = datetime.fromtimestamp((lo + hi) // 2 // 1_000_000, UTC).strftime("%Y-%m-%dT%H:%MZ")
+    db, user = str(path), user_name(42)
+    commands = {
+        "user": ctx.cli.cmd(db, "log", user, "--limit", "50"),
+        "since": ctx.cli.cmd(db, "log", "--since", middle),
+        "typer+sqlmodel": [PYTHON, "-c", "import typer, sqlmodel"],
+    }
+    log(f"6: log pages over {s.log_events:,} events, {s.log_runs} runs each")
+    ms = interleaved_walls(ctx.cli, commands, s.log_runs)
+    figures = []
+    for name, shown in (("user", f"log {user} --limit 50"), ("since", f"log --since {middle}")):
+        figures.append(Figure(f"6 {shown}, {s.log_events:,} events", ms[name], "ms",
+                              "import typer, sqlmodel", ms["typer+sqlmodel"], "≤ 200 ms",
+                              ms[name] <= 200, detail={"runs": s.log_runs},
+                              profile=lambda argv=commands[name]: profile_cli(ctx, argv)))
+    return figures
+
+
+# -- profiles ---------------------------------------------------------------------------
+
+
+def short_path(path: str) -> str:
+    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
+def top_entries(prof_file: Path, count: int = 15) -> str:
+    stats = pstats.Stats(str(prof_file))
+    entries = sorted(stats.stats.items(), key=lambda kv: kv[1][3], reverse=True)  # type: ignore[attr-defined]
+    total = max(v[3] for v in stats.stats.values())  # type: ignore[attr-defined]
+    out = io.StringIO()
+    out.write(f"{'ncalls':>10} {'tottime':>8} {'cumtime':>8} {'cum%':>5}  function\n")
+    for (path, line, func), (_cc, nc, tt, ct, _callers) in entries[:count]:
+        where = func if path == "~" else f"{short_path(path)}:{line}({func})"
+        out.write(f"{nc:>10} {tt:>8.3f} {ct:>8.3f} {100 * ct / total:>4.0f}%  {where}\n")
+    return out.getvalue()
+
+
+def profile_cli(ctx: Context, argv: list[str]) -> str:
+    """cProfile of one smscredits command (run as ``python -m cProfile -m smscredits``)."""
+    out = ctx.tmp / "cli.prof"
+    args = argv[len(ctx.cli.argv):]
+    ctx.cli.wall([PYTHON, "-m", "cProfile", "-o", str(out), "-m", "smscredits", *args])
+    return top_entries(out)
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 3 minutes)")
+    parser.add_argument("--pg", default=os.environ.get(PG_ENV),
+                        help=f"Postgres URL (default ${PG_ENV}); its own schemas are dropped")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the smscredits side of every figure that misses its target")
+    parser.add_argument("--only", help="comma-separated figure numbers to run (1-6)")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    only = set(args.only.split(",")) if args.only else set("123456")
+    if args.pg and not args.pg.startswith("postgresql"):
+        parser.error("--pg must be a postgresql+psycopg:// URL")
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="smscredits-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        rng = random.Random(SEED)
+        ctx = Context(Cli(tmp), sizes, tmp, rng, phone_numbers(sizes.numbers, rng), args.pg)
+        journals: dict[int, Path] = {}
+
+        def journal_db(n: int) -> Path:
+            if n not in journals:
+                path = tmp / f"journal-{n}.db"
+                log(f"building a journal of {n:,} events")
+                prepare(ctx.cli, str(path), sizes.users)
+                fill_journal(path, n, sizes.users)
+                journals[n] = path
+            return journals[n]
+
+        figures: list[Figure] = []
+        try:
+            if only & {"1", "3", "5"}:
+                figures += figure_sqlite_bulk(ctx)
+            if "2" in only:
+                figures += figure_pg_bulk(ctx)
+            if "3" in only:
+                figures += figure_streaming(ctx)
+            if "5" in only:
+                figures += figure_cold_start(ctx)
+            if "6" in only:
+                figures += figure_log_pages(ctx, journal_db)
+            if "4" in only:
+                figures += figure_big_journal(ctx, journal_db)
+            figures.sort(key=lambda f: f.name.split(" ", 1)[0])
+            elapsed = time.perf_counter() - started
+            print_report(ctx, figures, args, elapsed)
+            if args.out:
+                write_json(args.out, ctx, figures, args, elapsed)
+            if args.profile:
+                print_profiles(figures)
+        finally:
+            drop_schemas(ctx)
+    return 0
+
+
+def print_report(ctx: Context, figures: list[Figure], args: argparse.Namespace,
+                 elapsed: float) -> None:
+    s = ctx.sizes
+    print(f"smscredits benchmark ({'quick' if args.quick else 'full'}), "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, Python "
+          f"{sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
+    print()
+    print(render_table(figures))
+    print()
+    print(f"smscredits ran as: {ctx.cli.how}")
+    print(f"data: {s.users:,} users with a credits power and limits; default price {PRICE}; "
+          f"{len(ctx.numbers):,} destination numbers (HU, GB, US, DE, FR); batches of {BATCH}")
+    if not ctx.pg:
+        print(f"Postgres figures skipped: no --pg and ${PG_ENV} is not set")
+    print("references write less than smscredits: no messages row (idempotency key), no hash "
+          "chain, no part counting or number parsing")
+    print(f"total time {elapsed:.0f} s")
+
+
+def write_json(path: Path, ctx: Context, figures: list[Figure], args: argparse.Namespace,
+               elapsed: float) -> None:
+    doc = {
+        "mode": "quick" if args.quick else "full",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version,
+        "cpus": os.cpu_count(), "smscredits": ctx.cli.how, "sizes": asdict(ctx.sizes),
+        "postgres": bool(ctx.pg), "seconds": round(elapsed, 1),
+        "figures": [f.as_json() for f in figures],
+    }
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def print_profiles(figures: list[Figure]) -> None:
+    for f in figures:
+        if f.met is False and f.profile is not None:
+            log(f"profiling: {f.name}")
+            print()
+            print(f"profile of figure {f.name} (top 15 by cumulative time):")
+            print(f.profile())
+
+
+def drop_schemas(ctx: Context) -> None:
+    if not ctx.pg_schemas:
+        return
+    import psycopg
+
+    with psycopg.connect(pg_conninfo(ctx.pg or ""), autocommit=True) as conn:
+        for schema in ctx.pg_schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+if __name__ == "__main__":
+    sys.exit(main())
