@@ -208,7 +208,8 @@ def _claim(conn: Connection, plan_id: int, period: int, now: int, amount: int) -
     stmt = insert(refill_applications).values(
         plan_id=plan_id, period=period, at=now, amount=amount
     ).on_conflict_do_nothing(index_elements=["plan_id", "period"])
-    return conn.execute(stmt).rowcount == 1
+    # RETURNING rather than rowcount: psycopg reports -1 for an INSERT .. ON CONFLICT here.
+    return conn.execute(stmt.returning(refill_applications.c.plan_id)).first() is not None
 
 
 def _lock_power(conn: Connection, user_id: int) -> RowMapping | None:

@@ -655,3 +655,22 @@ def test_model_sqlite() -> None:
 def test_model_postgres() -> None:
     pg_base_url()  # skipped with the conftest's reason when SMSCREDITS_TEST_PG is unset
     run_state_machine_as_test(PostgresModel, settings=settings(max_examples=25, **COMMON))
+
+
+# -- regressions found by the machine ------------------------------------------------------
+
+
+def test_verify_is_clean_for_an_account_that_was_never_charged(db: Db) -> None:
+    """Its window keys are still 0: verify must not crash on them (was: ValueError)."""
+    ledger.add_user(db, "alice", tz="Europe/Budapest")
+    ledger.create_power(db, "alice", initial=5_000)
+    report = verify.verify(db)
+    assert report.ok, report.problems
+
+
+def test_number_and_price_are_refused_before_an_unknown_user(db: Db) -> None:
+    """The README's order: number (invalid_number), price (no_price), then the user."""
+    pricing.set_price(db, "HU", "1")
+    charger = Charger(db)
+    assert charger.charge(ChargeRequest(GHOST, BAD, parts=1)).reason == "invalid_number"
+    assert charger.charge(ChargeRequest(GHOST, GB, parts=1)).reason == "no_price"
