@@ -67,11 +67,12 @@ class Sizes:
     cold_runs: int = 15  # figure 5
     log_events: int = 1_000_000  # figure 6
     log_runs: int = 5
+    profile_messages: int = 20_000  # bulk figures are profiled on the first lines only
 
 
 FULL = Sizes()
-QUICK = Sizes(messages=50_000, pg_messages=50_000, stream_lines=1_000, journal_big=1_000_000,
-              fixed_charges=10_000, cold_runs=10)
+QUICK = Sizes(messages=30_000, pg_messages=10_000, stream_lines=1_000, journal_big=1_000_000,
+              fixed_charges=5_000, cold_runs=10, profile_messages=5_000)
 
 
 # -- results ----------------------------------------------------------------------------
@@ -79,6 +80,7 @@ QUICK = Sizes(messages=50_000, pg_messages=50_000, stream_lines=1_000, journal_b
 
 @dataclass
 class Figure:
+    number: str  # which of the six figures
     name: str
     value: float
     unit: str
@@ -107,19 +109,26 @@ def fmt_value(v: float | None, unit: str) -> str:
         return "-"
     if unit == "charges/s":
         return f"{v:,.0f}"
+    if v < 1:
+        return f"{v:.3f}"
     if unit == "µs/charge":
         return f"{v:,.1f}"
-    return f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+    return f"{v:.2f}" if v < 100 else f"{v:,.0f}"
+
+
+def fmt_ratio(r: float | None) -> str:
+    if r is None:
+        return "-"
+    return f"{r:,.0f}×" if r >= 100 else f"{r:.3g}×"
 
 
 def render_table(figures: Sequence[Figure]) -> str:
     head = ("#", "figure", "value", "unit", "baseline", "baseline value", "ratio", "target", "met")
     rows = [head]
     for f in figures:
-        ratio = "-" if f.ratio is None else f"{f.ratio:.2f}×"
         met = "-" if f.met is None else ("yes" if f.met else "NO")
-        rows.append((f.name.split(" ", 1)[0], f.name.split(" ", 1)[1], fmt_value(f.value, f.unit),
-                     f.unit, f.baseline_name, fmt_value(f.baseline, f.unit), ratio, f.target, met))
+        rows.append((f.number, f.name, fmt_value(f.value, f.unit), f.unit, f.baseline_name,
+                     fmt_value(f.baseline, f.unit), fmt_ratio(f.ratio), f.target, met))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     right = {2, 5, 6}
     lines = []
@@ -185,21 +194,20 @@ class Cli:
     def cmd(self, db: str | None, *args: str) -> list[str]:
         return [*self.argv, *(["--db", db] if db else []), *args]
 
-    def run(self, db: str | None, *args: str, stdin: Any = None) -> str:
-        proc = subprocess.run(self.cmd(db, *args), stdin=stdin, capture_output=True,
-                              text=True, env=self.env, check=False)
+    def run(self, db: str | None, *args: str) -> str:
+        proc = subprocess.run(self.cmd(db, *args), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, env=self.env, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"smscredits {' '.join(args)} failed ({proc.returncode}): "
                                f"{proc.stderr.strip()[-2000:]}")
         return proc.stdout
 
-    def wall(self, argv: list[str], stdin_path: Path | None = None) -> tuple[float, str]:
+    def wall(self, argv: list[str]) -> tuple[float, str]:
         """Wall time of a whole command (stdout to /dev/null) and its stderr."""
-        with open(stdin_path or os.devnull, "rb") as stdin:
-            start = time.perf_counter()
-            proc = subprocess.run(argv, stdin=stdin, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, env=self.env, check=False)
-            elapsed = time.perf_counter() - start
+        start = time.perf_counter()
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, env=self.env, check=False)
+        elapsed = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): "
                                f"{proc.stderr.decode()[-2000:]}")
@@ -270,12 +278,13 @@ def pg_schema_url(base: str, schema: str) -> str:
     return f"{base}{sep}options=-csearch_path%3D{schema}"
 
 
-def populate(url: str, n_users: int) -> None:
-    """Users, each with a credits power (a big balance, limits that never bind), and their
-    events with a correct hash chain: inserted in bulk through the package's own tables."""
+def populate(url: str, n_users: int, *, journal_rows: bool = True) -> None:
+    """Users, each with a credits power (a big balance, limits that never bind), and (with
+    ``journal_rows``) their opening events with a correct hash chain: inserted in bulk through
+    the package's own tables."""
     from sqlalchemy import bindparam, insert, select, update
 
-    from smscredits import clock, journal
+    from smscredits import clock
     from smscredits.storage.engine import open_db
     from smscredits.storage.tables import events, powers, users
 
@@ -285,41 +294,60 @@ def populate(url: str, n_users: int) -> None:
     with db.write() as conn:
         conn.execute(insert(users), [{"name": user_name(i), "tz": None, "disabled": False,
                                       "created_at": now} for i in range(1, n_users + 1)])
-        user_ids = dict(conn.execute(select(users.c.name, users.c.id)).all())
+        user_ids = conn.execute(select(users.c.id)).scalars().all()
         conn.execute(insert(powers), [
             {"user_id": uid, "kind": "credits", "balance": BALANCE_MILLIS, "overdraft": 0,
              "daily_limit": day, "weekly_limit": week, "monthly_limit": month, "day_key": 0,
              "day_spent": 0, "week_key": 0, "week_spent": 0, "month_key": 0, "month_spent": 0,
              "refill_below": None, "last_hash": None, "created_at": now}
-            for uid in user_ids.values()
+            for uid in user_ids
         ])
-        power_ids = dict(conn.execute(select(powers.c.user_id, powers.c.id)).all())
-        rows, heads = [], []
-        for uid in user_ids.values():
-            pid = power_ids[uid]
-            rows.append(journal.build(at=now, kind="user.added", actor="bench", user_id=uid))
-            created = journal.build(
-                at=now, kind="power.created", actor="bench", user_id=uid, power_id=pid,
-                amount=BALANCE_MILLIS, balance_after=BALANCE_MILLIS,
-                detail={"kind": "credits", "overdraft": "0"})
-            limited = journal.build(
-                at=now, kind="limits.set", actor="bench", user_id=uid, power_id=pid,
-                prev_hash=created["hash"],
-                detail={"day": str(day // 1000), "week": str(week // 1000),
-                        "month": str(month // 1000)})
-            rows += [created, limited]
-            heads.append({"pid": pid, "h": limited["hash"]})
-        conn.execute(insert(events), rows)
-        conn.execute(update(powers).where(powers.c.id == bindparam("pid"))
-                     .values(last_hash=bindparam("h")), heads)
+        if journal_rows:
+            power_ids = conn.execute(select(powers.c.user_id, powers.c.id)).all()
+            rows, heads = opening_events(power_ids, now)
+            conn.execute(insert(events), rows)
+            conn.execute(update(powers).where(powers.c.id == bindparam("pid"))
+                         .values(last_hash=bindparam("h")), heads)
     db.dispose()
 
 
-def prepare(cli: Cli, url: str, n_users: int) -> None:
+def opening_events(power_ids: Sequence[Any], now: int) -> tuple[list[dict], list[dict]]:
+    """user.added, power.created and limits.set of each (user id, power id), chained; and
+    the chain heads to store on the power rows."""
+    from smscredits import journal
+
+    day, week, month = LIMITS_MILLIS
+    rows, heads = [], []
+    for uid, pid in power_ids:
+        rows.append(journal.build(at=now, kind="user.added", actor="bench", user_id=uid))
+        created = journal.build(
+            at=now, kind="power.created", actor="bench", user_id=uid, power_id=pid,
+            amount=BALANCE_MILLIS, balance_after=BALANCE_MILLIS,
+            detail={"kind": "credits", "overdraft": "0"})
+        limited = journal.build(
+            at=now, kind="limits.set", actor="bench", user_id=uid, power_id=pid,
+            prev_hash=created["hash"],
+            detail={"day": str(day // 1000), "week": str(week // 1000),
+                    "month": str(month // 1000)})
+        rows += [created, limited]
+        heads.append({"pid": pid, "h": limited["hash"]})
+    return rows, heads
+
+
+def prepare(cli: Cli, url: str, n_users: int, *, journal_rows: bool = True) -> None:
     """A database with the schema made by smscredits itself, a default price and the users."""
     cli.run(url, "db", "upgrade")
     cli.run(url, "price", "set", "default", PRICE)
-    populate(url, n_users)
+    populate(url, n_users, journal_rows=journal_rows)
+
+
+def head_file(src: Path, n: int) -> Path:
+    """The first ``n`` lines of a file, as a new file beside it."""
+    dst = src.with_name(f"{src.stem}-head{n}{src.suffix}")
+    with src.open("rb") as f, dst.open("wb") as out:
+        for _, line in zip(range(n), f, strict=False):
+            out.write(line)
+    return dst
 
 
 def count_charged(url: str) -> int:
@@ -338,7 +366,8 @@ def count_charged(url: str) -> int:
 
 def fill_journal(path: Path, n_events: int, n_users: int) -> None:
     """Bulk-fill ``events`` (and the matching ``messages``) of a prepared SQLite database with
-    ``n_events`` charges spread at random over the users and over the last 90 days.
+    ``n_events`` charges spread at random over the users and over the last 90 days (one
+    chunk's users and parts are random; ids and times ascend together).
 
     The events indexes are dropped and re-created from the schema's own SQL (a sorted index
     build is much faster than random inserts), so the schema stays the one smscredits made.
@@ -486,11 +515,11 @@ class Context:
     cli: Cli
     sizes: Sizes
     tmp: Path
-    rng: random.Random
     numbers: list[str]
     pg: str | None
     pg_schemas: list[str] = field(default_factory=list)
     bulk_db: Path | None = None
+    load_start: float = field(default_factory=lambda: os.getloadavg()[0])
 
 
 def bulk_file(ctx: Context, name: str, n: int) -> Path:
@@ -516,16 +545,18 @@ def figure_sqlite_bulk(ctx: Context) -> list[Figure]:
     def profile() -> str:
         fresh = ctx.tmp / "bulk-profile.db"
         prepare(ctx.cli, str(fresh), ctx.sizes.users)
-        return profile_cli(ctx, ctx.cli.cmd(str(fresh), "charge", "--file", str(jsonl)))
+        part = head_file(jsonl, ctx.sizes.profile_messages)
+        return profile_cli(ctx, ctx.cli.cmd(str(fresh), "charge", "--file", str(part)))
 
-    return [Figure("1 bulk charge --file, SQLite", n / seconds, "charges/s", "sqlite3 loop",
+    return [Figure("1", "bulk charge --file, SQLite", n / seconds, "charges/s", "sqlite3 loop",
                    n / ref_seconds, "≥ 0.5× baseline", n / seconds >= 0.5 * n / ref_seconds,
                    higher_is_better=True, profile=profile,
                    detail={"messages": n, "seconds": seconds, "reference_seconds": ref_seconds})]
 
 
 def figure_pg_bulk(ctx: Context) -> list[Figure]:
-    if not ctx.pg:
+    base = ctx.pg
+    if not base:
         return []
     import psycopg
 
@@ -535,10 +566,10 @@ def figure_pg_bulk(ctx: Context) -> list[Figure]:
     urls = []
     for role in ("main", "ref"):
         schema = f"bench_{run_id}_{role}"
-        with psycopg.connect(pg_conninfo(ctx.pg), autocommit=True) as conn:
+        with psycopg.connect(pg_conninfo(base), autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
         ctx.pg_schemas.append(schema)
-        urls.append(pg_schema_url(ctx.pg, schema))
+        urls.append(pg_schema_url(base, schema))
         prepare(ctx.cli, urls[-1], ctx.sizes.users)
     log(f"2: charge --file, {n} messages on Postgres")
     seconds, err = ctx.cli.wall(ctx.cli.cmd(urls[0], "charge", "--file", str(jsonl)))
@@ -549,15 +580,16 @@ def figure_pg_bulk(ctx: Context) -> list[Figure]:
 
     def profile() -> str:
         schema = f"bench_{run_id}_profile"
-        with psycopg.connect(pg_conninfo(ctx.pg or ""), autocommit=True) as conn:
+        with psycopg.connect(pg_conninfo(base), autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
         ctx.pg_schemas.append(schema)
-        url = pg_schema_url(ctx.pg or "", schema)
+        url = pg_schema_url(base, schema)
         prepare(ctx.cli, url, ctx.sizes.users)
-        return profile_cli(ctx, ctx.cli.cmd(url, "charge", "--file", str(jsonl)))
+        part = head_file(jsonl, ctx.sizes.profile_messages)
+        return profile_cli(ctx, ctx.cli.cmd(url, "charge", "--file", str(part)))
 
     rate = n / seconds
-    return [Figure("2 bulk charge --file, Postgres", rate, "charges/s", "psycopg pipeline",
+    return [Figure("2", "bulk charge --file, Postgres", rate, "charges/s", "psycopg pipeline",
                    n / ref_seconds, "≥ 20,000/s", rate >= 20_000, higher_is_better=True,
                    profile=profile,
                    detail={"messages": n, "seconds": seconds, "reference_seconds": ref_seconds})]
@@ -569,9 +601,10 @@ ECHO = ("import sys\n"
         "    sys.stdout.buffer.flush()\n")
 
 
-def round_trips(argv: list[str], lines: list[bytes], env: dict[str, str],
-                warmup: int) -> list[float]:
-    """Seconds per line: write one line, read its one result line, repeat."""
+def round_trips(argv: list[str], lines: list[bytes], env: dict[str, str], warmup: int,
+                expect: bytes = b"", after_each: Callable[[], Any] | None = None) -> list[float]:
+    """Seconds per line: write one line, read its one result line (which must contain
+    ``expect``), call ``after_each``, repeat."""
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env=env)
     assert proc.stdin is not None and proc.stdout is not None
@@ -583,10 +616,12 @@ def round_trips(argv: list[str], lines: list[bytes], env: dict[str, str],
             proc.stdin.flush()
             answer = proc.stdout.readline()
             elapsed = time.perf_counter() - start
-            if not answer:
-                raise RuntimeError(f"{argv[0]} stopped answering at line {i + 1}")
+            if expect not in answer:
+                raise RuntimeError(f"{argv[0]}: line {i + 1} answered {answer[:300]!r}")
             if i >= warmup:
                 samples.append(elapsed)
+                if after_each is not None:
+                    after_each()
     finally:
         proc.stdin.close()
         proc.wait(timeout=60)
@@ -602,7 +637,12 @@ def figure_streaming(ctx: Context) -> list[Figure]:
                                     "stream")]
     log(f"3: streaming, {len(lines)} lines one at a time")
     argv = ctx.cli.cmd(str(ctx.bulk_db), "charge", "--file", "-")
-    ours = round_trips(argv, lines, ctx.cli.env, s.stream_warmup)
+    # The fsync floor, measured between the round trips so that both see the same disk.
+    floor_db = DurableCommits(ctx.tmp / "floor.db")
+    ours = round_trips(argv, lines, ctx.cli.env, s.stream_warmup, b'"status":"charged"',
+                       after_each=floor_db.commit_one)
+    floor_db.close()
+    floor = floor_db.samples
     echo = round_trips([PYTHON, "-c", ECHO], lines, ctx.cli.env, s.stream_warmup)
 
     def profile() -> str:
@@ -618,11 +658,35 @@ def figure_streaming(ctx: Context) -> list[Figure]:
     p50, p99 = median_ms(ours), percentile_ms(ours, 99)
     detail = {"lines": len(ours), "warmup": s.stream_warmup}
     return [
-        Figure("3 streaming charge --file -, SQLite, p50", p50, "ms/line", "echo co-process",
+        Figure("3", "streaming charge --file -, SQLite, p50", p50, "ms/line", "echo co-process",
                median_ms(echo), "≤ 1 ms", p50 <= 1.0, detail=detail, profile=profile),
-        Figure("3 streaming charge --file -, SQLite, p99", p99, "ms/line", "echo co-process",
+        Figure("3", "streaming charge --file -, SQLite, p99", p99, "ms/line", "echo co-process",
                percentile_ms(echo, 99), "-", None, detail=detail),
+        Figure("3", "floor: one-row durable commit, plain sqlite3, p50", median_ms(floor), "ms",
+               "-", None, "-", None, detail={"commits": len(floor)}),
     ]
+
+
+class DurableCommits:
+    """One-row transactions with plain sqlite3, WAL and synchronous=FULL: the fsync that any
+    durable per-line charge pays, on the same file system."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")
+        self.conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x INTEGER)")
+        self.samples: list[float] = []
+
+    def commit_one(self) -> None:
+        start = time.perf_counter()
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("INSERT INTO t (x) VALUES (?)", (len(self.samples),))
+        self.conn.execute("COMMIT")
+        self.samples.append(time.perf_counter() - start)
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def fixed_requests(ctx: Context, n: int, tag: str) -> list[list[Any]]:
@@ -670,7 +734,7 @@ def figure_big_journal(ctx: Context, journal_db: Callable[[int], Path]) -> list[
         return top_entries(out)
 
     label = f"{s.journal_big:,} vs {s.journal_small:,} events"
-    return [Figure(f"4 charge cost, {label}", big_us, "µs/charge",
+    return [Figure("4", f"charge cost, {label}", big_us, "µs/charge",
                    f"{s.journal_small:,} events", small_us, "≤ 1.2× baseline",
                    big_us <= 1.2 * small_us, profile=profile,
                    detail={"charges": s.fixed_charges, "batch": BATCH,
@@ -708,10 +772,11 @@ def figure_cold_start(ctx: Context) -> list[Figure]:
         ("log", f"--db F log {user} --limit 50", "typer+sqlmodel", 1.15),
     ):
         label = "import typer" if base == "typer" else "import typer, sqlmodel"
-        figures.append(Figure(f"5 cold start: smscredits {shown}", ms[name], "ms", label,
+        figures.append(Figure("5", f"cold start: smscredits {shown}", ms[name], "ms", label,
                               ms[base], f"≤ {factor}× baseline", ms[name] <= factor * ms[base],
                               detail={"runs": ctx.sizes.cold_runs},
-                              profile=lambda argv=commands[name]: profile_cli(ctx, argv)))
+                              profile=lambda argv=commands[name]: profile_cli(
+                                  ctx, argv, imports=True)))
     return figures
 
 
@@ -732,10 +797,11 @@ def figure_log_pages(ctx: Context, journal_db: Callable[[int], Path]) -> list[Fi
     ms = interleaved_walls(ctx.cli, commands, s.log_runs)
     figures = []
     for name, shown in (("user", f"log {user} --limit 50"), ("since", f"log --since {middle}")):
-        figures.append(Figure(f"6 {shown}, {s.log_events:,} events", ms[name], "ms",
+        figures.append(Figure("6", f"{shown}, {s.log_events:,} events", ms[name], "ms",
                               "import typer, sqlmodel", ms["typer+sqlmodel"], "≤ 200 ms",
                               ms[name] <= 200, detail={"runs": s.log_runs},
-                              profile=lambda argv=commands[name]: profile_cli(ctx, argv)))
+                              profile=lambda argv=commands[name]: profile_cli(
+                                  ctx, argv, imports=True)))
     return figures
 
 
@@ -749,24 +815,67 @@ def short_path(path: str) -> str:
     return path
 
 
-def top_entries(prof_file: Path, count: int = 15) -> str:
-    stats = pstats.Stats(str(prof_file))
-    entries = sorted(stats.stats.items(), key=lambda kv: kv[1][3], reverse=True)  # type: ignore[attr-defined]
-    total = max(v[3] for v in stats.stats.values())  # type: ignore[attr-defined]
+IMPORT_FRAMES = ("<frozen importlib", "<built-in method builtins.__import__>",
+                 "<built-in method builtins.exec>", "<built-in method _imp.")
+
+
+def top_entries(prof_file: Path, count: int = 15, own: int = 8, *,
+                skip_imports: bool = False) -> str:
+    """The top ``count`` functions by cumulative time, leaving out the call chain that wraps
+    everything (above 97 % of the total) and, with ``skip_imports``, the import machinery
+    (its cost is in the module list); then the top ``own`` by own time."""
+    stats: dict[Any, Any] = pstats.Stats(str(prof_file)).stats  # type: ignore[attr-defined]
+    total = max(v[3] for v in stats.values())
+    if skip_imports:
+        stats = {k: v for k, v in stats.items()
+                 if not (k[0].startswith(IMPORT_FRAMES) or k[2].startswith(IMPORT_FRAMES))}
+
+    def line(key: Any, value: Any) -> str:
+        (path, lineno, func), (_cc, calls, own_s, cum_s, _callers) = key, value
+        where = func if path == "~" else f"{short_path(path)}:{lineno}({func})"
+        return f"{calls:>10} {own_s:>8.3f} {cum_s:>8.3f} {100 * cum_s / total:>4.0f}%  {where}\n"
+
+    head = f"{'ncalls':>10} {'tottime':>8} {'cumtime':>8} {'cum%':>5}  function\n"
+    by_cum = sorted(((k, v) for k, v in stats.items() if v[3] <= 0.97 * total),
+                    key=lambda kv: kv[1][3], reverse=True)
+    by_own = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)
     out = io.StringIO()
-    out.write(f"{'ncalls':>10} {'tottime':>8} {'cumtime':>8} {'cum%':>5}  function\n")
-    for (path, line, func), (_cc, nc, tt, ct, _callers) in entries[:count]:
-        where = func if path == "~" else f"{short_path(path)}:{line}({func})"
-        out.write(f"{nc:>10} {tt:>8.3f} {ct:>8.3f} {100 * ct / total:>4.0f}%  {where}\n")
+    out.write(f"total {total:.2f} s under cProfile; by cumulative time:\n" + head)
+    out.writelines(line(k, v) for k, v in by_cum[:count])
+    out.write("by own time:\n" + head)
+    out.writelines(line(k, v) for k, v in by_own[:own])
     return out.getvalue()
 
 
-def profile_cli(ctx: Context, argv: list[str]) -> str:
-    """cProfile of one smscredits command (run as ``python -m cProfile -m smscredits``)."""
+def profile_cli(ctx: Context, argv: list[str], *, imports: bool = False) -> str:
+    """cProfile of one smscredits command (run as ``python -m cProfile -m smscredits``); with
+    ``imports``, first the modules that take longest to import (``python -X importtime``)."""
     out = ctx.tmp / "cli.prof"
     args = argv[len(ctx.cli.argv):]
     ctx.cli.wall([PYTHON, "-m", "cProfile", "-o", str(out), "-m", "smscredits", *args])
-    return top_entries(out)
+    text = top_entries(out, skip_imports=imports)
+    if imports:
+        _, err = ctx.cli.wall([PYTHON, "-X", "importtime", "-m", "smscredits", *args])
+        text = import_times(err) + text
+    return text
+
+
+def import_times(stderr: str, count: int = 15) -> str:
+    """The slowest imports from ``-X importtime`` output, nested as Python imported them."""
+    rows = []
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        own_us, cum_us, name = line.removeprefix("import time:").split("|")
+        depth = (len(name) - len(name.lstrip()) - 1) // 2
+        rows.append((int(cum_us), int(own_us), depth, name.strip()))
+    total = sum(cum for cum, _, depth, _ in rows if depth == 0)
+    out = io.StringIO()
+    out.write(f"imports: {total / 1000:.0f} ms in all (python -X importtime); the slowest:\n")
+    out.write(f"{'cum ms':>8} {'own ms':>8}  module\n")
+    for cum, own, depth, name in sorted(rows, reverse=True)[:count]:
+        out.write(f"{cum / 1000:>8.1f} {own / 1000:>8.1f}  {'  ' * depth}{name}\n")
+    return out.getvalue()
 
 
 # -- main -------------------------------------------------------------------------------
@@ -780,7 +889,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--profile", action="store_true",
                         help="profile the smscredits side of every figure that misses its target")
-    parser.add_argument("--only", help="comma-separated figure numbers to run (1-6)")
+    parser.add_argument("--only", help="comma-separated figure numbers to run (1-6); 3 and 5 "
+                        "also run 1, whose database they use")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     only = set(args.only.split(",")) if args.only else set("123456")
@@ -790,15 +900,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="smscredits-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        rng = random.Random(SEED)
-        ctx = Context(Cli(tmp), sizes, tmp, rng, phone_numbers(sizes.numbers, rng), args.pg)
+        numbers = phone_numbers(sizes.numbers, random.Random(SEED))
+        ctx = Context(Cli(tmp), sizes, tmp, numbers, args.pg)
         journals: dict[int, Path] = {}
 
         def journal_db(n: int) -> Path:
             if n not in journals:
                 path = tmp / f"journal-{n}.db"
                 log(f"building a journal of {n:,} events")
-                prepare(ctx.cli, str(path), sizes.users)
+                prepare(ctx.cli, str(path), sizes.users, journal_rows=False)
                 fill_journal(path, n, sizes.users)
                 journals[n] = path
             return journals[n]
@@ -817,7 +927,7 @@ def main(argv: list[str] | None = None) -> int:
                 figures += figure_log_pages(ctx, journal_db)
             if "4" in only:
                 figures += figure_big_journal(ctx, journal_db)
-            figures.sort(key=lambda f: f.name.split(" ", 1)[0])
+            figures.sort(key=lambda f: f.number)
             elapsed = time.perf_counter() - started
             print_report(ctx, figures, args, elapsed)
             if args.out:
@@ -834,7 +944,8 @@ def print_report(ctx: Context, figures: list[Figure], args: argparse.Namespace,
     s = ctx.sizes
     print(f"smscredits benchmark ({'quick' if args.quick else 'full'}), "
           f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, Python "
-          f"{sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
+          f"{sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}; load average "
+          f"{ctx.load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     print()
     print(render_table(figures))
     print()
@@ -843,6 +954,7 @@ def print_report(ctx: Context, figures: list[Figure], args: argparse.Namespace,
           f"{len(ctx.numbers):,} destination numbers (HU, GB, US, DE, FR); batches of {BATCH}")
     if not ctx.pg:
         print(f"Postgres figures skipped: no --pg and ${PG_ENV} is not set")
+    print("ratio = value / baseline (charges/s: higher is better; times: lower is better)")
     print("references write less than smscredits: no messages row (idempotency key), no hash "
           "chain, no part counting or number parsing")
     print(f"total time {elapsed:.0f} s")
@@ -864,9 +976,9 @@ def write_json(path: Path, ctx: Context, figures: list[Figure], args: argparse.N
 def print_profiles(figures: list[Figure]) -> None:
     for f in figures:
         if f.met is False and f.profile is not None:
-            log(f"profiling: {f.name}")
+            log(f"profiling figure {f.number}: {f.name}")
             print()
-            print(f"profile of figure {f.name} (top 15 by cumulative time):")
+            print(f"profile of figure {f.number}, {f.name} (top 15 by cumulative time):")
             print(f.profile())
 
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TextIO
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_CONTROL_ALL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# ... and bidirectional overrides, which can make a terminal draw text out of order.
+_CONTROL_ALL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def plain(value: Any) -> Any:
@@ -66,7 +67,12 @@ def cell(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, Decimal):
         return format(value, "f")
-    return _CONTROL_ALL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+    return _CONTROL_ALL.sub(_escape, str(value))
+
+
+def _escape(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 @dataclass
@@ -143,7 +149,9 @@ class Output:
         from rich.table import Table
         from rich.text import Text
 
-        grid = Table(title=title, show_header=False, box=None, padding=(0, 2, 0, 0))
+        grid = Table(
+            title=Text(title) if title else None, show_header=False, box=None, padding=(0, 2, 0, 0)
+        )
         grid.add_column(style="bold")
         grid.add_column()
         for key, label in fields:
@@ -165,10 +173,18 @@ def table(
     *,
     title: str | None = None,
 ) -> Any:
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(title=title, header_style="bold")
+    # No vertical rules: at 80 columns every character goes to the data.
+    t = Table(
+        title=Text(title) if title else None,
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
     for key, label in columns:
         numeric = key in NUMERIC
         t.add_column(
@@ -183,9 +199,9 @@ def table(
 
 
 def _table_cell(key: str, value: Any) -> str:
-    # Instants read better in a table as "2026-11-25 10:00:00" under an "(UTC)" header.
-    if key in TIMES and isinstance(value, str):
-        return value.replace("T", " ").removesuffix("Z")
+    # Instants read better in a table as "2026-11-25 10:00" under an "(UTC)" header.
+    if key in TIMES and isinstance(value, str) and value.endswith("Z"):
+        return value.replace("T", " ")[:16]  # to the minute; JSON and CSV keep the seconds
     return cell(value)
 
 
@@ -272,7 +288,7 @@ def usage_chart(rows: Sequence[Any], label: str, title: str) -> Any:
     from rich.text import Text
 
     top = max((r.spent for r in rows), default=Decimal(0))
-    t = Table(title=title, header_style="bold", box=None, padding=(0, 1))
+    t = Table(title=Text(title), header_style="bold", box=None, padding=(0, 1))
     t.add_column(label, no_wrap=True)
     t.add_column("Spent", justify="right", no_wrap=True)
     t.add_column("", no_wrap=True)

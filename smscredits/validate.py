@@ -44,6 +44,8 @@ def message_id(value: str) -> str:
 def note(value: str | None) -> str | None:
     if value is not None and len(value) > MAX_NOTE:
         raise BadInput(f"note too long ({len(value)} characters, at most {MAX_NOTE})")
+    if value is not None and "\x00" in value:
+        raise BadInput("bad note: it contains a NUL character")
     return value
 
 

@@ -68,6 +68,9 @@ def verify(db: Db) -> Report:
 
 def _windows(conn: Connection, acc: Any, tz: str) -> list[Problem]:
     """Counters of the windows stored on the row, recomputed from the journal."""
+    if acc["month_key"] == 0:  # never charged: the counters must still be at zero
+        return [Problem("window", acc["name"], f"{w} counter set on an account never charged",
+                        0, to_decimal(acc[f"{w}_spent"])) for w in WINDOWS if acc[f"{w}_spent"]]
     month_start = schedule.window_reset("month", acc["month_key"] - 1, tz)
     # The week can start in the month before; a window starts where the previous one ends.
     week_start = schedule.window_reset("week", acc["week_key"] - 7, tz)

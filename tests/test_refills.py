@@ -95,6 +95,10 @@ def runs_at(cli: Any, clock: Any, instants: list[datetime], plan: int) -> list[l
     return out
 
 
+def flatten(runs: list[list[str]]) -> list[str]:
+    return [p for r in runs for p in r]
+
+
 def wall(text: str | None) -> str:
     """A shown local time, "2026-03-30 06:30 CEST" or "2026-03-30T06:30...", as date + HH:MM."""
     assert text is not None
@@ -140,10 +144,6 @@ def test_daily_plan_through_both_dst_changes_of_2026(cli: Any, db: Any) -> None:
     assert balance(cli) == D(4 + 206 + 4)
     assert len(refill_events(cli, plan)) == 214
     assert event_periods(db, plan) == flatten(spring) + summer + flatten(autumn)
-
-
-def flatten(runs: list[list[str]]) -> list[str]:
-    return [p for r in runs for p in r]
 
 
 @pytest.mark.parametrize(("year", "feb_last"), [(2028, 29), (2027, 28)])
@@ -524,6 +524,19 @@ def test_refund_back_to_threshold_rearms_plan(alice7: Any) -> None:
     ok(cli("refund", first["id"]))  # 8: re-armed
     assert charge(cli, 4)["balance"] == D(5)  # 4: fires again, 5
     assert len(refill_events(cli, plan)) == 2
+
+
+def test_periodic_refill_back_above_threshold_rearms_it(alice7: Any) -> None:
+    cli = alice7
+    with freeze_time(local(2026, 5, 1, 12, 0)) as clock:
+        low = schedule(cli, "--when-below", "5", "--add", "1")
+        daily = schedule(cli, "--every", "day", "--top-up-to", "7")
+        assert charge(cli, 4)["balance"] == D(4)  # 3: fires, 4
+        assert charge(cli)["balance"] == D(3)  # spent: no fire
+        clock.move_to(local(2026, 5, 2, 12, 0))
+        assert [(a["plan"], a["balance"]) for a in run(cli)] == [(daily, D(7))]  # re-armed
+        assert charge(cli, 4)["balance"] == D(4)
+    assert len(refill_events(cli, low)) == 2
 
 
 # -- refused inputs ----------------------------------------------------------------------

@@ -130,7 +130,7 @@ def register_verify(root: typer.Typer) -> None:
                           "problems": report.problems})
         elif report.ok:
             out.message(f"ledger verified: {report.accounts} account(s), {report.events} "
-                        "event(s); balances, limit windows and hash chains agree")
+                        "event(s): balances, windows and chains agree")
         else:
             out.rows(report.problems, [("check", "Check"), ("user", "User"),
                                        ("detail", "Problem"), ("expected", "Journal"),

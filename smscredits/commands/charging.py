@@ -25,7 +25,7 @@ TextOpt = Annotated[str | None, typer.Option("--text", help="The message text (p
 PartsOpt = Annotated[int | None, typer.Option("--parts", help="Number of parts, if known "
                                                               "instead of the text.")]
 CHARGE_COLUMNS = [("window", "Window"), ("limit", "Limit"), ("spent", "Spent"),
-                  ("remaining", "Remaining"), ("resets_at", "Resets at (UTC)")]
+                  ("remaining", "Remaining"), ("resets_at", "Resets at")]
 
 
 def _parts(text: str | None, parts: int | None) -> Any:
@@ -174,7 +174,10 @@ def _show_limits(lim: Any) -> None:
     if out.machine:
         out.document(lim)
     else:
-        out.rows(lim.windows, CHARGE_COLUMNS, title=f"Limits of {lim.user} ({lim.tz})")
+        from smscredits.render import local_time, plain
+
+        rows = [{**plain(w), "resets_at": local_time(w.resets_at, lim.tz)} for w in lim.windows]
+        out.rows(rows, CHARGE_COLUMNS, title=f"Limits of {lim.user} ({lim.tz})")
 
 
 # -- charge, refund, usage ---------------------------------------------------------------
@@ -255,9 +258,12 @@ def _charge_one(user: str, to: str, text: str | None, parts: int | None,
             out.message(f"{user} is not metered (no credits power): {what} to {result.to}, "
                         "charged 0")
         else:
-            again = " (already charged: nothing charged now)" if result.replayed else ""
-            out.message(f"charged {result.cost} to {user} for {what} to {result.to} "
-                        f"({result.rule} at {result.price}){again}: balance {result.balance}")
+            if result.replayed:
+                out.message(f"already charged {result.id}: {result.cost} to {user}, nothing "
+                            f"charged now (balance then {result.balance})")
+            else:
+                out.message(f"charged {result.cost} to {user} for {what} to {result.to} "
+                            f"({result.rule} at {result.price}): balance {result.balance}")
     if result.status != "charged":
         if not out.machine:
             out.error(result.reason or "error", f"{result.reason}: {result.message}")

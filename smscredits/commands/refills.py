@@ -12,9 +12,8 @@ from smscredits.commands.users import UserArg
 refill_app = app("refill", "Automatic refill plans, applied exactly once by `refill run`.",
                  "smscredits refill schedule alice --every month --on 1 --add 100")
 
-PLAN_COLUMNS = [("id", "Plan"), ("user", "User"), ("rule", "Rule"), ("action", "Action"),
-                ("status", "Status"), ("next_due", "Next due"),
-                ("last_applied", "Last applied")]
+PLAN_COLUMNS = [("id", "Plan"), ("user", "User"), ("action", "Action"), ("rule", "Rule"),
+                ("status", "Status"), ("next_due", "Next due")]
 PlanArg = Annotated[int, typer.Argument(metavar="PLAN", help="Plan number (refill list).")]
 
 
@@ -45,8 +44,8 @@ def refill_schedule(
         below=_opt_amount(when_below, "--when-below"),
         add=_opt_amount(add, "--add"), top_up_to=_opt_amount(top_up_to, "--top-up-to"),
     )
-    due = f"; next due {plan.next_due}" if plan.next_due else ""
-    output().message(f"plan {plan.id} for {plan.user}: {plan.action} {plan.rule}{due}", plan)
+    due = f"\n  next due {plan.next_due}" if plan.next_due else ""
+    output().message(f"plan {plan.id} for {plan.user}: {plan.action}\n  {plan.rule}{due}", plan)
 
 
 @command(refill_app, "list", example="smscredits refill list alice")
@@ -57,8 +56,9 @@ def refill_list(
     """List refill plans with their rule, next due time and last application."""
     from smscredits import refills
 
-    output().rows(refills.list_plans(db(), user, all_=all_), PLAN_COLUMNS,
-                  title="Refill plans", empty="no refill plans")
+    columns = [c for c in PLAN_COLUMNS if c[0] != "user"] if user else PLAN_COLUMNS
+    output().rows(refills.list_plans(db(), user, all_=all_), columns,
+                  title="Refill plans" + (f" of {user}" if user else ""), empty="no refill plans")
 
 
 def _set(plan_id: int, status: str, verb: str) -> None:
