@@ -165,7 +165,8 @@ class _Batch:
             first = self.first_result(req, account, quote)
             if first is not None:
                 return first
-        if account is None:
+        # Precedence (documented): number, price, then the user.
+        if rejection is None and account is None:
             rejection = Rejected("unknown_user", f"unknown user {req.user!r}")
         elif rejection is None and account.disabled:
             rejection = Rejected("user_disabled", f"user {req.user!r} is disabled")
@@ -200,11 +201,12 @@ class _Batch:
         )
         self.hashes[account.power_id] = event["hash"]
         self.events.append(event)
-        self.remember(msg_id, account, quote, now, "charged", None, row.balance, (day, week, month),
-                      base.user or "")
         balance = row.balance
         if row.refill_below is not None and balance < row.refill_below:
             balance = self.refill(account, balance)
+        # Recorded with the balance the caller is told, so that a replay tells the same.
+        self.remember(msg_id, account, quote, now, "charged", None, balance, (day, week, month),
+                      base.user or "")
         return replace(base, status="charged", id=msg_id, **_quoted(quote),
                        balance=to_decimal(balance))
 
@@ -314,7 +316,7 @@ def _from_row(row: dict[str, Any], req: ChargeRequest) -> ChargeResult:
     return ChargeResult(
         status, row["id"], req.user, row["to_number"] or req.to, reason=row["reason"],
         message="already processed: first result returned, nothing charged",
-        cost=None if row["cost"] is None else to_decimal(row["cost"] if row["power_id"] else 0),
+        cost=None if row["cost"] is None else to_decimal(row["cost"]),
         parts=row["parts"] or None, encoding=row["encoding"],
         price=None if row["price"] is None else to_decimal(row["price"]),
         rule=row["rule"], country=row["country"],
