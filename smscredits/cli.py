@@ -15,8 +15,7 @@ app = typer.Typer(
     cls=RootGroup,
     help="Manage the SMS credits of an SMS gateway's users: credits powers, prepaid "
     "credits, spending limits, refills, per-message charges, and the credit log.",
-    epilog="Example: smscredits user add alice && smscredits power create alice credits "
-    "--initial 100",
+    epilog="Example: smscredits demo   (the tutorial, on a throwaway database)",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     # Plain help: Typer's Rich help pulls in Markdown and Pygments and doubles the cold start
@@ -66,4 +65,5 @@ app.add_typer(admin.config_app, rich_help_panel="Setup")
 
 
 def main() -> None:
-    app()
+    # A fixed name, so that `python -m smscredits` reads the same completion variable.
+    app(prog_name="smscredits")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from smscredits.commands.base import amount, app, command, db, output
-from smscredits.commands.users import ACCOUNT_COLUMNS, UserArg
+from smscredits.commands.users import ACCOUNT_COLUMNS, OptionalUser, UserArg
 
 credits_app = app("credits", "Add, subtract and set prepaid credits; show balances.",
                   "smscredits credits add alice 100")
@@ -50,7 +50,7 @@ def credits_set(
 
 @command(credits_app, "balance", example="smscredits credits balance alice --json")
 def credits_balance(
-    user: Annotated[str | None, typer.Argument(help="One user (default: all).")] = None,
+    user: OptionalUser = None,
 ) -> None:
     """Show balances."""
     from smscredits import ledger

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from smscredits.commands.base import command, db, output
+from smscredits.commands.users import OptionalUser
 from smscredits.errors import BadInput
 
 EVENT_COLUMNS = [
@@ -14,7 +15,7 @@ EVENT_COLUMNS = [
     ("balance_after", "Balance"), ("ref", "Ref"), ("note", "Note"),
 ]
 
-UserOpt = Annotated[str | None, typer.Argument(help="Only this user.")]
+UserOpt = OptionalUser
 Since = Annotated[str | None, typer.Option(help="From this time: 2026-11-25, "
                                                  "2026-11-25T10:00Z, or an age like 7d.")]
 Until = Annotated[str | None, typer.Option(help="Before this time (same forms).")]

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from smscredits.commands.base import amount, app, command, db, output
-from smscredits.commands.users import UserArg
+from smscredits.commands.users import OptionalUser, UserArg
 
 refill_app = app("refill", "Automatic refill plans, applied exactly once by `refill run`.",
                  "smscredits refill schedule alice --every month --on 1 --add 100")
@@ -50,7 +50,7 @@ def refill_schedule(
 
 @command(refill_app, "list", example="smscredits refill list alice")
 def refill_list(
-    user: Annotated[str | None, typer.Argument(help="Only this user.")] = None,
+    user: OptionalUser = None,
     all_: Annotated[bool, typer.Option("--all", help="Include cancelled plans.")] = False,
 ) -> None:
     """List refill plans with their rule, next due time and last application."""

@@ -37,6 +37,12 @@ UserArg = Annotated[
 ]
 
 
+OptionalUser = Annotated[
+    str | None, typer.Argument(help="Only this user (default: all).", show_default=False,
+                               autocompletion=_user_complete),
+]
+
+
 @command(users_app, "add", example="smscredits user add alice --tz Europe/Budapest")
 def user_add(
     name: Annotated[str, typer.Argument(help="1-64 letters, digits and . _ @ -")],
@@ -120,7 +126,7 @@ def power_create(
 
 
 @command(power_app, "list", example="smscredits power list")
-def power_list(user: Annotated[str | None, typer.Argument(help="Only this user.")] = None) -> None:
+def power_list(user: OptionalUser = None) -> None:
     """List credits powers."""
     from smscredits import ledger
 
