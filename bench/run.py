@@ -119,7 +119,7 @@ def fmt_value(v: float | None, unit: str) -> str:
 def fmt_ratio(r: float | None) -> str:
     if r is None:
         return "-"
-    return f"{r:,.0f}×" if r >= 100 else f"{r:.3g}×"
+    return f"{r:,.0f}×" if r >= 100 else f"{r:.4g}×"  # 4 digits: 1.303× is not 1.3×
 
 
 def render_table(figures: Sequence[Figure]) -> str:
@@ -184,11 +184,15 @@ class Cli:
             self.how = f"{PYTHON} -m smscredits"
         if found and Path(found) != beside and beside.exists():
             self.how += f" (not the pyenv shim {found}, which adds a bash + pyenv start)"
+        # Bytecode is cached (in the temp dir) as for an installed tool, even where the
+        # environment sets PYTHONDONTWRITEBYTECODE, which would recompile smscredits each run.
+        dropped = ("NO_COLOR", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE")
         self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith("SMSCREDITS_") and k not in ("NO_COLOR", "PYTHONPATH")}
+                    if not k.startswith("SMSCREDITS_") and k not in dropped}
         self.env.update({
             "SMSCREDITS_CONFIG_DIR": str(home / "config"), "XDG_DATA_HOME": str(home / "data"),
             "SMSCREDITS_ACTOR": "bench", "NO_COLOR": "1", "COLUMNS": "120",
+            "PYTHONPYCACHEPREFIX": str(home / "pycache"),
         })
 
     def cmd(self, db: str | None, *args: str) -> list[str]:
@@ -520,6 +524,7 @@ class Context:
     pg_schemas: list[str] = field(default_factory=list)
     bulk_db: Path | None = None
     load_start: float = field(default_factory=lambda: os.getloadavg()[0])
+    source_start: str = field(default_factory=lambda: source_fingerprint())
 
 
 def bulk_file(ctx: Context, name: str, n: int) -> Path:
@@ -939,17 +944,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def source_fingerprint() -> str:
+    """A hash of the smscredits sources, to tell whether they changed during the run."""
+    import hashlib
+    import importlib.util
+
+    spec = importlib.util.find_spec("smscredits")
+    assert spec is not None and spec.submodule_search_locations
+    digest = hashlib.sha256()
+    for root in spec.submodule_search_locations:
+        for path in sorted(Path(root).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def print_report(ctx: Context, figures: list[Figure], args: argparse.Namespace,
                  elapsed: float) -> None:
     s = ctx.sizes
+    source_end = source_fingerprint()
     print(f"smscredits benchmark ({'quick' if args.quick else 'full'}), "
           f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, Python "
           f"{sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}; load average "
-          f"{ctx.load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
+          f"{ctx.load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
+          f"smscredits sources {ctx.source_start}")
+    if source_end != ctx.source_start:
+        print(f"WARNING: the smscredits sources changed during the run (now {source_end}): "
+              "the figures mix versions")
     print()
     print(render_table(figures))
     print()
-    print(f"smscredits ran as: {ctx.cli.how}")
+    print(f"smscredits ran as: {ctx.cli.how}; bytecode cached (PYTHONPYCACHEPREFIX in the "
+          "temp dir); figures 5 and 6 time each command after one untimed run")
     print(f"data: {s.users:,} users with a credits power and limits; default price {PRICE}; "
           f"{len(ctx.numbers):,} destination numbers (HU, GB, US, DE, FR); batches of {BATCH}")
     if not ctx.pg:
@@ -968,6 +993,7 @@ def write_json(path: Path, ctx: Context, figures: list[Figure], args: argparse.N
         "python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version,
         "cpus": os.cpu_count(), "smscredits": ctx.cli.how, "sizes": asdict(ctx.sizes),
         "postgres": bool(ctx.pg), "seconds": round(elapsed, 1),
+        "sources": ctx.source_start, "sources_at_end": source_fingerprint(),
         "figures": [f.as_json() for f in figures],
     }
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -49,7 +49,7 @@ def parse_optional(text: str, *, what: str) -> int | None:
 
 def to_decimal(millis: int) -> Decimal:
     """The exact Decimal of an amount, without trailing zeros or exponent (``100``, ``0.5``)."""
-    return Decimal(format_amount(millis))
+    return Decimal(millis) / SCALE  # exact, and with no trailing zeros to strip
 
 
 def format_amount(millis: int | None) -> str:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, exc, insert, or_, select, text, update
+from sqlalchemy import Connection, and_, bindparam, exc, or_, select, text, update
 
 from smscredits import clock, journal
 from smscredits.amounts import to_decimal
@@ -32,6 +32,7 @@ from smscredits.limits import LIMIT_COLUMN, REASON, WINDOWS, spent_now, window_k
 from smscredits.parts import Parts, count_parts
 from smscredits.pricing import PriceBook, Quote, Rejected, given_parts
 from smscredits.storage.engine import Db
+from smscredits.storage.hot import HotStatement, insert_rows
 from smscredits.storage.tables import events, messages, powers, users
 
 REASONS = (
@@ -76,9 +77,15 @@ class ChargeResult:
     replayed: bool = False
     line: int | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _RESULT_FIELDS}
+
     @property
     def exit_code(self) -> int:
         return 0 if self.status == "charged" else int(EXIT_FOR.get(self.reason or "", 1))
+
+
+_RESULT_FIELDS = tuple(f.name for f in fields(ChargeResult))
 
 
 @dataclass
@@ -115,14 +122,29 @@ DEBIT = (
     )
     .returning(powers.c.balance, powers.c.last_hash, powers.c.refill_below)
 )
-ACCOUNT = (
-    select(users.c.id, users.c.disabled, users.c.tz, powers.c.id.label("power_id"))
+ACCOUNTS = (
+    select(users.c.name, users.c.id, users.c.disabled, users.c.tz,
+           powers.c.id.label("power_id"))
     .outerjoin(powers, and_(powers.c.user_id == users.c.id, powers.c.kind == "credits"))
-    .where(users.c.name == bindparam("name"))
+    .where(users.c.name.in_(bindparam("names", expanding=True)))
 )
+INSERT_MESSAGE = insert_rows(messages, [
+    "id", "user_name", "user_id", "power_id", "at", "to_number", "country", "rule", "encoding",
+    "parts", "price", "cost", "status", "reason", "balance_after", "day_key", "week_key",
+    "month_key",
+])
+INSERT_EVENT = insert_rows(events, [
+    "at", "user_id", "power_id", "kind", "amount", "balance_after", "ref", "note", "actor",
+    "detail", "hash",
+])
+KNOWN = select(messages).where(messages.c.id.in_(bindparam("ids", expanding=True)))
 SET_HASH = update(powers).where(powers.c.id == bindparam("pid")).values(
     last_hash=bindparam("h")
 )
+
+
+def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def parts_of(req: ChargeRequest) -> Parts:
@@ -141,14 +163,28 @@ class _Batch:
         self.hashes: dict[int, str | None] = {}
         self.pending: dict[str, dict[str, Any]] = {}  # message rows by id, not yet written
         self.written: dict[str, dict[str, Any]] = {}  # ... and those flushed in this batch
+        self.known: dict[str, dict[str, Any]] = {}  # ... and those recorded before
+        self.debit_sql = HotStatement(conn, DEBIT)
         self.events: list[dict[str, Any]] = []
+
+    def prefetch(self, reqs: list[ChargeRequest]) -> None:
+        """Accounts and already-recorded message ids of a whole batch, in a few queries."""
+        names = sorted({r.user for r in reqs})
+        ids = sorted({r.id for r in reqs if r.id is not None})
+        for chunk in _chunks(names):
+            for row in self.conn.execute(ACCOUNTS, {"names": chunk}):
+                self.accounts[row.name] = _Account(
+                    row.id, row.disabled, row.tz or self.db.default_tz, row.power_id
+                )
+        for name in names:
+            self.accounts.setdefault(name, None)
+        for chunk in _chunks(ids):
+            for row in self.conn.execute(KNOWN, {"ids": chunk}).mappings():
+                self.known[row["id"]] = dict(row)
 
     def account(self, name: str) -> _Account | None:
         if name not in self.accounts:
-            row = self.conn.execute(ACCOUNT, {"name": name}).first()
-            self.accounts[name] = None if row is None else _Account(
-                row.id, row.disabled, row.tz or self.db.default_tz, row.power_id
-            )
+            self.prefetch([ChargeRequest(name, "")])
         return self.accounts[name]
 
     def charge(self, req: ChargeRequest) -> ChargeResult:
@@ -182,33 +218,35 @@ class _Batch:
         day, week, month = window_keys(now, account.tz)
         params = {"pid": account.power_id, "cost": quote.cost, "day_key": day,
                   "week_key": week, "month_key": month}
-        row = self.conn.execute(DEBIT, params).first()
+        row = self.debit_sql.first(params)
         while row is None:
             # Postgres, READ COMMITTED: a top-up may have committed since the UPDATE looked.
             # why_refused locks the row, so a second UPDATE sees what it saw.
             refusal = self.why_refused(params)
             if refusal is not None:
                 return self.reject(base, account, quote, refusal)
-            row = self.conn.execute(DEBIT, params).first()
+            row = self.debit_sql.first(params)
         msg_id = base.id or secrets.token_hex(8)
         assert account.power_id is not None
-        prev = self.hashes.get(account.power_id, row.last_hash)
+        balance, last_hash, refill_below = row
+        prev = self.hashes.get(account.power_id, last_hash)
         event = journal.build(
             at=now, kind="message.charged", actor=self.db.actor, user_id=account.user_id,
-            power_id=account.power_id, amount=-quote.cost, balance_after=row.balance,
+            power_id=account.power_id, amount=-quote.cost, balance_after=balance,
             ref=msg_id, prev_hash=prev,
             detail={"to": quote.to, "parts": quote.parts, "rule": quote.rule},
         )
         self.hashes[account.power_id] = event["hash"]
         self.events.append(event)
-        balance = row.balance
-        if row.refill_below is not None and balance < row.refill_below:
+        if refill_below is not None and balance < refill_below:
             balance = self.refill(account, balance)
         # Recorded with the balance the caller is told, so that a replay tells the same.
         self.remember(msg_id, account, quote, now, "charged", None, balance, (day, week, month),
                       base.user or "")
-        return replace(base, status="charged", id=msg_id, **_quoted(quote),
-                       balance=to_decimal(balance))
+        return ChargeResult("charged", msg_id, base.user, quote.to, cost=to_decimal(quote.cost),
+                            parts=quote.parts, encoding=quote.encoding,
+                            price=to_decimal(quote.price), rule=quote.rule,
+                            country=quote.country, balance=to_decimal(balance))
 
     def refill(self, account: _Account, balance: int) -> int:
         """A threshold plan fires in the charge's own transaction, after the charge's event."""
@@ -274,14 +312,10 @@ class _Batch:
     def first_result(self, req: ChargeRequest, account: _Account | None,
                      quote: Quote | None) -> ChargeResult | None:
         """The recorded outcome of an id seen before, or a conflict if it does not match."""
-        row = self.pending.get(req.id or "") or self.written.get(req.id or "")
+        key = req.id or ""
+        row = self.pending.get(key) or self.written.get(key) or self.known.get(key)
         if row is None:
-            found = self.conn.execute(
-                select(messages).where(messages.c.id == req.id)
-            ).mappings().first()
-            if found is None:
-                return None
-            row = dict(found)
+            return None
         same_user = row["user_name"] == req.user and row["user_id"] == (
             account.user_id if account else None)
         same_cost = quote is None or row["cost"] is None or row["cost"] == quote.cost or (
@@ -296,10 +330,10 @@ class _Batch:
     def flush(self) -> None:
         """Write the collected message rows, events and chain heads."""
         if self.pending:
-            self.conn.execute(insert(messages), list(self.pending.values()))
+            HotStatement(self.conn, INSERT_MESSAGE).many(list(self.pending.values()))
             self.written.update(self.pending)
         if self.events:
-            self.conn.execute(insert(events), self.events)
+            HotStatement(self.conn, INSERT_EVENT).many(self.events)
         if self.hashes:
             self.conn.execute(SET_HASH, [{"pid": p, "h": h} for p, h in self.hashes.items()])
         self.pending, self.events, self.hashes = {}, [], {}
@@ -341,6 +375,7 @@ class Charger:
             try:
                 with self.db.write() as conn:
                     batch = _Batch(conn, self.db)
+                    batch.prefetch(reqs)
                     results = [batch.charge(r) for r in reqs]
                     batch.flush()
                 return results

@@ -25,6 +25,8 @@ from smscredits.storage.tables import prices
 
 _PREFIX = re.compile(r"\+[0-9]{1,15}\Z", re.ASCII)
 _COUNTRY = re.compile(r"[A-Za-z]{2}\Z", re.ASCII)
+_PUNCTUATION = re.compile(r"[ ().-]")
+_PLAIN_E164 = re.compile(r"\+[1-9][0-9]{5,14}\Z", re.ASCII)
 _NUMBER = re.compile(r"(\+|00)?[0-9][0-9 ().-]{2,30}\Z", re.ASCII)
 MAX_PARTS = 255
 
@@ -62,19 +64,38 @@ def destination(text: str) -> Destination:
 
     if not _NUMBER.match(text):
         raise Rejected("invalid_number", f"invalid number {text!r}")
-    digits = re.sub(r"[ ().-]", "", text)
+    digits = _PUNCTUATION.sub("", text)
     if digits.startswith("00"):
         digits = "+" + digits[2:]
     elif not digits.startswith("+"):
         digits = "+" + digits
-    try:
-        parsed = phonenumbers.parse(digits, None)
-    except phonenumbers.NumberParseException:
-        raise Rejected("invalid_number", f"invalid number {text!r}") from None
+    parsed = _e164_fast(digits)
+    if parsed is None:
+        try:
+            parsed = phonenumbers.parse(digits, None)
+        except phonenumbers.NumberParseException:
+            raise Rejected("invalid_number", f"invalid number {text!r}") from None
     if not phonenumbers.is_valid_number(parsed):
         raise Rejected("invalid_number", f"invalid number {text!r}")
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     return Destination(e164, phonenumbers.region_code_for_number(parsed))
+
+
+def _e164_fast(digits: str) -> object | None:
+    """A plain ``+<country code><national number>`` without ``parse``'s normalisation (a
+    quarter of its cost); None for anything else, which takes the full parse."""
+    import phonenumbers
+
+    if not _PLAIN_E164.match(digits):
+        return None
+    for size in (1, 2, 3):  # country codes are prefix-free
+        code = int(digits[1 : 1 + size])
+        if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            national = digits[1 + size :]
+            if national.startswith("0"):  # Italian-style leading zeros: let parse handle them
+                return None
+            return phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+    return None
 
 
 def parse_key(text: str) -> str:

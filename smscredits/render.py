@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import re
+import secrets
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,30 +34,34 @@ def plain(value: Any) -> Any:
     return value
 
 
-def to_json(value: Any, indent: int | None = None, _depth: int = 0) -> str:
-    """JSON with Decimals written exactly as numbers (``12.5``, never ``12.499999``)."""
+# Decimals travel through the C JSON encoder as strings tagged with a per-process random
+# marker, then lose their quotes: exact numbers (``12.5``, never ``12.499999``) at C speed.
+# The marker is unguessable, so no user string can pose as a number.
+_MARK = secrets.token_hex(8)
+_MARKED = re.compile(f'"{_MARK}(-?[0-9]+(?:\\.[0-9]+)?)"')
+
+
+def _mark(value: Any) -> Any:
+    if value is None or type(value) in (str, int, bool):
+        return value
     if isinstance(value, Decimal):
-        return format(value, "f")
-    if value is None or isinstance(value, bool | int | str):
-        return json.dumps(value, ensure_ascii=False)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = plain(value)
-    pad = "" if indent is None else "\n" + " " * (indent * (_depth + 1))
-    end = "" if indent is None else "\n" + " " * (indent * _depth)
-    sep = ":" if indent is None else ": "
-    if isinstance(value, Mapping):
-        if not value:
-            return "{}"
-        items = (
-            f"{pad}{json.dumps(str(k), ensure_ascii=False)}{sep}{to_json(v, indent, _depth + 1)}"
-            for k, v in value.items()
-        )
-        return "{" + ",".join(items) + end + "}"
+        return _MARK + format(value, "f")
+    if isinstance(value, dict):
+        return {str(k): _mark(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        if not value:
-            return "[]"
-        return "[" + ",".join(f"{pad}{to_json(v, indent, _depth + 1)}" for v in value) + end + "]"
+        return [_mark(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _mark(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if value is None or isinstance(value, bool | int | str):
+        return value
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def to_json(value: Any, indent: int | None = None) -> str:
+    """JSON with Decimals written exactly as numbers."""
+    separators = (",", ":") if indent is None else (",", ": ")
+    text = json.dumps(_mark(value), ensure_ascii=False, indent=indent, separators=separators)
+    return _MARKED.sub(r"\1", text)
 
 
 def cell(value: Any) -> str:

@@ -71,6 +71,7 @@ LIMIT_VALUES = st.none() | st.integers(0, 16).map(lambda n: n * 500)
 # Daily refill times: 00:00, and wall times that fall in DST gaps (02:15, 02:30 in spring)
 # and folds (01:30 in New York, 02:15/02:30 in Budapest in autumn).
 AT_TIMES = (None, "01:30", "02:15", "02:30", "09:00", "23:45")
+DST_TIMES = st.sampled_from(("01:30", "02:15", "02:30"))
 REFILLS = st.integers(1, 20).map(lambda n: n * 1000)
 THRESHOLDS = st.integers(0, 20).map(lambda n: n * 1000)
 TICKS = st.one_of(
@@ -78,18 +79,28 @@ TICKS = st.one_of(
     st.integers(1, 23).map(lambda h: timedelta(hours=h)),
     st.integers(1, 9).map(lambda d: timedelta(days=d)),
 )
-# Starts a little before DST changes, month, year and week ends, a leap day; or anywhen.
+# Each zone's clock changes (in Kolkata, which has none: a year end and a leap day). A
+# machine often starts up to two days before one of its first user's, so that daily plans at
+# 01:30, 02:15 and 02:30 meet the DST gaps and folds, and the windows the short days.
+CHANGES = {
+    "Europe/Budapest": (datetime(2026, 3, 29, 1, 0, tzinfo=UTC),
+                        datetime(2025, 10, 26, 1, 0, tzinfo=UTC)),
+    "America/New_York": (datetime(2026, 3, 8, 7, 0, tzinfo=UTC),
+                         datetime(2025, 11, 2, 6, 0, tzinfo=UTC)),
+    "Asia/Kolkata": (datetime(2025, 12, 31, 18, 30, tzinfo=UTC),
+                     datetime(2024, 2, 28, 18, 30, tzinfo=UTC)),
+    "Australia/Lord_Howe": (datetime(2025, 10, 4, 15, 30, tzinfo=UTC),  # 02:00 -> 02:30
+                            datetime(2026, 4, 4, 15, 0, tzinfo=UTC)),  # 02:00 -> 01:30
+}
+NEAR_A_CHANGE = st.tuples(st.integers(0, 1), st.integers(1, 48))  # (which, hours before it)
 STARTS = st.one_of(
+    NEAR_A_CHANGE,
+    NEAR_A_CHANGE,
     st.sampled_from([
-        datetime(2026, 3, 27, 20, 0, tzinfo=UTC),  # Budapest springs forward 29 Mar
-        datetime(2025, 10, 25, 12, 0, tzinfo=UTC),  # Budapest falls back 26 Oct
-        datetime(2026, 3, 7, 12, 0, tzinfo=UTC),  # New York springs forward 8 Mar
-        datetime(2025, 11, 1, 12, 0, tzinfo=UTC),  # New York falls back 2 Nov
-        datetime(2025, 10, 4, 6, 0, tzinfo=UTC),  # Lord Howe +10:30 -> +11 (2:00 -> 2:30)
-        datetime(2026, 4, 4, 6, 0, tzinfo=UTC),  # Lord Howe +11 -> +10:30
         datetime(2025, 12, 31, 20, 0, tzinfo=UTC),  # a year end
         datetime(2024, 2, 28, 22, 0, tzinfo=UTC),  # a leap day
-        datetime(2026, 1, 4, 21, 0, tzinfo=UTC),  # a Sunday evening: week end
+        datetime(2026, 1, 4, 21, 0, tzinfo=UTC),  # a Sunday evening: a week's end
+        datetime(2026, 1, 31, 21, 0, tzinfo=UTC),  # a month's end on a Saturday
     ]),
     st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2027, 12, 31),
                  timezones=st.just(UTC)),
@@ -268,14 +279,16 @@ class ModelMachine(RuleBasedStateMachine):
         prices=st.fixed_dictionaries(
             {"HU": PRICES, "+1212": PRICES}, optional={"default": PRICES, "+3630": PRICES}
         ),
-        daily=st.lists(st.tuples(st.integers(0, 1), st.sampled_from(AT_TIMES), st.booleans(),
-                                 REFILLS), max_size=2),
+        daily=st.lists(st.tuples(st.integers(0, 1), DST_TIMES | st.sampled_from(AT_TIMES),
+                                 st.booleans(), REFILLS), max_size=2),
         threshold=st.none() | st.tuples(st.integers(0, 1), THRESHOLDS, st.booleans(), REFILLS),
     )
-    def setup(self, start: datetime,
+    def setup(self, start: datetime | tuple[int, int],
               accounts: list[tuple[str, int, int | None, dict[str, int | None]]],
               prices: dict[str, int], daily: list[tuple[int, str | None, bool, int]],
               threshold: tuple[int, int, bool, int] | None) -> None:
+        if isinstance(start, tuple):
+            start = CHANGES[accounts[0][0]][start[0]] - timedelta(hours=start[1])
         self.now = start
         self._freezer = freeze_time(start)
         self.frozen = self._freezer.__enter__()

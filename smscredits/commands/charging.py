@@ -325,10 +325,9 @@ def _parse_line(raw: bytes, lineno: int) -> Any:
 
 
 def _charge_file(name: str) -> int:
-    from dataclasses import replace
 
     from smscredits.charging import BatchSummary, Charger, ChargeRequest
-    from smscredits.render import Progress, plain, to_json
+    from smscredits.render import Progress, to_json
 
     try:
         stream: BinaryIO = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
@@ -347,9 +346,9 @@ def _charge_file(name: str) -> int:
         reqs = [p for _, p in parsed if isinstance(p, ChargeRequest)]
         charged = iter(charger.charge_batch(reqs)) if reqs else iter(())
         for n, p in parsed:
-            result = replace(next(charged), line=n) if isinstance(p, ChargeRequest) else p
+            result = next(charged) if isinstance(p, ChargeRequest) else p
             summary.add(result)
-            out.write(to_json(plain(result)) + "\n")
+            out.write(to_json({**result.as_dict(), "line": n}) + "\n")
         out.flush()
     progress.close()
     if name != "-":
