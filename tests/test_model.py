@@ -233,8 +233,7 @@ class ModelMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.db: Db | None = None
-        self._freezer: Any = None
+        self._freezer: Any = None  # entered by setup, exited by teardown
         self.db = self.open_database()
         self.charger = Charger(self.db)
         self.users: dict[str, MUser] = {}
@@ -262,8 +261,7 @@ class ModelMachine(RuleBasedStateMachine):
                 finally:
                     gc.enable()
         finally:
-            if self.db is not None:
-                self.db.dispose()
+            self.db.dispose()
             self.close_database()
 
     # -- setup ---------------------------------------------------------------------------
@@ -292,7 +290,6 @@ class ModelMachine(RuleBasedStateMachine):
         self.now = start
         self._freezer = freeze_time(start)
         self.frozen = self._freezer.__enter__()
-        assert self.db is not None
         for key, price in prices.items():
             pricing.set_price(self.db, key, amount_text(price))
             self.prices[key] = price
@@ -338,9 +335,9 @@ class ModelMachine(RuleBasedStateMachine):
             self.rearm(name)
         assert (change.amount, change.balance) == (dec(amount), dec(u.balance))
 
-    @rule(who=st.integers(0, 1), to=TARGETS)
-    def set_credits(self, who: int, to: int) -> None:
-        target = to
+    @rule(who=st.integers(0, 1), balance=TARGETS)
+    def set_credits(self, who: int, balance: int) -> None:
+        target = balance
         name = self.pick(who)
         u = self.users[name]
         if u.overdraft is not None and target < -u.overdraft:
@@ -490,6 +487,7 @@ class ModelMachine(RuleBasedStateMachine):
         msg_id = data.draw(st.sampled_from([*self.refundable, *self.messages, "nope"]),
                            label="refund id")
         msg = self.messages.get(msg_id)
+        event(f"refund: {'unknown' if msg is None else msg.status}")
         if msg is None or msg.status == "rejected":
             with pytest.raises(NotFound) as e:
                 refund_message(self.db, msg_id)
@@ -663,6 +661,8 @@ class ModelMachine(RuleBasedStateMachine):
                 day = local_date(self.now, tz) - timedelta(days=1)
                 while (nxt := occurrence(day, mine.minute, tz)) <= self.now:
                     day += timedelta(days=1)
+                # A due time is never the second pass of a fold, so freezegun's astimezone
+                # (which drops ``fold``) cannot garble the zone's abbreviation here.
                 assert plan.next_due == nxt.astimezone(ZoneInfo(tz)).strftime(
                     "%Y-%m-%d %H:%M %Z"), (plan, mine)
         report = verify.verify(self.db)

@@ -10,6 +10,7 @@ connection (and in the very transaction) that SQLAlchemy began.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Table, bindparam, exc, insert
@@ -21,7 +22,13 @@ class HotStatement:
         compiled = stmt.compile(dialect=conn.dialect)  # type: ignore[attr-defined]
         self.sql = compiled.string
         # qmark (SQLite) takes a tuple in order; pyformat (psycopg) takes the dict itself.
-        self.order = compiled.positiontup if compiled.positional else None
+        order = compiled.positiontup if compiled.positional else None
+        # itemgetter of one name returns a bare value, not a 1-tuple.
+        self.pick = (
+            None if not order
+            else itemgetter(*order) if len(order) > 1
+            else (lambda p, _n=order[0]: (p[_n],))
+        )
         self.cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         self.driver_error = conn.dialect.loaded_dbapi.Error
 
@@ -33,7 +40,7 @@ class HotStatement:
             raise exc.DBAPIError.instance(self.sql, None, e, self.driver_error) from e
 
     def _args(self, params: Mapping[str, Any]) -> Any:
-        return tuple(params[name] for name in self.order) if self.order else params
+        return self.pick(params) if self.pick else params
 
     def first(self, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         self._run(self.cursor.execute, self._args(params))
