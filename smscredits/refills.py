@@ -15,8 +15,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, and_, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from smscredits import clock, journal, schedule
 from smscredits.amounts import format_amount, to_decimal
@@ -204,7 +202,11 @@ def set_status(db: Db, plan_id: int, status: str) -> Plan:
 
 def _claim(conn: Connection, plan_id: int, period: int, now: int, amount: int) -> bool:
     """Take the (plan, period) key; False when another run already has it."""
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    # Imported here: loading the Postgres dialect costs a SQLite read command ~15 ms.
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
     stmt = insert(refill_applications).values(
         plan_id=plan_id, period=period, at=now, amount=amount
     ).on_conflict_do_nothing(index_elements=["plan_id", "period"])
