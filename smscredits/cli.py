@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from smscredits import __version__
-from smscredits.commands import admin, charging, credits, logs, refills, users
 from smscredits.commands.base import RootGroup, set_globals
 
 app = typer.Typer(
@@ -49,19 +48,6 @@ def root(
     set_globals(db=db, actor=actor, modes={"json": json_, "jsonl": jsonl, "csv": csv},
                 quiet=quiet)
 
-
-app.add_typer(users.users_app, rich_help_panel="Users and powers")
-app.add_typer(users.power_app, rich_help_panel="Users and powers")
-app.add_typer(credits.credits_app, rich_help_panel="Credits")
-app.add_typer(charging.limits_app, rich_help_panel="Limits")
-app.add_typer(refills.refill_app, rich_help_panel="Refills")
-app.add_typer(charging.price_app, rich_help_panel="Prices and charging")
-charging.register(app)
-logs.register(app)
-admin.register(app)
-admin.register_verify(app)
-app.add_typer(admin.db_app, rich_help_panel="Setup")
-app.add_typer(admin.config_app, rich_help_panel="Setup")
 
 
 def main() -> None:

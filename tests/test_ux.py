@@ -18,9 +18,9 @@ GROUPS = ["user", "power", "credits", "limits", "refill", "price", "db", "config
 
 def _commands(group: Any, prefix: list[str]) -> list[list[str]]:
     found = []
-    for name, cmd in getattr(group, "commands", {}).items():
+    for name in getattr(group, "list_commands", lambda _ctx: [])(None):
         found.append([*prefix, name])
-        found.extend(_commands(cmd, [*prefix, name]))
+        found.extend(_commands(group.get_command(None, name), [*prefix, name]))
     return found
 
 

@@ -50,24 +50,22 @@ def set_globals(
     STATE.mode = chosen[0] if chosen else "table"
 
 
-def _valued_options(cmd: Any, found: set[str] | None = None) -> set[str]:
-    """Every option name in the command tree that takes a value (so its value is skipped)."""
-    found = set() if found is None else found
+def _takes_value(cmd: Any, token: str) -> bool:
     for param in getattr(cmd, "params", []):
-        if getattr(param, "param_type_name", "") == "option" and not (
-            getattr(param, "is_flag", False) or getattr(param, "count", False)
-        ):
-            found.update(param.opts)
-    for sub in getattr(cmd, "commands", {}).values():
-        _valued_options(sub, found)
-    return found
+        if token in getattr(param, "opts", ()) and param.param_type_name == "option":
+            return not (getattr(param, "is_flag", False) or getattr(param, "count", False))
+    return False
 
 
-def hoist(root: Any, args: list[str]) -> list[str]:
-    """Move global options written after the command to the front, where the root reads them."""
-    valued = _valued_options(root) - GLOBAL_VALUED
+def hoist(root: Any, ctx: Any, args: list[str]) -> list[str]:
+    """Move global options written after the command to the front, where the root reads them.
+
+    Walks down the command path as it goes, so that an option's value (`--note --json`) is
+    never mistaken for a global option.
+    """
     front: list[str] = []
     rest: list[str] = []
+    current = root
     i = 0
     while i < len(args):
         token = args[i]
@@ -76,11 +74,19 @@ def hoist(root: Any, args: list[str]) -> list[str]:
             break
         if token in GLOBAL_FLAGS or (token.split("=", 1)[0] in GLOBAL_VALUED and "=" in token):
             front.append(token)
-        elif token in GLOBAL_VALUED or token in valued:
-            (front if token in GLOBAL_VALUED else rest).extend(args[i : i + 2])
+        elif token in GLOBAL_VALUED:
+            front.extend(args[i : i + 2])
             i += 1
+        elif token.startswith("-"):
+            if "=" not in token and _takes_value(current, token):
+                rest.extend(args[i : i + 2])
+                i += 1
+            else:
+                rest.append(token)
         else:
             rest.append(token)
+            if hasattr(current, "get_command"):
+                current = current.get_command(ctx, token) or current
         i += 1
     return front + rest
 
@@ -113,6 +119,52 @@ METAVARS = {
 }
 
 
+# name: (module in smscredits.commands, its Typer app or register function, help section,
+# one-line help). The order is the order of `smscredits --help`.
+LAZY: dict[str, tuple[str, str, str, str]] = {
+    "user": ("users", "users_app", "Users and powers",
+             "Add, list, show, disable and enable users (gateway accounts)."),
+    "power": ("users", "power_app", "Users and powers",
+              "Give users a credits power (put them under credit control)."),
+    "credits": ("credits", "credits_app", "Credits",
+                "Add, subtract and set prepaid credits; show balances."),
+    "limits": ("charging", "limits_app", "Limits", "Daily, weekly and monthly spending limits."),
+    "refill": ("refills", "refill_app", "Refills",
+               "Automatic refill plans, applied exactly once by `refill run`."),
+    "price": ("charging", "price_app", "Prices and charging",
+              "Set prices per message part by destination; quote a message."),
+    "charge": ("charging", "register", "Prices and charging",
+               "Charge one message (or a stream of them with --file)."),
+    "refund": ("charging", "register", "Prices and charging",
+               "Give back a charged message's credits and its limit room."),
+    "log": ("logs", "register", "Logs", "The credit log: every change of a balance."),
+    "events": ("logs", "register", "Logs", "The event journal: everything that happened."),
+    "usage": ("charging", "register", "Logs", "Spend and message counts per period or country."),
+    "verify": ("admin", "register_verify", "Logs",
+               "Recompute balances and limit windows from the journal."),
+    "demo": ("admin", "register", "Setup", "Walk through the tutorial on a throwaway database."),
+    "db": ("admin", "db_app", "Setup", "Create and upgrade the database schema."),
+    "config": ("admin", "config_app", "Setup", "Show and change settings (config file)."),
+}
+
+
+def _load(name: str) -> Any:
+    """Import and build one top-level command or group."""
+    import importlib
+
+    module_name, attr, panel, _ = LAZY[name]
+    target = getattr(importlib.import_module(f"smscredits.commands.{module_name}"), attr)
+    if not isinstance(target, typer.Typer):  # a register(app) function of top-level commands
+        holder = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False)
+        target(holder)
+        target = holder
+    built = typer.main.get_command(target)
+    cmd = built.commands[name] if name in getattr(built, "commands", {}) else built
+    cmd.name, cmd.rich_help_panel = name, panel
+    _set_metavars(cmd)
+    return cmd
+
+
 def _set_metavars(cmd: Any) -> None:
     for param in getattr(cmd, "params", []):
         if param.param_type_name == "argument":
@@ -127,10 +179,6 @@ class RootGroup(TyperGroup):
     """Reads global options anywhere; turns every error a user can cause into one line on
     stderr and its exit code."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _set_metavars(self)
-
     def make_context(self, info_name: Any, args: list[str], parent: Any = None,
                      **extra: Any) -> Any:
         # Known before parsing, so that a parsing error is reported as JSON too.
@@ -141,21 +189,23 @@ class RootGroup(TyperGroup):
             _usage_error(e)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, hoist(self, args))
+        return super().parse_args(ctx, hoist(self, ctx, args))
+
+    # Commands load on first use: `--help`, `--version` and every single command import and
+    # build only what they run (the whole tree costs ~20 ms of a ~60 ms start).
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(LAZY)
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        if name not in self.commands and name in LAZY:
+            self.commands[name] = _load(name)
+        return self.commands.get(name)
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
-        """Commands in sections, in the order of the tutorial."""
-        sections: dict[str, list[tuple[str, str]]] = {}
-        for name in self.list_commands(ctx):
-            cmd = self.get_command(ctx, name)
-            if cmd is None or cmd.hidden:
-                continue
-            panel = getattr(cmd, "rich_help_panel", None) or "Other commands"
-            sections.setdefault(panel, []).append((name, cmd.get_short_help_str(limit=70)))
-        order = {panel: i for i, panel in enumerate(PANELS)}
-        for panel in sorted(sections, key=lambda p: order.get(p, len(order))):
+        """Commands in sections, in the order of the tutorial, without loading them."""
+        for panel in PANELS:
             with formatter.section(panel):
-                formatter.write_dl(sections[panel])
+                formatter.write_dl([(n, spec[3]) for n, spec in LAZY.items() if spec[2] == panel])
 
     def invoke(self, ctx: Any) -> Any:
         try:
