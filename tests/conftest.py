@@ -120,3 +120,23 @@ def cli(db_url: str, monkeypatch: pytest.MonkeyPatch):
         return Run(result.exit_code, result.stdout, result.stderr)
 
     return run
+
+
+@pytest.fixture
+def plain_cli(monkeypatch: pytest.MonkeyPatch):
+    """Run the CLI in-process with no database configured: each test passes ``--db`` itself.
+    Returns the runner's result."""
+    from typer.testing import CliRunner
+
+    from smscredits.cli import app
+
+    monkeypatch.setenv("SMSCREDITS_ACTOR", "tester")
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        result = runner.invoke(app, list(args))
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+    return run

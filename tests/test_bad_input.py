@@ -234,24 +234,6 @@ def sqlite_db(tmp_path: Path) -> Any:
     return path
 
 
-@pytest.fixture
-def plain_cli(monkeypatch: pytest.MonkeyPatch):
-    from typer.testing import CliRunner
-
-    from smscredits.cli import app
-
-    monkeypatch.setenv("SMSCREDITS_ACTOR", "tester")
-    runner = CliRunner()
-
-    def run(*args: str) -> Any:
-        result = runner.invoke(app, list(args))
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result
-
-    return run
-
-
 WRITES = [("user", "add", "carol"), ("credits", "add", "alice", "5"),
           ("credits", "set", "alice", "1"), ("user", "disable", "alice")]
 

@@ -506,22 +506,9 @@ def test_concurrent_subtractions_never_overdraw(db, db_url):
 
 
 @pytest.fixture
-def sqlite_cli(monkeypatch: pytest.MonkeyPatch):
+def sqlite_cli(plain_cli: Any) -> Any:
     """Run the CLI with no database configured, so each test passes ``--db`` itself."""
-    from typer.testing import CliRunner
-
-    from smscredits.cli import app
-
-    monkeypatch.setenv("SMSCREDITS_ACTOR", "tester")
-    runner = CliRunner()
-
-    def run(*args: str) -> Any:
-        result = runner.invoke(app, list(args))
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result
-
-    return run
+    return plain_cli
 
 
 def test_new_sqlite_file_is_owner_only(sqlite_cli, tmp_path: Path):
