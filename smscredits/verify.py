@@ -77,7 +77,8 @@ def _windows(conn: Connection, acc: Any, tz: str) -> list[Problem]:
     since = clock.to_us(min(month_start, week_start))
     rows = conn.execute(
         select(events.c.kind, events.c.amount, events.c.ref, events.c.at)
-        .where(events.c.power_id == acc["id"], events.c.at >= since,
+        .where(events.c.user_id == acc["user_id"], events.c.power_id == acc["id"],
+               events.c.at >= since,
                events.c.kind.in_(("message.charged", "message.refunded")))
         .order_by(events.c.id)
     ).all()
@@ -106,7 +107,9 @@ def _chain(conn: Connection, acc: Any) -> list[Problem]:
     prev: str | None = None
     last_id = None
     result = conn.execution_options(yield_per=5000).execute(
-        select(events).where(events.c.power_id == acc["id"]).order_by(events.c.id)
+        select(events)
+        .where(events.c.user_id == acc["user_id"], events.c.power_id == acc["id"])
+        .order_by(events.c.id)
     ).mappings()
     for row in result:
         if row["hash"] != event_hash(prev, row):

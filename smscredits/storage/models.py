@@ -73,7 +73,6 @@ class Event(SQLModel, table=True):
     __tablename__ = "events"
     __table_args__ = (
         Index("ix_events_user_id_id", "user_id", "id"),
-        Index("ix_events_power_id_id", "power_id", "id"),
         Index("ix_events_at", "at"),
     )
     # SQLite only auto-increments an INTEGER PRIMARY KEY; Postgres gets a BIGSERIAL.
@@ -83,7 +82,9 @@ class Event(SQLModel, table=True):
     )
     at: int = _big(nullable=False)
     user_id: int | None = Field(default=None)
-    power_id: int | None = Field(default=None)  # no FK: a deleted power keeps its journal
+    # No FK: a deleted power keeps its journal. No index of its own either: a power belongs
+    # to one user, so (user_id, id) serves; every index costs each charge a random page write.
+    power_id: int | None = Field(default=None)
     kind: str = Field(max_length=32)
     amount: int | None = _big(nullable=True)
     balance_after: int | None = _big(nullable=True)

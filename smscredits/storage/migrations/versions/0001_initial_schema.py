@@ -37,7 +37,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.create_index("ix_events_at", ["at"], unique=False)
-        batch_op.create_index("ix_events_power_id_id", ["power_id", "id"], unique=False)
         batch_op.create_index("ix_events_user_id_id", ["user_id", "id"], unique=False)
 
     op.create_table(
@@ -163,7 +162,6 @@ def downgrade() -> None:
     op.drop_table("messages")
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index("ix_events_user_id_id")
-        batch_op.drop_index("ix_events_power_id_id")
         batch_op.drop_index("ix_events_at")
 
     op.drop_table("events")
