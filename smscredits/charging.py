@@ -137,13 +137,17 @@ INSERT_EVENT = insert_rows(events, [
     "at", "user_id", "power_id", "kind", "amount", "balance_after", "ref", "note", "actor",
     "detail", "hash",
 ])
+LOCK_POWERS = (
+    select(powers.c.id).where(powers.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(powers.c.id).with_for_update()
+)
 KNOWN = select(messages).where(messages.c.id.in_(bindparam("ids", expanding=True)))
 SET_HASH = update(powers).where(powers.c.id == bindparam("pid")).values(
     last_hash=bindparam("h")
 )
 
 
-def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
+def _chunks(items: list[Any], size: int = 500) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -178,6 +182,13 @@ class _Batch:
                 )
         for name in names:
             self.accounts.setdefault(name, None)
+        if self.conn.dialect.name == "postgresql":
+            # Lock the batch's accounts up front, in one fixed order: two batches that share
+            # accounts then queue instead of deadlocking on rows taken in different orders.
+            power_ids = sorted({a.power_id for a in self.accounts.values()
+                                if a is not None and a.power_id is not None})
+            for chunk in _chunks(power_ids):
+                self.conn.execute(LOCK_POWERS, {"ids": chunk}).all()
         for chunk in _chunks(ids):
             for row in self.conn.execute(KNOWN, {"ids": chunk}).mappings():
                 self.known[row["id"]] = dict(row)
