@@ -39,6 +39,22 @@ class HotStatement:
         self.cursor.fetchall()  # SQLite finishes an UPDATE .. RETURNING only when drained
         return row
 
+    def pipelined(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...] | None]:
+        """Run once per row in one psycopg pipeline; the first result row of each."""
+        if not rows:
+            return []
+        conn = self.cursor.connection
+        cursors = []
+        try:
+            with conn.pipeline():
+                for row in rows:
+                    cursor = conn.cursor()
+                    cursor.execute(self.sql, self._args(row))
+                    cursors.append(cursor)
+            return [cursor.fetchone() for cursor in cursors]
+        except self.driver_error as e:
+            raise exc.DBAPIError.instance(self.sql, None, e, self.driver_error) from e
+
     def many(self, rows: list[dict[str, Any]]) -> None:
         self._run(self.cursor.executemany, [self._args(row) for row in rows])
 
