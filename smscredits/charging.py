@@ -24,8 +24,6 @@ from smscredits.errors import (
     BadInput,
     Conflict,
     Exit,
-    InsufficientCredits,
-    LimitReached,
     NotFound,
 )
 from smscredits.limits import LIMIT_COLUMN, REASON, WINDOWS, spent_now, window_keys
@@ -35,10 +33,6 @@ from smscredits.storage.engine import Db
 from smscredits.storage.hot import HotStatement, insert_rows
 from smscredits.storage.tables import events, messages, powers, users
 
-REASONS = (
-    "insufficient_credits", "daily_limit", "weekly_limit", "monthly_limit", "no_price",
-    "invalid_number", "user_disabled", "unknown_user",
-)
 # Exit code of a single charge refused for each reason.
 EXIT_FOR = {
     "insufficient_credits": Exit.INSUFFICIENT,
@@ -437,19 +431,6 @@ class Charger:
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
-
-
-def raise_for(result: ChargeResult) -> None:
-    """For callers that prefer exceptions: raise the error matching a refused charge."""
-    if result.status == "charged":
-        return
-    message = result.message or result.reason or "refused"
-    kind: dict[str, type] = {
-        "insufficient_credits": InsufficientCredits, "daily_limit": LimitReached,
-        "weekly_limit": LimitReached, "monthly_limit": LimitReached, "no_price": NotFound,
-        "unknown_user": NotFound, "user_disabled": Conflict, "conflict": Conflict,
-    }
-    raise kind.get(result.reason or "", BadInput)(message, code=result.reason)
 
 
 @dataclass

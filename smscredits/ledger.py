@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, and_, delete, exc, insert, or_, select, update
 
 from smscredits import clock, journal, validate
-from smscredits.amounts import MAX_MILLIS, format_amount, parse_amount, to_decimal
+from smscredits.amounts import MAX_MILLIS, format_amount, to_decimal
 from smscredits.errors import BadInput, Conflict, InsufficientCredits, NotFound
 from smscredits.storage.engine import Db
 from smscredits.storage.tables import events, powers, users
@@ -419,6 +419,3 @@ def query_events(
         for r in rows
     ]
 
-
-def parse_credits(text: str, *, signed: bool = False) -> int:
-    return parse_amount(text, what="amount", signed=signed)
