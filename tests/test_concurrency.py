@@ -261,6 +261,15 @@ def setup_user(db: Any, name: str, initial: int, *, overdraft: int | None = 0,
 # -- 1. a balance that covers only part of the attempts ----------------------------------
 
 
+def tally(summaries: list[dict[str, Any]]) -> tuple[int, Counter[str], list[Any]]:
+    """Successes, refusals by reason and errors, summed over the workers' summaries."""
+    refused: Counter[str] = Counter()
+    for s in summaries:
+        refused.update(s["refused"])
+    return (sum(s["ok"] for s in summaries), refused,
+            [e for s in summaries for e in s["errors"]])
+
+
 @pytest.mark.parametrize("overdraft", [0, 10])
 def test_eight_processes_never_overdraw(db: Any, db_url: str, pool: list[Worker],
                                        overdraft: int) -> None:
@@ -271,11 +280,7 @@ def test_eight_processes_never_overdraw(db: Any, db_url: str, pool: list[Worker]
     summaries = race(pool, jobs("charge", db_url, "alice", procs, each))
 
     attempts = procs * each
-    ok = sum(s["ok"] for s in summaries)
-    refused: Counter[str] = Counter()
-    for s in summaries:
-        refused.update(s["refused"])
-    errors = [e for s in summaries for e in s["errors"]]
+    ok, refused, errors = tally(summaries)
     seen = [Decimal(b) for s in summaries for b in s["balances"]]
     floor = Decimal(-overdraft)
     overdrafts = sum(1 for b in seen if b < floor)
@@ -313,11 +318,7 @@ def test_eight_processes_never_exceed_a_daily_limit(db: Any, db_url: str,
     summaries = race(pool, jobs("charge", db_url, "alice", procs, each))
 
     attempts = procs * each
-    ok = sum(s["ok"] for s in summaries)
-    refused: Counter[str] = Counter()
-    for s in summaries:
-        refused.update(s["refused"])
-    errors = [e for s in summaries for e in s["errors"]]
+    ok, refused, errors = tally(summaries)
     charged = ledger.query_events(db, "alice", kinds=["message.charged"], limit=100_000)
     day = limits.show_limits(db, "alice").windows[0]
     overdrafts = log_overdrafts(db, "alice", Decimal(0))
@@ -348,12 +349,9 @@ def test_top_ups_racing_charges_lose_nothing(db: Any, db_url: str, pool: list[Wo
                      + jobs("add", db_url, "alice", adders, adds_each, add * 1000))
     charge_s, add_s = summaries[:chargers], summaries[chargers:]
 
-    ok = sum(s["ok"] for s in charge_s)
+    ok, refused, _ = tally(charge_s)
     added = sum(s["ok"] for s in add_s)
-    refused: Counter[str] = Counter()
-    for s in charge_s:
-        refused.update(s["refused"])
-    errors = [e for s in summaries for e in s["errors"]]
+    errors = tally(summaries)[2]
     seen = [Decimal(b) for s in summaries for b in s["balances"]]
     log = credit_log(db, "alice")
     overdrafts = sum(1 for b in seen if b < 0) + sum(1 for e in log if e.balance_after < 0)

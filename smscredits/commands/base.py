@@ -91,10 +91,6 @@ def hoist(root: Any, ctx: Any, args: list[str]) -> list[str]:
     return front + rest
 
 
-class Group(TyperGroup):
-    pass
-
-
 # Typer vendors click; its ClickException is the base of every parsing error.
 _ClickException: type[Exception] = typer.BadParameter.__mro__[2]
 
@@ -256,7 +252,7 @@ def db() -> Db:
 
 def app(name: str, help_: str, example: str) -> typer.Typer:
     return typer.Typer(
-        name=name, help=help_, cls=Group, no_args_is_help=True, epilog=f"Example: {example}",
+        name=name, help=help_, cls=TyperGroup, no_args_is_help=True, epilog=f"Example: {example}",
         pretty_exceptions_enable=False, rich_markup_mode=None,
     )
 
