@@ -1,11 +1,12 @@
 """Charging messages: one debit per message, within balance, overdraft and every limit.
 
-The hot path is SQLAlchemy Core on one connection. Each message is one conditional UPDATE
-of the power row, which checks balance, overdraft and all three limit windows and moves the
-window counters at once (``RETURNING`` the new balance); its message row and event are
-collected and inserted with one ``executemany`` per batch, inside the batch's transaction.
-A batch commits before any of its results is reported, so a reported charge is durable and
-an interrupted batch leaves nothing behind.
+A batch of messages is one transaction. Its accounts are read once, locked: on SQLite the
+write transaction (``BEGIN IMMEDIATE``) already excludes every other writer, on Postgres the
+power rows are taken ``FOR UPDATE`` in one fixed order. With the rows held, each message's
+checks (balance, overdraft, the three limit windows) and debit are done in memory, in input
+order; at the end the batch writes its message rows and events in bulk and each touched
+power row once. A batch commits before any of its results is reported, so a reported charge
+is durable and an interrupted batch leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, exc, or_, select, text, update
+from sqlalchemy import Connection, and_, bindparam, exc, select, text, update
 
 from smscredits import clock, journal
 from smscredits.amounts import to_decimal
@@ -26,11 +27,11 @@ from smscredits.errors import (
     Exit,
     NotFound,
 )
-from smscredits.limits import LIMIT_COLUMN, REASON, WINDOWS, spent_now, window_keys
+from smscredits.limits import REASON, WINDOWS, window_keys
 from smscredits.parts import Parts, count_parts
 from smscredits.pricing import PriceBook, Quote, Rejected, given_parts
 from smscredits.storage.engine import Db
-from smscredits.storage.hot import HotStatement, insert_rows
+from smscredits.storage.hot import bulk_insert, bulk_update, insert_rows
 from smscredits.storage.tables import events, messages, powers, users
 
 # Exit code of a single charge refused for each reason.
@@ -90,38 +91,81 @@ class _Account:
     power_id: int | None
 
 
-# One statement checks balance, overdraft and all three windows and debits them all.
-_window_sets = {
-    f"{w}_spent": text(f"CASE WHEN {w}_key = :{w}_key THEN {w}_spent + :cost ELSE :cost END")
-    for w in WINDOWS
-}
-_window_checks = [
-    text(f"({LIMIT_COLUMN[w]} IS NULL OR "
-         f"(CASE WHEN {w}_key = :{w}_key THEN {w}_spent ELSE 0 END) + :cost <= {LIMIT_COLUMN[w]})")
-    for w in WINDOWS
-]
-DEBIT = (
-    update(powers)
-    .where(
-        powers.c.id == bindparam("pid"),
-        or_(powers.c.overdraft.is_(None),
-            powers.c.balance - bindparam("cost") >= -powers.c.overdraft),
-        *_window_checks,
-    )
-    .values(
-        balance=powers.c.balance - bindparam("cost"),
-        day_key=bindparam("day_key"), week_key=bindparam("week_key"),
-        month_key=bindparam("month_key"),
-        **_window_sets,
-    )
-    .returning(powers.c.balance, powers.c.last_hash, powers.c.refill_below)
-)
+# The power row's state that a charge reads and moves, in this order.
+STATE_COLUMNS = ("balance", "overdraft", "daily_limit", "weekly_limit", "monthly_limit",
+                 "day_key", "day_spent", "week_key", "week_spent", "month_key", "month_spent",
+                 "last_hash", "refill_below")
+# ... and what a batch writes back.
+WRITTEN_COLUMNS = ("balance", "day_key", "day_spent", "week_key", "week_spent", "month_key",
+                   "month_spent", "last_hash")
+
+
+@dataclass(slots=True)
+class _Power:
+    """A held power row: the batch checks and debits it in memory, then writes it once."""
+
+    id: int
+    balance: int
+    overdraft: int | None  # None: unlimited
+    limits: tuple[int | None, int | None, int | None]  # day, week, month
+    keys: list[int]
+    spent: list[int]
+    last_hash: str | None
+    refill_below: int | None
+    dirty: bool = False
+
+    @classmethod
+    def of(cls, pid: int, row: Any) -> _Power:
+        (balance, overdraft, day, week, month, dk, ds, wk, ws, mk, ms, last_hash,
+         refill_below) = row
+        return cls(pid, balance, overdraft, (day, week, month), [dk, wk, mk], [ds, ws, ms],
+                   last_hash, refill_below)
+
+    def refusal(self, cost: int, keys: tuple[int, int, int]) -> Rejected | None:
+        """Why a debit of ``cost`` in these windows is refused; None if it fits."""
+        if self.overdraft is not None and self.balance - cost < -self.overdraft:
+            return Rejected("insufficient_credits", "insufficient credits")
+        for i, limit in enumerate(self.limits):
+            if limit is not None:
+                spent = self.spent[i] if self.keys[i] == keys[i] else 0
+                if spent + cost > limit:
+                    reason = REASON[WINDOWS[i]]
+                    return Rejected(reason, f"{reason.replace('_', ' ')} reached")
+        return None
+
+    def take(self, cost: int, keys: tuple[int, int, int]) -> None:
+        self.balance -= cost
+        for i in range(3):
+            if self.keys[i] == keys[i]:
+                self.spent[i] += cost
+            else:
+                self.keys[i], self.spent[i] = keys[i], cost
+        self.dirty = True
+
+    def written(self) -> dict[str, Any]:
+        (dk, wk, mk), (ds, ws, ms) = self.keys, self.spent
+        return {"pid": self.id, "balance": self.balance, "day_key": dk, "day_spent": ds,
+                "week_key": wk, "week_spent": ws, "month_key": mk, "month_spent": ms,
+                "last_hash": self.last_hash}
+
+
+_state = [powers.c[name] for name in STATE_COLUMNS]
 ACCOUNTS = (
     select(users.c.name, users.c.id, users.c.disabled, users.c.tz,
            powers.c.id.label("power_id"))
     .outerjoin(powers, and_(powers.c.user_id == users.c.id, powers.c.kind == "credits"))
     .where(users.c.name.in_(bindparam("names", expanding=True)))
 )
+# SQLite: the write transaction holds the whole database, so the state comes with the account.
+ACCOUNTS_WITH_STATE = ACCOUNTS.add_columns(*_state)
+# Postgres: the batch's power rows, locked in one fixed order (two batches sharing accounts
+# then queue instead of deadlocking) and read as they are once locked.
+LOCK_POWERS = (
+    select(powers.c.id, *_state)
+    .where(powers.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(powers.c.id).with_for_update()
+)
+RELOAD_POWER = select(*_state).where(powers.c.id == bindparam("pid"))
 INSERT_MESSAGE = insert_rows(messages, [
     "id", "user_name", "user_id", "power_id", "at", "to_number", "country", "rule", "encoding",
     "parts", "price", "cost", "status", "reason", "balance_after", "day_key", "week_key",
@@ -131,15 +175,7 @@ INSERT_EVENT = insert_rows(events, [
     "at", "user_id", "power_id", "kind", "amount", "balance_after", "ref", "note", "actor",
     "detail", "hash",
 ])
-LOCK_POWERS = (
-    select(powers.c.id, powers.c.refill_below)
-    .where(powers.c.id.in_(bindparam("ids", expanding=True)))
-    .order_by(powers.c.id).with_for_update()
-)
 KNOWN = select(messages).where(messages.c.id.in_(bindparam("ids", expanding=True)))
-SET_HASH = update(powers).where(powers.c.id == bindparam("pid")).values(
-    last_hash=bindparam("h")
-)
 
 
 def _chunks(items: list[Any], size: int = 500) -> list[list[Any]]:
@@ -157,81 +193,54 @@ class _Batch:
 
     def __init__(self, conn: Connection, db: Db) -> None:
         self.conn, self.db = conn, db
+        self.postgres = conn.dialect.name == "postgresql"
         self.book = PriceBook.load(conn)
         self.accounts: dict[str, _Account | None] = {}
-        self.hashes: dict[int, str | None] = {}
+        self.powers: dict[int, _Power] = {}  # held rows, by power id
         self.pending: dict[str, dict[str, Any]] = {}  # message rows by id, not yet written
         self.written: dict[str, dict[str, Any]] = {}  # ... and those flushed in this batch
         self.known: dict[str, dict[str, Any]] = {}  # ... and those recorded before
-        self.debit_sql = HotStatement(conn, DEBIT)
-        self.pipeline_ok = True
         self.events: list[dict[str, Any]] = []
 
     def prefetch(self, reqs: list[ChargeRequest]) -> None:
-        """Accounts and already-recorded message ids of a whole batch, in a few queries."""
-        names = sorted({r.user for r in reqs})
+        """Accounts (their power rows held), and already-recorded message ids, of a whole
+        batch, in a few queries."""
+        names = sorted({r.user for r in reqs} - self.accounts.keys())
         ids = sorted({r.id for r in reqs if r.id is not None})
+        query = ACCOUNTS if self.postgres else ACCOUNTS_WITH_STATE
         for chunk in _chunks(names):
-            for row in self.conn.execute(ACCOUNTS, {"names": chunk}):
+            for row in self.conn.execute(query, {"names": chunk}):
                 self.accounts[row.name] = _Account(
                     row.id, row.disabled, row.tz or self.db.default_tz, row.power_id
                 )
+                if not self.postgres and row.power_id is not None:
+                    self.powers[row.power_id] = _Power.of(row.power_id, row[5:])
         for name in names:
             self.accounts.setdefault(name, None)
-        if self.conn.dialect.name == "postgresql":
-            # Lock the batch's accounts up front, in one fixed order: two batches that share
-            # accounts then queue instead of deadlocking on rows taken in different orders.
-            power_ids = sorted({a.power_id for a in self.accounts.values()
-                                if a is not None and a.power_id is not None})
-            for chunk in _chunks(power_ids):
-                for row in self.conn.execute(LOCK_POWERS, {"ids": chunk}):
-                    # A threshold plan may fire mid-batch: keep such batches sequential.
-                    self.pipeline_ok &= row.refill_below is None
+        if self.postgres:
+            self.lock(sorted({a.power_id for a in self.accounts.values() if a is not None
+                              and a.power_id is not None} - self.powers.keys()))
         for chunk in _chunks(ids):
             for row in self.conn.execute(KNOWN, {"ids": chunk}).mappings():
                 self.known[row["id"]] = dict(row)
+
+    def lock(self, power_ids: list[int]) -> None:
+        for chunk in _chunks(power_ids):
+            for row in self.conn.execute(LOCK_POWERS, {"ids": chunk}):
+                self.powers[row.id] = _Power.of(row.id, row[1:])
+        for account in self.accounts.values():
+            if account is not None and account.power_id not in self.powers:
+                account.power_id = None  # deleted since the accounts were read: unmetered
 
     def account(self, name: str) -> _Account | None:
         if name not in self.accounts:
             self.prefetch([ChargeRequest(name, "")])
         return self.accounts[name]
 
-    def charge(self, req: ChargeRequest) -> ChargeResult:
-        prepared = self.prepare(req)
-        if isinstance(prepared, ChargeResult):
-            return prepared
-        return self.debit(*prepared, self.debit_sql.first(prepared[3]))
-
     def charge_all(self, reqs: list[ChargeRequest]) -> list[ChargeResult]:
-        """Charge a batch. On Postgres the debits go out in one pipeline (one round trip for
-        the batch instead of one per message); the accounts are locked already, so the
-        results are those of running them one by one."""
-        if not (self.conn.dialect.name == "postgresql" and self.pipeline_ok):
-            return [self.charge(r) for r in reqs]
-        results: list[ChargeResult | None] = [None] * len(reqs)
-        jobs: list[tuple[int, tuple[Any, ...]]] = []
-        later: list[int] = []
-        seen: set[str] = set()
-        for i, req in enumerate(reqs):
-            if req.id is not None and req.id in seen:
-                later.append(i)  # a repeat within the batch replays what the first decided
-                continue
-            if req.id is not None:
-                seen.add(req.id)
-            prepared = self.prepare(req)
-            if isinstance(prepared, ChargeResult):
-                results[i] = prepared
-            else:
-                jobs.append((i, prepared))
-        rows = self.debit_sql.pipelined([job[3] for _, job in jobs])
-        for (i, job), row in zip(jobs, rows, strict=True):
-            results[i] = self.debit(*job, row)
-        for i in later:
-            results[i] = self.charge(reqs[i])
-        return results  # type: ignore[return-value]
+        return [self.charge(r) for r in reqs]
 
-    def prepare(self, req: ChargeRequest) -> ChargeResult | tuple[Any, ...]:
-        """Everything before the debit: a final result, or what the debit needs."""
+    def charge(self, req: ChargeRequest) -> ChargeResult:
         base = ChargeResult("rejected", req.id, req.user, req.to)
         try:
             quote: Quote | None = self.book.quote(req.to, parts_of(req))
@@ -255,68 +264,46 @@ class _Batch:
             return self.reject(base, account, quote, rejection)
         if account.power_id is None:
             return self.unmetered(base, account, quote)
-        now = clock.now_us()
-        day, week, month = window_keys(now, account.tz)
-        params = {"pid": account.power_id, "cost": quote.cost, "day_key": day,
-                  "week_key": week, "month_key": month}
-        return base, account, quote, params, now
+        return self.debit(base, account, quote, self.powers[account.power_id])
 
     def debit(self, base: ChargeResult, account: _Account, quote: Quote,
-              params: dict[str, Any], now: int, row: tuple[Any, ...] | None) -> ChargeResult:
-        """The debit's outcome: ``row`` is what the conditional UPDATE returned."""
-        day, week, month = params["day_key"], params["week_key"], params["month_key"]
-        while row is None:
-            # Postgres, READ COMMITTED: a top-up may have committed since the UPDATE looked.
-            # why_refused locks the row, so a second UPDATE sees what it saw.
-            refusal = self.why_refused(params)
-            if refusal is not None:
-                return self.reject(base, account, quote, refusal)
-            row = self.debit_sql.first(params)
+              power: _Power) -> ChargeResult:
+        now = clock.now_us()
+        keys = window_keys(now, account.tz)
+        refusal = power.refusal(quote.cost, keys)
+        if refusal is not None:
+            return self.reject(base, account, quote, refusal)
+        power.take(quote.cost, keys)
         msg_id = base.id or secrets.token_hex(8)
-        assert account.power_id is not None
-        balance, last_hash, refill_below = row
-        prev = self.hashes.get(account.power_id, last_hash)
+        balance = power.balance
         event = journal.build(
             at=now, kind="message.charged", actor=self.db.actor, user_id=account.user_id,
-            power_id=account.power_id, amount=-quote.cost, balance_after=balance,
-            ref=msg_id, prev_hash=prev,
+            power_id=power.id, amount=-quote.cost, balance_after=balance,
+            ref=msg_id, prev_hash=power.last_hash,
             detail={"to": quote.to, "parts": quote.parts, "rule": quote.rule},
         )
-        self.hashes[account.power_id] = event["hash"]
+        power.last_hash = event["hash"]
         self.events.append(event)
-        if refill_below is not None and balance < refill_below:
-            balance = self.refill(account, balance)
+        if power.refill_below is not None and balance < power.refill_below:
+            balance = self.refill(account, power)
         # Recorded with the balance the caller is told, so that a replay tells the same.
-        self.remember(msg_id, account, quote, now, "charged", None, balance, (day, week, month),
+        self.remember(msg_id, account, quote, now, "charged", None, balance, keys,
                       base.user or "")
         return ChargeResult("charged", msg_id, base.user, quote.to, cost=to_decimal(quote.cost),
                             parts=quote.parts, encoding=quote.encoding,
                             price=to_decimal(quote.price), rule=quote.rule,
                             country=quote.country, balance=to_decimal(balance))
 
-    def refill(self, account: _Account, balance: int) -> int:
-        """A threshold plan fires in the charge's own transaction, after the charge's event."""
+    def refill(self, account: _Account, power: _Power) -> int:
+        """A threshold plan fires in the charge's own transaction, after the charge's event:
+        the held row is written, the plan moves it in the database, and it is read again."""
         from smscredits.refills import fire_thresholds
 
         self.flush()
-        assert account.power_id is not None
-        self.hashes.pop(account.power_id, None)  # the power row's last_hash is current again
-        return fire_thresholds(self.conn, account.user_id, balance, self.db.actor)
-
-    def why_refused(self, params: dict[str, Any]) -> Rejected | None:
-        """Why the debit was refused; None if, with the row now locked, nothing stops it."""
-        stmt = select(powers).where(powers.c.id == params["pid"])
-        if self.conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
-        row = self.conn.execute(stmt).mappings().one()
-        cost = params["cost"]
-        if row["overdraft"] is not None and row["balance"] - cost < -row["overdraft"]:
-            return Rejected("insufficient_credits", "insufficient credits")
-        for window in WINDOWS:
-            limit = row[LIMIT_COLUMN[window]]
-            if limit is not None and spent_now(row, window, params[f"{window}_key"]) + cost > limit:
-                return Rejected(REASON[window], f"{REASON[window].replace('_', ' ')} reached")
-        return None
+        balance = fire_thresholds(self.conn, account.user_id, power.balance, self.db.actor)
+        row = self.conn.execute(RELOAD_POWER, {"pid": power.id}).one()
+        self.powers[power.id] = _Power.of(power.id, row)
+        return balance
 
     def unmetered(self, base: ChargeResult, account: _Account, quote: Quote) -> ChargeResult:
         now = clock.now_us()
@@ -374,15 +361,18 @@ class _Batch:
         return _from_row(row, req)
 
     def flush(self) -> None:
-        """Write the collected message rows, events and chain heads."""
+        """Write the collected message rows and events, and each moved power row once."""
         if self.pending:
-            HotStatement(self.conn, INSERT_MESSAGE).many(list(self.pending.values()))
+            bulk_insert(self.conn, INSERT_MESSAGE, list(self.pending.values()))
             self.written.update(self.pending)
         if self.events:
-            HotStatement(self.conn, INSERT_EVENT).many(self.events)
-        if self.hashes:
-            self.conn.execute(SET_HASH, [{"pid": p, "h": h} for p, h in self.hashes.items()])
-        self.pending, self.events, self.hashes = {}, [], {}
+            bulk_insert(self.conn, INSERT_EVENT, self.events)
+        moved = [p.written() for p in self.powers.values() if p.dirty]
+        if moved:
+            bulk_update(self.conn, powers, "id", WRITTEN_COLUMNS, moved)
+            for p in self.powers.values():
+                p.dirty = False
+        self.pending, self.events = {}, []
 
 
 def _quoted(quote: Quote) -> dict[str, Any]:

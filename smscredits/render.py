@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from json.encoder import encode_basestring as _quote
 from typing import Any, TextIO
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -59,9 +60,35 @@ def _mark(value: Any) -> Any:
 
 def to_json(value: Any, indent: int | None = None) -> str:
     """JSON with Decimals written exactly as numbers."""
+    if indent is None and type(value) is dict:
+        flat = _flat_json(value)
+        if flat is not None:
+            return flat
     separators = (",", ":") if indent is None else (",", ": ")
     text = json.dumps(_mark(value), ensure_ascii=False, indent=indent, separators=separators)
     return _MARKED.sub(r"\1", text)
+
+
+def _flat_json(value: dict[str, Any]) -> str | None:
+    """A one-level dict of plain values (a result line) written directly: the same text as
+    the general path, in a fraction of the time; None if a value is not plain."""
+    items = []
+    for key, v in value.items():
+        kind = type(v)
+        if v is None:
+            text = "null"
+        elif kind is str:
+            text = _quote(v)
+        elif kind is bool:
+            text = "true" if v else "false"
+        elif kind is int:
+            text = int.__repr__(v)
+        elif kind is Decimal:
+            text = format(v, "f")
+        else:
+            return None
+        items.append(f"{_quote(str(key))}:{text}")
+    return "{" + ",".join(items) + "}"
 
 
 def cell(value: Any) -> str:
