@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from sqlalchemy import Connection, insert, update
@@ -31,12 +32,22 @@ def event_hash(prev: str | None, row: Mapping[str, Any]) -> str:
         row.get("actor"),
         row.get("detail"),
     )
-    text = "\x1f".join("" if f is None else str(f) for f in fields)
+    text = "\x1f".join(["" if f is None else str(f) for f in fields])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def dump_detail(detail: Mapping[str, Any] | None) -> str | None:
+def dump_detail(detail: Mapping[str, Any] | str | None) -> str | None:
+    """The stored text of an event's detail: compact JSON with sorted keys (a str is taken
+    as already dumped so)."""
+    if isinstance(detail, str):
+        return detail
     return json.dumps(detail, separators=(",", ":"), sort_keys=True) if detail else None
+
+
+def message_detail(to: str, parts: int, rule: str) -> str:
+    """``dump_detail({"to": to, "parts": parts, "rule": rule})``, written directly: one per
+    charge."""
+    return f'{{"parts":{int(parts)},"rule":{_quote(rule)},"to":{_quote(to)}}}'
 
 
 def build(
@@ -50,7 +61,7 @@ def build(
     balance_after: int | None = None,
     ref: str | None = None,
     note: str | None = None,
-    detail: Mapping[str, Any] | None = None,
+    detail: Mapping[str, Any] | str | None = None,
     prev_hash: str | None = None,
 ) -> dict[str, Any]:
     """An event row; chained to ``prev_hash`` when it belongs to an account."""

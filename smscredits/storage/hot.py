@@ -48,6 +48,14 @@ class HotStatement:
     def once(self, params: Mapping[str, Any]) -> None:
         self._run(self.cursor.execute, self._args(params))
 
+    def rows(self, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        self.once(params)
+        return self.cursor.fetchall()
+
+    def columns(self) -> list[str]:
+        """Names of the result columns of the last ``rows``."""
+        return [d[0] for d in self.cursor.description]
+
     def many(self, rows: list[dict[str, Any]]) -> None:
         self._run(self.cursor.executemany, [self._args(row) for row in rows])
 
@@ -130,5 +138,10 @@ def _compiled(stmt: Executable, name: str, dialect: Any) -> tuple[str, Any]:
             if len(order) > 1
             else (lambda p, _n=order[0]: (p[_n],))
         )
+        # Values written into the statement itself (``kind == "credits"``) are binds too.
+        fixed = {k: v for k, v in compiled.params.items() if v is not None}
+        if fixed:
+            inner = pick or (lambda p: p)
+            pick = lambda p, _f=fixed, _i=inner: _i({**_f, **p})  # noqa: E731
         _CACHE[key] = (compiled.string, pick)
     return _CACHE[key]
