@@ -1,4 +1,4 @@
-"""Users, credits powers, manual credit changes and the journal queries.
+"""Users, credits powers and manual credit changes (their reads are in ``reads``).
 
 Every change runs in one transaction with its event. Balance changes are relative,
 conditional UPDATEs (``balance = balance + :d WHERE <still within overdraft>``), so
@@ -9,15 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import Connection, RowMapping, and_, delete, exc, insert, or_, select, update
 
 from smscredits import clock, journal, validate
 from smscredits.amounts import MAX_MILLIS, format_amount, to_decimal
-from smscredits.errors import BadInput, Conflict, InsufficientCredits, NotFound
+from smscredits.errors import BadInput, Conflict, InsufficientCredits
+
+# The read side, kept importable without SQLAlchemy, is re-exported under its old names.
+from smscredits.reads import Account, get_account, no_power, unknown_user
+from smscredits.reads import EventRow as EventRow
+from smscredits.reads import dec as _dec
+from smscredits.reads import list_accounts as list_accounts
+from smscredits.reads import query_events as query_events
+from smscredits.storage import queries
 from smscredits.storage.engine import Db
-from smscredits.storage.tables import events, powers, users
+from smscredits.storage.tables import powers, users
 
 KINDS = ("credits",)
 # Event kinds that change a balance: the credit log.
@@ -43,19 +50,6 @@ class UserInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Account:
-    user: str
-    user_id: int
-    power_id: int
-    kind: str
-    balance: Decimal
-    overdraft: Decimal | None  # None: unlimited
-    available: Decimal | None  # balance + overdraft; None: unlimited
-    disabled: bool
-    tz: str
-
-
-@dataclass(frozen=True, slots=True)
 class Change:
     user: str
     amount: Decimal
@@ -63,30 +57,10 @@ class Change:
     event_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    id: int
-    at: str
-    user: str | None
-    kind: str
-    amount: Decimal | None
-    balance_after: Decimal | None
-    ref: str | None
-    note: str | None
-    actor: str | None
-
-
-def _dec(millis: int | None) -> Decimal | None:
-    return None if millis is None else to_decimal(millis)
-
-
 def _user_row(conn: Connection, name: str, *, lock: bool = False) -> RowMapping:
-    stmt = select(users).where(users.c.name == name)
-    if lock and conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    row = conn.execute(stmt).mappings().first()
+    row = queries.user_row(conn, name, lock=lock)
     if row is None:
-        raise NotFound(f"unknown user {name!r}", code="unknown_user")
+        raise unknown_user(name)
     return row
 
 
@@ -95,7 +69,7 @@ def _power_row(conn: Connection, user_id: int, name: str, kind: str = "credits")
         select(powers).where(powers.c.user_id == user_id, powers.c.kind == kind)
     ).mappings().first()
     if row is None:
-        raise NotFound(f"user {name!r} has no {kind} power", code="no_power")
+        raise no_power(name, kind)
     return row
 
 
@@ -225,48 +199,6 @@ def set_overdraft(db: Db, user: str, overdraft: int | None) -> Account:
     return get_account(db, user)
 
 
-def _account(row: RowMapping, default_tz: str) -> Account:
-    od = row["overdraft"]
-    return Account(
-        user=row["name"],
-        user_id=row["user_id"],
-        power_id=row["id"],
-        kind=row["kind"],
-        balance=to_decimal(row["balance"]),
-        overdraft=_dec(od),
-        available=None if od is None else to_decimal(row["balance"] + od),
-        disabled=row["disabled"],
-        tz=row["tz"] or default_tz,
-    )
-
-
-def _accounts_stmt():  # type: ignore[no-untyped-def]
-    return select(powers, users.c.name, users.c.disabled, users.c.tz).join(
-        users, users.c.id == powers.c.user_id
-    )
-
-
-def get_account(db: Db, user: str, kind: str = "credits") -> Account:
-    with db.read() as conn:
-        row = conn.execute(
-            _accounts_stmt().where(users.c.name == user, powers.c.kind == kind)
-        ).mappings().first()
-        if row is None:
-            _user_row(conn, user)  # unknown user is its own error
-            raise NotFound(f"user {user!r} has no {kind} power", code="no_power")
-    return _account(row, db.default_tz)
-
-
-def list_accounts(db: Db, user: str | None = None) -> list[Account]:
-    stmt = _accounts_stmt().order_by(users.c.name, powers.c.kind)
-    with db.read() as conn:
-        if user is not None:
-            _user_row(conn, user)
-            stmt = stmt.where(users.c.name == user)
-        rows = conn.execute(stmt).mappings().all()
-    return [_account(r, db.default_tz) for r in rows]
-
-
 def delete_power(db: Db, user: str, kind: str = "credits", *, force: bool = False) -> Account:
     """Remove a power: the user is no longer metered. Its journal stays."""
     _check_kind(kind)
@@ -347,7 +279,7 @@ def set_credits(db: Db, user: str, target: int, *, note: str | None = None) -> C
             stmt = stmt.with_for_update()
         prow = conn.execute(stmt).mappings().first()
         if prow is None:
-            raise NotFound(f"user {user!r} has no credits power", code="no_power")
+            raise no_power(user)
         if prow["overdraft"] is not None and target < -prow["overdraft"]:
             raise InsufficientCredits(
                 f"cannot set {user!r} to {format_amount(target)}: below the overdraft "
@@ -370,52 +302,3 @@ def _balance_rose(conn: Connection, user_id: int, balance: int, change: int) -> 
         from smscredits.refills import rearm
 
         rearm(conn, user_id, balance)
-
-
-# -- journal queries ---------------------------------------------------------------------
-
-
-def query_events(
-    db: Db,
-    user: str | None = None,
-    *,
-    since: int | None = None,
-    until: int | None = None,
-    kinds: list[str] | None = None,
-    before: int | None = None,
-    limit: int = 50,
-    credit_only: bool = False,
-) -> list[EventRow]:
-    """Events newest first; page on with ``before`` = the last id shown (keyset paging)."""
-    if limit < 1:
-        raise BadInput(f"bad limit {limit}: must be at least 1")
-    stmt = (
-        select(events, users.c.name)
-        .outerjoin(users, users.c.id == events.c.user_id)
-        .order_by(events.c.id.desc())
-        .limit(limit)
-    )
-    conds: list[Any] = []
-    if since is not None:
-        conds.append(events.c.at >= since)
-    if until is not None:
-        conds.append(events.c.at < until)
-    if kinds:
-        conds.append(events.c.kind.in_(kinds))
-    if credit_only:
-        conds.append(events.c.amount.is_not(None))
-    if before is not None:
-        conds.append(events.c.id < before)
-    with db.read() as conn:
-        if user is not None:
-            conds.append(events.c.user_id == _user_row(conn, user)["id"])
-        rows = conn.execute(stmt.where(*conds)).mappings().all()
-    return [
-        EventRow(
-            id=r["id"], at=clock.iso(r["at"]) or "", user=r["name"], kind=r["kind"],
-            amount=_dec(r["amount"]), balance_after=_dec(r["balance_after"]), ref=r["ref"],
-            note=r["note"], actor=r["actor"],
-        )
-        for r in rows
-    ]
-

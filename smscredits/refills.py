@@ -14,28 +14,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, and_, func, select, update
+from sqlalchemy import Connection, RowMapping, func, select, update
 
 from smscredits import clock, journal, schedule
 from smscredits.amounts import format_amount, to_decimal
 from smscredits.errors import BadInput, Conflict, NotFound
 from smscredits.ledger import _power_row, _user_row
+
+# Plans as shown (and list_plans) are in reads, importable without SQLAlchemy.
+from smscredits.reads import ACTIVE, CANCELLED, PAUSED, Plan, plan_of, rule_of
+from smscredits.reads import list_plans as list_plans
 from smscredits.storage.engine import Db
-from smscredits.storage.tables import powers, refill_applications, refill_plans, users
-
-ACTIVE, PAUSED, CANCELLED = "active", "paused", "cancelled"
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    id: int
-    user: str
-    rule: str  # in words
-    action: str  # "add 10" / "top up to 50"
-    status: str
-    next_due: str | None  # in the user's zone
-    last_applied: str | None
-    armed: bool | None  # threshold plans only
+from smscredits.storage.queries import plan_rows_where
+from smscredits.storage.tables import powers, refill_applications, refill_plans
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,65 +112,18 @@ def rearm(conn: Connection, user_id: int, balance: int) -> None:
         sync_threshold(conn, user_id)
 
 
-def _plan_rows(conn: Connection, where: Any = None) -> list[RowMapping]:
-    stmt = (
-        select(refill_plans, users.c.name, users.c.tz)
-        .join(users, users.c.id == refill_plans.c.user_id)
-        .order_by(refill_plans.c.id)
-    )
-    if where is not None:
-        stmt = stmt.where(where)
-    return list(conn.execute(stmt).mappings())
-
-
-def _rule(row: RowMapping, default_tz: str) -> schedule.Rule:
-    return schedule.Rule(row["every"], row["on_day"], row["at_minute"], row["tz"] or default_tz)
-
-
-def _plan(row: RowMapping, default_tz: str, now: datetime) -> Plan:
-    action = (f"add {format_amount(row['add_amount'])}" if row["add_amount"] is not None
-              else f"top up to {format_amount(row['top_up_to'])}")
-    tz = row["tz"] or default_tz
-    if row["every"] is None:
-        rule_text, due = f"when the balance drops below {format_amount(row['below'])}", None
-    else:
-        rule = _rule(row, default_tz)
-        rule_text = schedule.describe(rule)
-        due = None if row["status"] != ACTIVE else _local_text(schedule.next_due(rule, now), tz)
-    last = row["last_applied_at"]
-    return Plan(
-        id=row["id"], user=row["name"], rule=rule_text, action=action, status=row["status"],
-        next_due=due, last_applied=None if last is None else _local_text(clock.from_us(last), tz),
-        armed=row["armed"] if row["every"] is None else None,
-    )
-
-
-def _local_text(at: datetime, tz: str) -> str:
-    return at.astimezone(schedule.zone(tz)).strftime("%Y-%m-%d %H:%M %Z")
-
-
 def get_plan(db: Db, plan_id: int) -> Plan:
     with db.read() as conn:
-        rows = _plan_rows(conn, refill_plans.c.id == plan_id)
+        rows = plan_rows_where(conn, refill_plans.c.id == plan_id)
     if not rows:
         raise NotFound(f"no refill plan {plan_id}", code="unknown_plan")
-    return _plan(rows[0], db.default_tz, clock.now())
-
-
-def list_plans(db: Db, user: str | None = None, *, all_: bool = False) -> list[Plan]:
-    with db.read() as conn:
-        conds = [] if all_ else [refill_plans.c.status != CANCELLED]
-        if user is not None:
-            conds.append(refill_plans.c.user_id == _user_row(conn, user)["id"])
-        rows = _plan_rows(conn, and_(*conds) if conds else None)
-    now = clock.now()
-    return [_plan(r, db.default_tz, now) for r in rows]
+    return plan_of(rows[0], db.default_tz, clock.now())
 
 
 def set_status(db: Db, plan_id: int, status: str) -> Plan:
     """Pause, resume or cancel a plan. A resumed plan does not catch up the paused time."""
     with db.write() as conn:
-        rows = _plan_rows(conn, refill_plans.c.id == plan_id)
+        rows = plan_rows_where(conn, refill_plans.c.id == plan_id)
         if not rows:
             raise NotFound(f"no refill plan {plan_id}", code="unknown_plan")
         row = rows[0]
@@ -282,7 +226,7 @@ def run(db: Db, *, dry_run: bool = False) -> list[Application]:
     """Apply every due period of every active plan, each exactly once."""
     now = clock.now()
     with db.read() as conn:
-        plans = _plan_rows(conn, refill_plans.c.status == ACTIVE)
+        plans = plan_rows_where(conn, refill_plans.c.status == ACTIVE)
         balances = dict(conn.execute(select(powers.c.user_id, powers.c.balance)).all())
     results: list[Application] = []
     for plan in plans:
@@ -301,7 +245,7 @@ def _due(plan: RowMapping, default_tz: str, now: datetime, balance: int) -> list
             period = (plan["last_period"] or 0) + 1
             return [(period, f"crossing {period}")]
         return []
-    rule = _rule(plan, default_tz)
+    rule = rule_of(plan, default_tz)
     after = clock.from_us(plan["start_after"])
     if plan["last_period"] is not None:
         after = max(after, schedule.occurrence(rule, plan["last_period"]))

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from smscredits.errors import BadInput, DatabaseError, SmsCreditsError
 
 if TYPE_CHECKING:
     from smscredits.render import Output
     from smscredits.storage.engine import Db
+    from smscredits.storage.lite import LiteDb
 
 _MODES = ("json", "jsonl", "csv")
 PANELS = ("Users and powers", "Credits", "Limits", "Refills", "Prices and charging", "Logs",
@@ -34,6 +36,8 @@ class State:
     quiet: bool = False
     actor: str | None = None
     handle: Db | None = None
+    lite: LiteDb | None = None  # the read-only sqlite3 handle, when `lite_tried` found one
+    lite_tried: bool = False
 
 
 STATE = State()
@@ -47,6 +51,7 @@ def set_globals(
     if len(chosen) > 1:
         raise BadInput(f"choose one output format, not {' and '.join('--' + m for m in chosen)}")
     STATE.db_flag, STATE.actor, STATE.quiet, STATE.handle = db, actor, quiet, None
+    STATE.lite, STATE.lite_tried = None, False
     STATE.mode = chosen[0] if chosen else "table"
 
 
@@ -171,7 +176,82 @@ def _set_metavars(cmd: Any) -> None:
         _set_metavars(sub)
 
 
-class RootGroup(TyperGroup):
+_NOT_PLAIN = object()
+
+
+def _plain_value(annotation: Any, info: Any, value: Any) -> Any:
+    """A value Typer would coerce to itself (a str, an in-range int, a list of str), as is;
+    anything else is _NOT_PLAIN."""
+    if annotation is str and type(value) is str:
+        return value
+    if annotation is int and not getattr(info, "clamp", False):
+        number = value if type(value) is int else (
+            int(value) if type(value) is str and value.isascii() and value.isdigit()
+            and len(value) <= 18 else None)
+        low, high = getattr(info, "min", None), getattr(info, "max", None)
+        if number is not None and (low is None or number >= low) and (
+                high is None or number <= high):
+            return number
+    if annotation == list[str] and isinstance(value, list | tuple) and all(
+            type(v) is str for v in value):
+        return list(value)
+    return _NOT_PLAIN
+
+
+@cache
+def _plain_coercion_class() -> Any:
+    """A Typer coercion that passes plain values straight through; None with a Typer whose
+    internals differ (its own coercion then stays)."""
+    try:
+        from typer._coercion import RuntimeParam, build_runtime_param
+    except ImportError:
+        return None
+
+    @dataclass(frozen=True)
+    class Plain(RuntimeParam):  # type: ignore[misc]
+        descriptor: Any
+
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            plain = _plain_value(self.annotation, self.parameter_info, value)
+            if plain is not _NOT_PLAIN:
+                return plain
+            typer_own = build_runtime_param(self.descriptor)
+            return typer_own._coerce_value(value, param=param, ctx=ctx)
+
+    return Plain
+
+
+def plain_coercion(params: list[Any]) -> None:
+    """Coerce plain values without Pydantic.
+
+    Typer builds a Pydantic TypeAdapter for every parameter it converts, and importing
+    Pydantic costs a read command more than all its own work. Values that already are what
+    the annotation asks for pass straight through; everything else (and so every error
+    message) still goes to Typer's own coercion.
+    """
+    plain = _plain_coercion_class()
+    if plain is None:
+        return
+    for param in params:
+        desc = getattr(param, "type_descriptor", None)
+        if (desc is not None and getattr(param, "_runtime_param", 0) is None
+                and desc.file_annotation is None and desc.parameter_info.parser is None):
+            param._runtime_param = plain(desc.parameter_info, desc.annotation, desc)
+
+
+class PlainCommand(TyperCommand):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        plain_coercion(self.get_params(ctx))  # with the help option, made on first use
+        return super().parse_args(ctx, args)
+
+
+class PlainGroup(TyperGroup):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        plain_coercion(self.get_params(ctx))
+        return super().parse_args(ctx, args)
+
+
+class RootGroup(PlainGroup):
     """Reads global options anywhere; turns every error a user can cause into one line on
     stderr and its exit code."""
 
@@ -218,6 +298,9 @@ class RootGroup(TyperGroup):
             if STATE.handle is not None:
                 STATE.handle.dispose()
                 STATE.handle = None
+            if STATE.lite is not None:
+                STATE.lite.close()
+            STATE.lite, STATE.lite_tried = None, False
 
 
 def _database_error(e: Exception) -> DatabaseError:
@@ -250,9 +333,21 @@ def db() -> Db:
     return STATE.handle
 
 
+def reader() -> Db | LiteDb:
+    """The database for a command that only reads: an existing SQLite file is opened with the
+    stdlib ``sqlite3`` (no SQLAlchemy import, a fraction of the start-up); anything else is
+    ``db()``."""
+    if not STATE.lite_tried and STATE.handle is None:
+        from smscredits.storage.lite import open_lite
+
+        STATE.lite = open_lite(STATE.db_flag)
+    STATE.lite_tried = True
+    return STATE.lite if STATE.lite is not None else db()
+
+
 def app(name: str, help_: str, example: str) -> typer.Typer:
     return typer.Typer(
-        name=name, help=help_, cls=TyperGroup, no_args_is_help=True, epilog=f"Example: {example}",
+        name=name, help=help_, cls=PlainGroup, no_args_is_help=True, epilog=f"Example: {example}",
         pretty_exceptions_enable=False, rich_markup_mode=None,
     )
 
@@ -261,7 +356,7 @@ def command(
     target: typer.Typer, name: str | None = None, *, example: str, **kwargs: Any
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a command with an example at the end of its help."""
-    return target.command(name, epilog=f"Example: {example}", **kwargs)
+    return target.command(name, epilog=f"Example: {example}", cls=PlainCommand, **kwargs)
 
 
 def amount(text: str, *, what: str = "amount", signed: bool = False) -> int:

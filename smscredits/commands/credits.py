@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from smscredits.commands.base import amount, app, command, db, output
+from smscredits.commands.base import amount, app, command, db, output, reader
 from smscredits.commands.users import ACCOUNT_COLUMNS, OptionalUser, UserArg
 
 credits_app = app("credits", "Add, subtract and set prepaid credits; show balances.",
@@ -53,19 +53,19 @@ def credits_balance(
     user: OptionalUser = None,
 ) -> None:
     """Show balances."""
-    from smscredits import ledger
+    from smscredits import reads
 
+    source = reader()
     if user is None:
-        output().rows(ledger.list_accounts(db()), ACCOUNT_COLUMNS, empty="no credits powers yet")
+        output().rows(reads.list_accounts(source), ACCOUNT_COLUMNS, empty="no credits powers yet")
         return
-    account = ledger.get_account(db(), user)
+    account = reads.get_account(source, user)
     out = output()
     if out.machine:
         out.record(account, ACCOUNT_COLUMNS)
         return
-    from smscredits import limits, refills
     from smscredits.render import balance_panel
 
-    windows = limits.show_limits(db(), user).windows
-    plans = refills.list_plans(db(), user)
+    windows = reads.show_limits(source, user).windows
+    plans = reads.list_plans(source, user)
     out.console().print(balance_panel(account, windows, plans))

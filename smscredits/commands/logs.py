@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from smscredits.commands.base import command, db, output
+from smscredits.commands.base import command, output, reader
 from smscredits.commands.users import OptionalUser
 from smscredits.errors import BadInput
 
@@ -27,7 +27,7 @@ Before = Annotated[int | None, typer.Option(help="Page on: rows older than this 
 
 def _show(user: str | None, since: str | None, until: str | None, kind: list[str] | None,
           limit: int, before: int | None, credit_only: bool) -> None:
-    from smscredits import clock, ledger, validate
+    from smscredits import clock, reads, validate
 
     if before is not None and not 1 <= before <= 2**62:
         raise BadInput(f"bad --before {before}: not an event id")
@@ -36,8 +36,8 @@ def _show(user: str | None, since: str | None, until: str | None, kind: list[str
     hi = clock.to_us(validate.instant(until, now=now, what="--until")) if until else None
     if lo is not None and hi is not None and lo >= hi:
         raise BadInput(f"--since {since!r} is not before --until {until!r}")
-    rows = ledger.query_events(db(), user, since=lo, until=hi, kinds=kind, before=before,
-                               limit=limit, credit_only=credit_only)
+    rows = reads.query_events(reader(), user, since=lo, until=hi, kinds=kind, before=before,
+                              limit=limit, credit_only=credit_only)
     title = "Credit log" if credit_only else "Events"
     columns = [c for c in EVENT_COLUMNS if c[0] != "user"] if user else EVENT_COLUMNS
     output().rows(rows, columns, title=title + (f" of {user}" if user else ""),

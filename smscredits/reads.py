@@ -1,0 +1,282 @@
+"""The read side: the credit log and journal, accounts, limit windows and refill plans.
+
+Everything here is plain Python over plain rows (mappings keyed by column name), so the same
+functions serve both storage paths: SQLAlchemy Core (``storage.queries``) for every database,
+and the stdlib ``sqlite3`` (``storage.lite``) for read commands on an existing SQLite file,
+which then start without importing SQLAlchemy at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Protocol
+
+from smscredits import clock, schedule
+from smscredits.amounts import format_amount, to_decimal
+from smscredits.errors import BadInput, NotFound
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+    from types import ModuleType
+
+Row = Mapping[str, Any]
+
+WINDOWS = ("day", "week", "month")
+LIMIT_COLUMN = {"day": "daily_limit", "week": "weekly_limit", "month": "monthly_limit"}
+ACTIVE, PAUSED, CANCELLED = "active", "paused", "cancelled"
+
+
+class Source(Protocol):
+    """An open database: ``storage.engine.Db`` or ``storage.lite.LiteDb``."""
+
+    default_tz: str
+
+    def read(self) -> AbstractContextManager[Any]: ...
+
+
+def _queries(db: Source) -> ModuleType:
+    """The module that runs the read queries on this handle's connections."""
+    from smscredits.storage import lite
+
+    if isinstance(db, lite.LiteDb):
+        return lite
+    from smscredits.storage import queries  # SQLAlchemy: only for the Core path
+
+    return queries
+
+
+# -- errors both paths raise ---------------------------------------------------------------
+
+
+def unknown_user(name: str) -> NotFound:
+    return NotFound(f"unknown user {name!r}", code="unknown_user")
+
+
+def no_power(name: str, kind: str = "credits") -> NotFound:
+    return NotFound(f"user {name!r} has no {kind} power", code="no_power")
+
+
+def _user_id(q: ModuleType, conn: Any, name: str) -> int:
+    row = q.user_row(conn, name)
+    if row is None:
+        raise unknown_user(name)
+    return int(row["id"])
+
+
+# -- records -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    user: str
+    user_id: int
+    power_id: int
+    kind: str
+    balance: Decimal
+    overdraft: Decimal | None  # None: unlimited
+    available: Decimal | None  # balance + overdraft; None: unlimited
+    disabled: bool
+    tz: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    id: int
+    at: str
+    user: str | None
+    kind: str
+    amount: Decimal | None
+    balance_after: Decimal | None
+    ref: str | None
+    note: str | None
+    actor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    window: str  # day | week | month
+    limit: Decimal | None
+    spent: Decimal
+    remaining: Decimal | None
+    resets_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    user: str
+    tz: str
+    windows: list[Window]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    id: int
+    user: str
+    rule: str  # in words
+    action: str  # "add 10" / "top up to 50"
+    status: str
+    next_due: str | None  # in the user's zone
+    last_applied: str | None
+    armed: bool | None  # threshold plans only
+
+
+def dec(millis: int | None) -> Decimal | None:
+    return None if millis is None else to_decimal(millis)
+
+
+def account_of(row: Row, default_tz: str) -> Account:
+    """An account from a powers row joined with its user's name, disabled flag and zone."""
+    od = row["overdraft"]
+    return Account(
+        user=row["name"],
+        user_id=row["user_id"],
+        power_id=row["id"],
+        kind=row["kind"],
+        balance=to_decimal(row["balance"]),
+        overdraft=dec(od),
+        available=None if od is None else to_decimal(row["balance"] + od),
+        disabled=bool(row["disabled"]),  # sqlite3 gives the stored 0/1
+        tz=row["tz"] or default_tz,
+    )
+
+
+def event_of(row: Row) -> EventRow:
+    """An event from an events row joined with its user's name."""
+    return EventRow(
+        id=row["id"], at=clock.iso(row["at"]) or "", user=row["name"], kind=row["kind"],
+        amount=dec(row["amount"]), balance_after=dec(row["balance_after"]), ref=row["ref"],
+        note=row["note"], actor=row["actor"],
+    )
+
+
+# -- limit windows -------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4096)
+def _keys_at_minute(tz: str, minute: int) -> tuple[int, int, int]:
+    # Every zone's offset is a whole number of minutes, so keys are constant within a minute.
+    return schedule.window_keys(clock.from_us(minute * 60_000_000), tz)
+
+
+def window_keys(at_us: int, tz: str) -> tuple[int, int, int]:
+    """The (day, week, month) window keys of an instant in a zone."""
+    return _keys_at_minute(tz, at_us // 60_000_000)
+
+
+def spent_now(row: Row, window: str, key: int) -> int:
+    return row[f"{window}_spent"] if row[f"{window}_key"] == key else 0
+
+
+def windows_of(row: Row, tz: str, at_us: int) -> list[Window]:
+    keys = window_keys(at_us, tz)
+    result = []
+    for window, key in zip(WINDOWS, keys, strict=True):
+        limit = row[LIMIT_COLUMN[window]]
+        spent = spent_now(row, window, key)
+        result.append(Window(
+            window=window,
+            limit=None if limit is None else to_decimal(limit),
+            spent=to_decimal(spent),
+            remaining=None if limit is None else to_decimal(max(limit - spent, 0)),
+            resets_at=clock.iso(clock.to_us(schedule.window_reset(window, key, tz))) or "",
+        ))
+    return result
+
+
+# -- refill plans --------------------------------------------------------------------------
+
+
+def rule_of(row: Row, default_tz: str) -> schedule.Rule:
+    return schedule.Rule(row["every"], row["on_day"], row["at_minute"], row["tz"] or default_tz)
+
+
+def local_text(at: datetime, tz: str) -> str:
+    return at.astimezone(schedule.zone(tz)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def plan_of(row: Row, default_tz: str, now: datetime) -> Plan:
+    """A plan from a refill_plans row joined with its user's name and zone."""
+    action = (f"add {format_amount(row['add_amount'])}" if row["add_amount"] is not None
+              else f"top up to {format_amount(row['top_up_to'])}")
+    tz = row["tz"] or default_tz
+    if row["every"] is None:
+        rule_text, due = f"when the balance drops below {format_amount(row['below'])}", None
+    else:
+        rule = rule_of(row, default_tz)
+        rule_text = schedule.describe(rule)
+        due = None if row["status"] != ACTIVE else local_text(schedule.next_due(rule, now), tz)
+    last = row["last_applied_at"]
+    return Plan(
+        id=row["id"], user=row["name"], rule=rule_text, action=action, status=row["status"],
+        next_due=due, last_applied=None if last is None else local_text(clock.from_us(last), tz),
+        armed=bool(row["armed"]) if row["every"] is None else None,
+    )
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+def query_events(
+    db: Source,
+    user: str | None = None,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    kinds: list[str] | None = None,
+    before: int | None = None,
+    limit: int = 50,
+    credit_only: bool = False,
+) -> list[EventRow]:
+    """Events newest first; page on with ``before`` = the last id shown (keyset paging)."""
+    if limit < 1:
+        raise BadInput(f"bad limit {limit}: must be at least 1")
+    q = _queries(db)
+    with db.read() as conn:
+        user_id = None if user is None else _user_id(q, conn, user)
+        rows = q.event_rows(conn, user_id=user_id, since=since, until=until, kinds=kinds or None,
+                            before=before, limit=limit, credit_only=credit_only)
+    return [event_of(r) for r in rows]
+
+
+def get_account(db: Source, user: str, kind: str = "credits") -> Account:
+    q = _queries(db)
+    with db.read() as conn:
+        rows = q.account_rows(conn, user, kind)
+        if not rows:
+            _user_id(q, conn, user)  # unknown user is its own error
+            raise no_power(user, kind)
+    return account_of(rows[0], db.default_tz)
+
+
+def list_accounts(db: Source, user: str | None = None) -> list[Account]:
+    q = _queries(db)
+    with db.read() as conn:
+        if user is not None:
+            _user_id(q, conn, user)
+        rows = q.account_rows(conn, user, None)
+    return [account_of(r, db.default_tz) for r in rows]
+
+
+def show_limits(db: Source, user: str, at: datetime | None = None) -> Limits:
+    at_us = clock.to_us(at or clock.now())
+    q = _queries(db)
+    with db.read() as conn:
+        rows = q.account_rows(conn, user, "credits")
+        if not rows:
+            _user_id(q, conn, user)
+            raise no_power(user)
+    tz = rows[0]["tz"] or db.default_tz
+    return Limits(user, tz, windows_of(rows[0], tz, at_us))
+
+
+def list_plans(db: Source, user: str | None = None, *, all_: bool = False) -> list[Plan]:
+    q = _queries(db)
+    with db.read() as conn:
+        user_id = None if user is None else _user_id(q, conn, user)
+        rows = q.plan_rows(conn, user_id=user_id, all_=all_)
+    now = clock.now()
+    return [plan_of(r, db.default_tz, now) for r in rows]

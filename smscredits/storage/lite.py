@@ -1,0 +1,198 @@
+"""Read commands on an existing SQLite file, through the stdlib ``sqlite3`` alone.
+
+Importing SQLAlchemy costs a read command more than its whole query; so when the database
+setting names a SQLite file that already exists, ``log``, ``events`` and ``credits balance``
+open it here, read-only, and run the queries of ``storage.queries`` as the equivalent SQL
+text. Anything else (Postgres, a file still to be created, ``:memory:``, a URL with query
+options) gets None, and the caller takes the SQLAlchemy path of ``storage.engine``.
+
+The URL resolution, the schema check and the error messages repeat those of
+``storage.engine`` word for word, without its SQLAlchemy import; tests hold the two together.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
+
+from smscredits import config
+from smscredits.errors import DatabaseError
+
+if TYPE_CHECKING:
+    import sqlite3
+
+# Copies of storage.engine's constants (a test checks that they agree).
+HEAD = "0001"
+BUSY_TIMEOUT_MS = 30_000
+_DRIVERS = ("sqlite", "sqlite+pysqlite")
+
+
+def sqlite_file(setting: str) -> tuple[str, str] | None:
+    """(driver, database path) when a database setting names a SQLite file, as
+    ``engine.to_url`` and ``engine.sqlite_path`` read it; None for anything else."""
+    if "://" not in setting:
+        return "sqlite", str(Path(setting).expanduser())
+    for driver in _DRIVERS:
+        prefix = driver + ":///"  # no user, host or port: what follows is the database
+        if setting.startswith(prefix):
+            rest = setting[len(prefix):]
+            if "?" in rest:  # connection options: leave them to SQLAlchemy
+                return None
+            database = unquote(rest)
+            return None if database in ("", ":memory:") else (driver, database)
+    return None
+
+
+def describe(driver: str, database: str) -> str:
+    """The URL as ``engine.describe`` shows it."""
+    return f"{driver}:///{quote(database, safe=' +/')}"
+
+
+def explain(e: Exception, shown: str) -> DatabaseError:
+    """A one-line message for a failure, as ``engine.explain`` words it."""
+    raw = str(e)
+    first = " ".join(line.strip() for line in raw.strip().splitlines()[:2]) or type(e).__name__
+    if "readonly" in first or "read-only" in first:
+        return DatabaseError(f"database {shown} is read-only: {first}")
+    return DatabaseError(f"database {shown} unavailable: {first}")
+
+
+class LiteDb:
+    """An existing SQLite file opened read-only, its schema checked."""
+
+    def __init__(self, conn: sqlite3.Connection, shown: str, *, default_tz: str) -> None:
+        self.conn = conn
+        self.shown = shown
+        self.default_tz = default_tz
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction (a consistent snapshot, as ``Db.read`` gives)."""
+        import sqlite3
+
+        try:
+            self.conn.execute("BEGIN")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise explain(e, self.shown) from None
+
+    def check_schema(self) -> None:
+        with self.read() as conn:
+            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                  "AND name = 'alembic_version'").fetchone()
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone() \
+                if exists else None
+        version = None if row is None else row[0]
+        if version == HEAD:
+            return
+        if version is None:
+            raise DatabaseError(
+                f"database {self.shown} has no smscredits schema: run `smscredits db upgrade`"
+            )
+        raise DatabaseError(
+            f"database {self.shown} is at schema {version}, this smscredits needs "
+            f"{HEAD}: run `smscredits db upgrade`"
+        )
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_lite(db: str | None = None) -> LiteDb | None:
+    """The database the settings point to, if it is an existing SQLite file; else None."""
+    found = sqlite_file(config.resolve("db", db).value or "")
+    if found is None or not Path(found[1]).is_file():
+        return None
+    import sqlite3
+
+    shown = describe(*found)
+    uri = Path(os.path.abspath(found[1])).as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise explain(e, shown) from None
+    conn.row_factory = sqlite3.Row
+    handle = LiteDb(conn, shown, default_tz=config.resolve("default_tz").value or "UTC")
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        handle.check_schema()
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+# -- the queries of storage.queries, as SQL text -------------------------------------------
+
+
+def user_row(conn: sqlite3.Connection, name: str) -> sqlite3.Row | None:
+    return conn.execute("SELECT users.* FROM users WHERE users.name = ?", (name,)).fetchone()
+
+
+def account_rows(conn: sqlite3.Connection, user: str | None,
+                 kind: str | None) -> list[sqlite3.Row]:
+    where, params = _where([("users.name = ?", user)] if user is not None else [],
+                           [("powers.kind = ?", kind)] if kind is not None else [])
+    return conn.execute(
+        "SELECT powers.*, users.name, users.disabled, users.tz "
+        f"FROM powers JOIN users ON users.id = powers.user_id{where} "
+        "ORDER BY users.name, powers.kind", params,
+    ).fetchall()
+
+
+def event_rows(
+    conn: sqlite3.Connection,
+    *,
+    user_id: int | None,
+    since: int | None,
+    until: int | None,
+    kinds: list[str] | None,
+    before: int | None,
+    limit: int,
+    credit_only: bool,
+) -> list[sqlite3.Row]:
+    # The conditions in the order storage.queries writes them.
+    where, params = _where(
+        [("events.at >= ?", since)] if since is not None else [],
+        [("events.at < ?", until)] if until is not None else [],
+        [(f"events.kind IN ({', '.join('?' * len(kinds))})", *kinds)] if kinds else [],
+        [("events.amount IS NOT NULL",)] if credit_only else [],
+        [("events.id < ?", before)] if before is not None else [],
+        [("events.user_id = ?", user_id)] if user_id is not None else [],
+    )
+    return conn.execute(
+        "SELECT events.*, users.name "
+        f"FROM events LEFT OUTER JOIN users ON users.id = events.user_id{where} "
+        "ORDER BY events.id DESC LIMIT ?", [*params, limit],
+    ).fetchall()
+
+
+def plan_rows(conn: sqlite3.Connection, *, user_id: int | None,
+              all_: bool) -> list[sqlite3.Row]:
+    where, params = _where(
+        [] if all_ else [("refill_plans.status != ?", "cancelled")],
+        [("refill_plans.user_id = ?", user_id)] if user_id is not None else [],
+    )
+    return conn.execute(
+        "SELECT refill_plans.*, users.name, users.tz "
+        f"FROM refill_plans JOIN users ON users.id = refill_plans.user_id{where} "
+        "ORDER BY refill_plans.id", params,
+    ).fetchall()
+
+
+def _where(*terms: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+    """`` WHERE a AND b`` of the given conditions, each ``(sql, *values)``, and the values."""
+    used = [term for group in terms for term in group]
+    if not used:
+        return "", []
+    return (" WHERE " + " AND ".join(sql for sql, *_ in used),
+            [value for _, *values in used for value in values])

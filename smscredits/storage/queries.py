@@ -1,0 +1,90 @@
+"""The read queries in SQLAlchemy Core, for every database.
+
+``storage.lite`` runs the same queries as SQL text on the stdlib ``sqlite3``; both take an
+open connection and return plain rows, which ``smscredits.reads`` turns into records.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, Select, and_, select
+
+from smscredits.storage.tables import events, powers, refill_plans, users
+
+
+def user_row(conn: Connection, name: str, *, lock: bool = False) -> RowMapping | None:
+    stmt = select(users).where(users.c.name == name)
+    if lock and conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return conn.execute(stmt).mappings().first()
+
+
+def accounts_stmt() -> Select[Any]:
+    return select(powers, users.c.name, users.c.disabled, users.c.tz).join(
+        users, users.c.id == powers.c.user_id
+    )
+
+
+def account_rows(conn: Connection, user: str | None, kind: str | None) -> list[RowMapping]:
+    """Powers with their user's name, disabled flag and zone; by user name, then kind."""
+    stmt = accounts_stmt().order_by(users.c.name, powers.c.kind)
+    if user is not None:
+        stmt = stmt.where(users.c.name == user)
+    if kind is not None:
+        stmt = stmt.where(powers.c.kind == kind)
+    return list(conn.execute(stmt).mappings().all())
+
+
+def event_rows(
+    conn: Connection,
+    *,
+    user_id: int | None,
+    since: int | None,
+    until: int | None,
+    kinds: list[str] | None,
+    before: int | None,
+    limit: int,
+    credit_only: bool,
+) -> list[RowMapping]:
+    """Events with their user's name, newest first."""
+    stmt = (
+        select(events, users.c.name)
+        .outerjoin(users, users.c.id == events.c.user_id)
+        .order_by(events.c.id.desc())
+        .limit(limit)
+    )
+    conds: list[Any] = []
+    if since is not None:
+        conds.append(events.c.at >= since)
+    if until is not None:
+        conds.append(events.c.at < until)
+    if kinds:
+        conds.append(events.c.kind.in_(kinds))
+    if credit_only:
+        conds.append(events.c.amount.is_not(None))
+    if before is not None:
+        conds.append(events.c.id < before)
+    if user_id is not None:
+        conds.append(events.c.user_id == user_id)
+    return list(conn.execute(stmt.where(*conds)).mappings().all())
+
+
+def plan_rows_where(conn: Connection, where: Any = None) -> list[RowMapping]:
+    """Refill plans with their user's name and zone, oldest first."""
+    stmt = (
+        select(refill_plans, users.c.name, users.c.tz)
+        .join(users, users.c.id == refill_plans.c.user_id)
+        .order_by(refill_plans.c.id)
+    )
+    if where is not None:
+        stmt = stmt.where(where)
+    return list(conn.execute(stmt).mappings())
+
+
+def plan_rows(conn: Connection, *, user_id: int | None, all_: bool) -> list[RowMapping]:
+    """One user's plans (or everyone's), the cancelled ones only with ``all_``."""
+    conds = [] if all_ else [refill_plans.c.status != "cancelled"]
+    if user_id is not None:
+        conds.append(refill_plans.c.user_id == user_id)
+    return plan_rows_where(conn, and_(*conds) if conds else None)
