@@ -46,7 +46,7 @@ from smscredits.limits import REASON, WINDOWS, window_keys
 from smscredits.parts import Parts, count_parts
 from smscredits.pricing import PriceBook, Quote, Rejected, given_parts
 from smscredits.storage.engine import Db
-from smscredits.storage.hot import HotStatement, bulk_insert, bulk_update, insert_rows
+from smscredits.storage.hot import HotStatement, bulk_insert, bulk_update
 from smscredits.storage.tables import events, messages, powers, users
 
 # Exit code of a single charge refused for each reason.
@@ -168,15 +168,11 @@ _state = [powers.c[name] for name in STATE_COLUMNS]
 _ACCOUNT_COLUMNS = (users.c.name, users.c.id, users.c.disabled, users.c.tz,
                     powers.c.id.label("power_id"))
 RELOAD_POWER = select(*_state).where(powers.c.id == bindparam("pid"))
-INSERT_MESSAGE = insert_rows(messages, [
-    "id", "user_name", "user_id", "power_id", "at", "to_number", "country", "rule", "encoding",
-    "parts", "price", "cost", "status", "reason", "balance_after", "day_key", "week_key",
-    "month_key",
-])
-INSERT_EVENT = insert_rows(events, [
-    "at", "user_id", "power_id", "kind", "amount", "balance_after", "ref", "note", "actor",
-    "detail", "hash",
-])
+# A message row, as the batch keeps and writes it: a tuple of these columns.
+MESSAGE_COLUMNS = ("id", "user_name", "user_id", "power_id", "at", "to_number", "country",
+                   "rule", "encoding", "parts", "price", "cost", "status", "reason",
+                   "balance_after", "day_key", "week_key", "month_key")
+MessageRow = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -226,19 +222,45 @@ def parts_of(req: ChargeRequest) -> Parts:
     return count_parts(req.text) if req.text is not None else given_parts(req.parts or 0)
 
 
+@dataclass
+class _Carried:
+    """What a SQLite batch read, kept for the next batch of the same Charger.
+
+    It is still true if nothing wrote to the database since this batch committed: no other
+    connection (``PRAGMA data_version`` is unchanged) and no other transaction on this one
+    (its ``total_changes`` is unchanged). Then the next batch skips reading the accounts,
+    power rows and prices again: in a stream, most of each batch's accounts were in the last.
+    """
+
+    dbapi: Any
+    version: int
+    changes: int
+    book: PriceBook
+    accounts: dict[str, _Account | None]
+    powers: dict[int, _Power]
+
+    @staticmethod
+    def version_of(dbapi: Any) -> int:
+        return dbapi.execute("PRAGMA data_version").fetchone()[0]
+
+    def still_true(self, dbapi: Any) -> bool:
+        return (dbapi is self.dbapi and dbapi.total_changes == self.changes
+                and self.version_of(dbapi) == self.version)
+
+
 class _Batch:
     """The state of one transaction's worth of charges."""
 
-    def __init__(self, conn: Connection, db: Db) -> None:
+    def __init__(self, conn: Connection, db: Db, carried: _Carried | None = None) -> None:
         self.conn, self.db = conn, db
         self.postgres = conn.dialect.name == "postgresql"
-        self.book = PriceBook.load(conn)
-        self.accounts: dict[str, _Account | None] = {}
-        self.powers: dict[int, _Power] = {}  # held rows, by power id
-        self.pending: dict[str, dict[str, Any]] = {}  # message rows by id, not yet written
-        self.written: dict[str, dict[str, Any]] = {}  # ... and those flushed in this batch
+        self.book = carried.book if carried else PriceBook.load(conn)
+        self.accounts: dict[str, _Account | None] = carried.accounts if carried else {}
+        self.powers: dict[int, _Power] = carried.powers if carried else {}  # held, by id
+        self.pending: dict[str, MessageRow] = {}  # message rows by id, not yet written
+        self.written: dict[str, MessageRow] = {}  # ... and those flushed in this batch
         self.known: dict[str, dict[str, Any]] = {}  # ... and those recorded before
-        self.events: list[dict[str, Any]] = []
+        self.events: list[journal.EventTuple] = []
         # One instant per batch (one transaction): its charges fall in the same windows.
         self.now = clock.now_us()
         self.keys: dict[str, tuple[int, int, int]] = {}
@@ -291,19 +313,18 @@ class _Batch:
         return [self.charge(r) for r in reqs]
 
     def charge(self, req: ChargeRequest) -> ChargeResult:
-        base = ChargeResult("rejected", req.id, req.user, req.to)
         try:
             quote: Quote | None = self.book.quote(req.to, parts_of(req))
             rejection = None
         except Rejected as r:
             quote, rejection = None, r
         except BadInput as e:
-            return replace(base, status="error", reason="bad_input", message=e.message)
+            return ChargeResult("error", req.id, req.user, req.to, reason="bad_input",
+                                message=e.message)
         account = self.account(req.user)
-        if req.id is not None:
-            first = self.first_result(req, account, quote)
-            if first is not None:
-                return first
+        if req.id is not None and (
+                req.id in self.pending or req.id in self.written or req.id in self.known):
+            return self.first_result(req, account, quote)
         # Precedence (documented): number, price, then the user.
         if rejection is None and account is None:
             rejection = Rejected("unknown_user", f"unknown user {req.user!r}")
@@ -311,38 +332,39 @@ class _Batch:
             rejection = Rejected("user_disabled", f"user {req.user!r} is disabled")
         if rejection is not None or quote is None or account is None:
             assert rejection is not None
-            return self.reject(base, account, quote, rejection)
+            return self.reject(_base(req), account, quote, rejection)
         if account.power_id is None:
-            return self.unmetered(base, account, quote)
-        return self.debit(base, account, quote, self.powers[account.power_id])
+            return self.unmetered(_base(req), account, quote)
+        return self.debit(req, account, quote, self.powers[account.power_id])
 
-    def debit(self, base: ChargeResult, account: _Account, quote: Quote,
+    def debit(self, req: ChargeRequest, account: _Account, quote: Quote,
               power: _Power) -> ChargeResult:
-        now = self.now
+        """The hot path: one metered charge, checked and taken in memory."""
+        now, cost = self.now, quote.cost
         keys = self.window_keys(account.tz)
-        refusal = power.refusal(quote.cost, keys)
+        refusal = power.refusal(cost, keys)
         if refusal is not None:
-            return self.reject(base, account, quote, refusal)
-        power.take(quote.cost, keys)
-        msg_id = base.id or secrets.token_hex(8)
+            return self.reject(_base(req), account, quote, refusal)
+        power.take(cost, keys)
+        msg_id = req.id or secrets.token_hex(8)
         balance = power.balance
-        event = journal.build(
-            at=now, kind="message.charged", actor=self.db.actor, user_id=account.user_id,
-            power_id=power.id, amount=-quote.cost, balance_after=balance,
-            ref=msg_id, prev_hash=power.last_hash,
-            detail=journal.message_detail(quote.to, quote.parts, quote.rule),
-        )
-        power.last_hash = event["hash"]
+        event = journal.charged(now, account.user_id, power.id, cost, balance, msg_id,
+                                self.db.actor,
+                                journal.message_detail(quote.to, quote.parts, quote.rule),
+                                power.last_hash)
+        power.last_hash = event[-1]
         self.events.append(event)
         if power.refill_below is not None and balance < power.refill_below:
             balance = self.refill(account, power)
         # Recorded with the balance the caller is told, so that a replay tells the same.
-        self.remember(msg_id, account, quote, now, "charged", None, balance, keys,
-                      base.user or "")
-        return ChargeResult("charged", msg_id, base.user, quote.to, cost=to_decimal(quote.cost),
-                            parts=quote.parts, encoding=quote.encoding,
-                            price=to_decimal(quote.price), rule=quote.rule,
-                            country=quote.country, balance=to_decimal(balance))
+        self.pending[msg_id] = (
+            msg_id, req.user[:64], account.user_id, power.id, now, quote.to, quote.country,
+            quote.rule, quote.encoding, quote.parts, quote.price, cost, "charged", None,
+            balance, *keys)
+        return ChargeResult("charged", msg_id, req.user, quote.to, None, None,
+                            to_decimal(cost), quote.parts, quote.encoding,
+                            to_decimal(quote.price), quote.rule, quote.country,
+                            to_decimal(balance))
 
     def refill(self, account: _Account, power: _Power) -> int:
         """A threshold plan fires in the charge's own transaction, after the charge's event:
@@ -358,10 +380,10 @@ class _Batch:
     def unmetered(self, base: ChargeResult, account: _Account, quote: Quote) -> ChargeResult:
         now = clock.now_us()
         msg_id = base.id or secrets.token_hex(8)
-        self.events.append(journal.build(
+        self.events.append(journal.as_tuple(journal.build(
             at=now, kind="message.unmetered", actor=self.db.actor, user_id=account.user_id,
             ref=msg_id, detail={"to": quote.to, "parts": quote.parts, "rule": quote.rule},
-        ))
+        )))
         self.remember(msg_id, account, replace(quote, cost=0), now, "charged", None, None, None,
                       base.user or "")
         return replace(base, status="charged", id=msg_id, **{**_quoted(quote), "cost": Decimal(0)},
@@ -378,27 +400,22 @@ class _Batch:
     def remember(self, msg_id: str, account: _Account | None, quote: Quote | None, at: int,
                  status: str, reason: str | None, balance: int | None,
                  keys: tuple[int, int, int] | None, name: str, to: str | None = None) -> None:
-        self.pending[msg_id] = {
-            "id": msg_id, "user_name": name[:64], "user_id": account.user_id if account else None,
-            "power_id": account.power_id if account else None, "at": at,
-            "to_number": quote.to if quote else (to or "")[:32],
-            "country": quote.country if quote else None,
-            "rule": quote.rule if quote else None,
-            "encoding": quote.encoding if quote else None,
-            "parts": quote.parts if quote else 0,
-            "price": quote.price if quote else None, "cost": quote.cost if quote else None,
-            "status": status, "reason": reason, "balance_after": balance,
-            "day_key": keys[0] if keys else None, "week_key": keys[1] if keys else None,
-            "month_key": keys[2] if keys else None,
-        }
+        self.pending[msg_id] = (
+            msg_id, name[:64], account.user_id if account else None,
+            account.power_id if account else None, at,
+            quote.to if quote else (to or "")[:32],
+            quote.country if quote else None, quote.rule if quote else None,
+            quote.encoding if quote else None, quote.parts if quote else 0,
+            quote.price if quote else None, quote.cost if quote else None,
+            status, reason, balance, *(keys or (None, None, None)),
+        )
 
     def first_result(self, req: ChargeRequest, account: _Account | None,
-                     quote: Quote | None) -> ChargeResult | None:
+                     quote: Quote | None) -> ChargeResult:
         """The recorded outcome of an id seen before, or a conflict if it does not match."""
         key = req.id or ""
-        row = self.pending.get(key) or self.written.get(key) or self.known.get(key)
-        if row is None:
-            return None
+        held = self.pending.get(key) or self.written.get(key)
+        row = dict(zip(MESSAGE_COLUMNS, held, strict=True)) if held else self.known[key]
         same_user = row["user_name"] == req.user and row["user_id"] == (
             account.user_id if account else None)
         same_cost = quote is None or row["cost"] is None or row["cost"] == quote.cost or (
@@ -413,16 +430,20 @@ class _Batch:
     def flush(self) -> None:
         """Write the collected message rows and events, and each moved power row once."""
         if self.pending:
-            bulk_insert(self.conn, INSERT_MESSAGE, list(self.pending.values()))
+            bulk_insert(self.conn, messages, MESSAGE_COLUMNS, list(self.pending.values()))
             self.written.update(self.pending)
         if self.events:
-            bulk_insert(self.conn, INSERT_EVENT, self.events)
+            bulk_insert(self.conn, events, journal.EVENT_COLUMNS, self.events)
         moved = [p.written() for p in self.powers.values() if p.dirty]
         if moved:
             bulk_update(self.conn, powers, "id", WRITTEN_COLUMNS, moved)
             for p in self.powers.values():
                 p.dirty = False
         self.pending, self.events = {}, []
+
+
+def _base(req: ChargeRequest) -> ChargeResult:
+    return ChargeResult("rejected", req.id, req.user, req.to)
 
 
 def _quoted(quote: Quote) -> dict[str, Any]:
@@ -450,6 +471,7 @@ class Charger:
 
     def __init__(self, db: Db) -> None:
         self.db = db
+        self._carried: _Carried | None = None
 
     def charge(self, req: ChargeRequest) -> ChargeResult:
         return self.charge_batch([req])[0]
@@ -458,12 +480,15 @@ class Charger:
         """Charge several messages in one transaction (all results durable on return)."""
         reqs = list(reqs)
         for attempt in range(5):
+            carried, self._carried = self._carried, None  # a failed batch carries nothing
             try:
                 with self.db.write() as conn:
-                    batch = _Batch(conn, self.db)
+                    batch = _Batch(conn, self.db, self._still_true(conn, carried))
                     batch.prefetch(reqs)
                     results = batch.charge_all(reqs)
                     batch.flush()
+                    kept = self._kept(conn, batch)
+                self._carried = kept
                 return results
             except exc.IntegrityError:
                 # Another process recorded one of these message ids first (Postgres):
@@ -471,6 +496,19 @@ class Charger:
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _still_true(conn: Connection, carried: _Carried | None) -> _Carried | None:
+        dbapi = conn.connection.dbapi_connection
+        return carried if carried is not None and carried.still_true(dbapi) else None
+
+    @staticmethod
+    def _kept(conn: Connection, batch: _Batch) -> _Carried | None:
+        if batch.postgres:  # rows are locked and read anew by each transaction
+            return None
+        dbapi: Any = conn.connection.dbapi_connection
+        return _Carried(dbapi, _Carried.version_of(dbapi), dbapi.total_changes, batch.book,
+                        batch.accounts, batch.powers)
 
 
 @dataclass
@@ -484,18 +522,24 @@ class BatchSummary:
     reasons: dict[str, int] = field(default_factory=dict)
 
     def add(self, r: ChargeResult) -> None:
-        self.lines += 1
-        if r.status == "charged":
-            self.charged += 1
-            if not r.replayed and r.cost is not None:
-                self.cost += int(r.cost * 1000)
-        elif r.status == "rejected":
-            self.rejected += 1
-        else:
-            self.errors += 1
-            self.malformed += r.reason == "bad_input"
-        if r.reason:
-            self.reasons[r.reason] = self.reasons.get(r.reason, 0) + 1
+        self.add_all([r])
+
+    def add_all(self, results: list[ChargeResult]) -> None:
+        spent = Decimal(0)
+        for r in results:
+            if r.status == "charged":
+                self.charged += 1
+                if not r.replayed and r.cost is not None:
+                    spent += r.cost
+            elif r.status == "rejected":
+                self.rejected += 1
+            else:
+                self.errors += 1
+                self.malformed += r.reason == "bad_input"
+            if r.reason:
+                self.reasons[r.reason] = self.reasons.get(r.reason, 0) + 1
+        self.lines += len(results)
+        self.cost += int(spent * 1000)
 
 
 # -- refunds -----------------------------------------------------------------------------

@@ -50,6 +50,27 @@ def message_detail(to: str, parts: int, rule: str) -> str:
     return f'{{"parts":{int(parts)},"rule":{_quote(rule)},"to":{_quote(to)}}}'
 
 
+# The columns of an event row, in the order of ``EventTuple``.
+EVENT_COLUMNS = ("at", "user_id", "power_id", "kind", "amount", "balance_after", "ref", "note",
+                 "actor", "detail", "hash")
+EventTuple = tuple[int, int | None, int | None, str, int | None, int | None, str | None,
+                   str | None, str | None, str | None, str | None]
+
+
+def charged(at: int, user_id: int, power_id: int, cost: int, balance: int, ref: str,
+            actor: str, detail: str, prev_hash: str | None) -> EventTuple:
+    """The ``message.charged`` event of one debit, as a row tuple: ``build`` specialised
+    for the one event every charge writes (the same row and the same hash)."""
+    text = (f"{prev_hash or ''}\x1f{at}\x1f{user_id}\x1f{power_id}\x1fmessage.charged\x1f"
+            f"{-cost}\x1f{balance}\x1f{ref}\x1f\x1f{actor or ''}\x1f{detail}")
+    return (at, user_id, power_id, "message.charged", -cost, balance, ref, None, actor, detail,
+            hashlib.sha256(text.encode()).hexdigest())
+
+
+def as_tuple(row: Mapping[str, Any]) -> EventTuple:
+    return tuple(row[c] for c in EVENT_COLUMNS)  # type: ignore[return-value]
+
+
 def build(
     *,
     at: int,

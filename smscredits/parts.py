@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 import gsm0338  # noqa: F401  (importing registers the "gsm03.38" codec)
 
@@ -75,6 +76,8 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# A bulk campaign sends one text to many numbers: each distinct text is counted once.
+@lru_cache(maxsize=4096)
 def count_parts(text: str) -> Parts:
     """Return the encoding, size in septets / code units, and number of SMS parts of ``text``."""
     try:

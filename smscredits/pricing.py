@@ -29,6 +29,7 @@ _PUNCTUATION = re.compile(r"[ ().-]")
 _PLAIN_E164 = re.compile(r"\+[1-9][0-9]{5,14}\Z", re.ASCII)
 _NUMBER = re.compile(r"(\+|00)?[0-9][0-9 ().-]{2,30}\Z", re.ASCII)
 MAX_PARTS = 255
+_QUOTES_KEPT = 65_536
 
 
 class Rejected(Exception):
@@ -122,6 +123,8 @@ class PriceBook:
     def __init__(self, table: dict[str, int]) -> None:
         self.table = table
         self.lengths = sorted({len(k) for k in table if k.startswith("+")}, reverse=True)
+        # Quotes already made with this book: a stream charges the same destinations again.
+        self._quotes: dict[tuple[str, str, int, int], Quote] = {}
 
     @classmethod
     def load(cls, conn: Connection) -> PriceBook:
@@ -139,11 +142,19 @@ class PriceBook:
         raise Rejected("no_price", f"no price for {dest.number} and no default price")
 
     def quote(self, to: str, parts: Parts) -> Quote:
+        key = (to, parts.encoding, parts.units, parts.parts)
+        made = self._quotes.get(key)
+        if made is not None:
+            return made
         dest = destination(to)
         rule, price = self.rule_for(dest)
         encoding = parts.encoding if parts.units or parts.encoding != "-" else None
-        return Quote(dest.number, dest.country, rule, price, encoding, parts.parts,
+        made = Quote(dest.number, dest.country, rule, price, encoding, parts.parts,
                      price * parts.parts)
+        if len(self._quotes) >= _QUOTES_KEPT:
+            self._quotes.clear()
+        self._quotes[key] = made
+        return made
 
 
 def given_parts(count: int) -> Parts:

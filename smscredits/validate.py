@@ -35,6 +35,10 @@ def time_zone(name: str) -> str:
     return name
 
 
+def is_message_id(value: str) -> bool:
+    return _MSG_ID.match(value) is not None
+
+
 def message_id(value: str) -> str:
     if not _MSG_ID.match(value):
         raise BadInput(f"bad message id {value!r}: 1-128 printable ASCII characters, no spaces")

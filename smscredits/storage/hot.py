@@ -16,7 +16,6 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Insert,
     Table,
     Update,
     bindparam,
@@ -60,31 +59,44 @@ class HotStatement:
         self._run(self.cursor.executemany, [self._args(row) for row in rows])
 
 
-def insert_rows(table: Table, columns: list[str]) -> Insert:
-    """An INSERT of exactly these columns, each a bind parameter of its own name."""
-    return insert(table).values({name: bindparam(name) for name in columns})
-
-
-def bulk_insert(conn: Connection, stmt: Insert, rows: list[dict[str, Any]]) -> None:
-    """Insert many rows made for ``stmt`` (an ``insert_rows``): one ``executemany`` on
+def bulk_insert(conn: Connection, table: Table, columns: tuple[str, ...],
+                rows: list[tuple[Any, ...]]) -> None:
+    """Insert many rows, each a tuple of ``columns`` in that order: one ``executemany`` on
     SQLite, one ``COPY`` on Postgres (a pipelined INSERT per row costs ~50 µs of driver
     Python there; COPY streams the rows)."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    error = conn.dialect.loaded_dbapi.Error
     if conn.dialect.name != "postgresql":
-        HotStatement(conn, stmt).many(rows)
+        sql = _positional_insert(table, columns, conn.dialect)
+        try:
+            cursor.executemany(sql, rows)
+        except error as e:
+            raise exc.DBAPIError.instance(sql, None, e, error) from e
         return
-    table: Table = stmt.table  # type: ignore[assignment]
-    columns = list(rows[0])
     quote = conn.dialect.identifier_preparer.quote
     sql = (f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
            "FROM STDIN")
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    error = conn.dialect.loaded_dbapi.Error
     try:
         with cursor.copy(sql) as copy:
             for row in rows:
-                copy.write_row(tuple(row.values()))
+                copy.write_row(row)
     except error as e:
         raise exc.DBAPIError.instance(sql, None, e, error) from e
+
+
+_INSERTS: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+def _positional_insert(table: Table, columns: tuple[str, ...], dialect: Any) -> str:
+    """An INSERT of ``columns`` compiled by SQLAlchemy, whose ``?`` take a row tuple."""
+    key = (table.name, columns)
+    if key not in _INSERTS:
+        stmt = insert(table).values({name: bindparam(name) for name in columns})
+        compiled = stmt.compile(dialect=dialect)
+        if list(compiled.positiontup or ()) != list(columns):
+            raise AssertionError(f"unexpected parameter order for {table.name}")
+        _INSERTS[key] = compiled.string
+    return _INSERTS[key]
 
 
 def bulk_update(conn: Connection, table: Table, key: str, columns: tuple[str, ...],

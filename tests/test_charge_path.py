@@ -1,0 +1,138 @@
+"""The fast charge path gives what the general code gives: the same events and hashes, the
+same result lines, and a Charger that keeps what it read between batches never acts on
+stale accounts, balances, limits or prices."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smscredits import charging, journal, ledger, limits, pricing
+from smscredits.charging import Charger, ChargeRequest, ChargeResult
+from smscredits.render import charge_line, to_json
+from smscredits.storage.engine import open_db
+
+TO = "+36301234567"
+text_ = st.text(max_size=40)
+millis = st.integers(min_value=-(10**15), max_value=10**15)
+
+
+@given(at=st.integers(min_value=0, max_value=2**62), uid=st.integers(1, 2**31),
+       pid=st.integers(1, 2**31), cost=millis, balance=millis, ref=text_.filter(bool),
+       actor=text_, to=text_, parts=st.integers(1, 255), rule=text_,
+       prev=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64))
+def test_charged_event_is_the_general_event(at: int, uid: int, pid: int, cost: int,
+                                            balance: int, ref: str, actor: str, to: str,
+                                            parts: int, rule: str, prev: str | None) -> None:
+    detail = journal.message_detail(to, parts, rule)
+    general = journal.build(at=at, kind="message.charged", actor=actor, user_id=uid,
+                            power_id=pid, amount=-cost, balance_after=balance, ref=ref,
+                            detail={"to": to, "parts": parts, "rule": rule}, prev_hash=prev)
+    assert journal.charged(at, uid, pid, cost, balance, ref, actor, detail, prev) == \
+        journal.as_tuple(general)
+
+
+amounts = st.none() | st.decimals(min_value=-(10**12), max_value=10**12, places=3,
+                                  allow_nan=False)
+optional = st.none() | text_
+
+
+@given(status=st.sampled_from(["charged", "rejected", "error"]), id_=optional, user=optional,
+       to=optional, reason=optional, message=optional, cost=amounts,
+       parts=st.none() | st.integers(1, 255), encoding=optional, price=amounts, rule=optional,
+       country=optional, balance=amounts, metered=st.booleans(), replayed=st.booleans(),
+       line=st.integers(1, 10**9))
+def test_result_line_is_the_general_json(status: str, id_: str | None, user: str | None,
+                                         to: str | None, reason: str | None,
+                                         message: str | None, cost: Decimal | None,
+                                         parts: int | None, encoding: str | None,
+                                         price: Decimal | None, rule: str | None,
+                                         country: str | None, balance: Decimal | None,
+                                         metered: bool, replayed: bool, line: int) -> None:
+    r = ChargeResult(status, id_, user, to, reason, message, cost, parts, encoding, price,
+                     rule, country, balance, metered, replayed)
+    assert charge_line(r, line) == to_json({**r.as_dict(), "line": line})
+
+
+def _account(db: Any, name: str = "alice", initial: int = 100_000) -> None:
+    ledger.add_user(db, name)
+    ledger.create_power(db, name, initial=initial)
+
+
+def _charge(charger: Charger, user: str = "alice", parts: int = 1,
+            msg_id: str | None = None) -> ChargeResult:
+    return charger.charge_batch([ChargeRequest(user, TO, parts=parts, id=msg_id)])[0]
+
+
+def test_a_charger_sees_changes_made_through_another_connection(db: Any, db_url: str) -> None:
+    pricing.set_price(db, "default", "1")
+    _account(db)
+    charger = Charger(db)
+    assert _charge(charger).balance == Decimal("99")
+    other = open_db(db_url, actor="admin")
+    try:
+        ledger.add_credits(other, "alice", 50_000)
+        assert _charge(charger).balance == Decimal("148")
+        pricing.set_price(other, "default", "2")
+        assert _charge(charger).cost == Decimal("2")
+        limits.set_limits(other, "alice", {"day": 4_000})
+        refused = _charge(charger)
+        assert (refused.status, refused.reason) == ("rejected", "daily_limit")
+        ledger.set_disabled(other, "alice", True)
+        assert _charge(charger).reason == "user_disabled"
+        ledger.add_user(other, "bob")
+        assert _charge(charger, "bob").metered is False
+    finally:
+        other.dispose()
+    assert ledger.get_account(db, "alice").balance == Decimal("146")
+
+
+def test_a_charger_sees_changes_made_through_its_own_database_handle(db: Any) -> None:
+    """Gateway code may charge and adjust credits through one Db (one pooled connection)."""
+    pricing.set_price(db, "default", "1")
+    _account(db)
+    charger = Charger(db)
+    assert _charge(charger).balance == Decimal("99")
+    ledger.add_credits(db, "alice", -90_000)
+    assert _charge(charger).balance == Decimal("8")
+    ledger.set_credits(db, "alice", 1_000)
+    assert _charge(charger).balance == Decimal("0")
+    refused = _charge(charger)
+    assert (refused.status, refused.reason) == ("rejected", "insufficient_credits")
+    assert ledger.get_account(db, "alice").balance == Decimal("0")
+
+
+def test_a_failed_batch_leaves_no_trace_in_the_next(db: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that fails part-way is rolled back; the Charger then starts from the database,
+    not from the balances it had moved in memory."""
+    pricing.set_price(db, "default", "1")
+    _account(db)
+    charger = Charger(db)
+    assert _charge(charger).balance == Decimal("99")
+
+    def failing_flush(self: Any) -> None:
+        raise RuntimeError("disk on fire")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(charging._Batch, "flush", failing_flush)
+        with pytest.raises(RuntimeError):
+            charger.charge_batch([ChargeRequest("alice", TO, parts=5)])
+    assert _charge(charger).balance == Decimal("98")
+    assert ledger.get_account(db, "alice").balance == Decimal("98")
+
+
+def test_replays_across_batches_of_one_charger(db: Any) -> None:
+    pricing.set_price(db, "default", "1")
+    _account(db)
+    charger = Charger(db)
+    first = _charge(charger, parts=2, msg_id="m-1")
+    again = _charge(charger, parts=2, msg_id="m-1")
+    assert (first.balance, again.balance, again.replayed) == (Decimal("98"), Decimal("98"), True)
+    conflict = _charge(charger, parts=3, msg_id="m-1")
+    assert conflict.reason == "conflict"
+    assert ledger.get_account(db, "alice").balance == Decimal("98")
