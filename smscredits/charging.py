@@ -157,11 +157,10 @@ class _Power:
                 self.keys[i], self.spent[i] = keys[i], cost
         self.dirty = True
 
-    def written(self) -> dict[str, Any]:
+    def written(self) -> tuple[Any, ...]:
+        """``WRITTEN_COLUMNS`` and then the power id."""
         (dk, wk, mk), (ds, ws, ms) = self.keys, self.spent
-        return {"pid": self.id, "balance": self.balance, "day_key": dk, "day_spent": ds,
-                "week_key": wk, "week_spent": ws, "month_key": mk, "month_spent": ms,
-                "last_hash": self.last_hash}
+        return (self.balance, dk, ds, wk, ws, mk, ms, self.last_hash, self.id)
 
 
 _state = [powers.c[name] for name in STATE_COLUMNS]
@@ -183,6 +182,7 @@ class _Lookups:
     accounts: Executable
     known: Executable
     lock: Executable | None  # Postgres only
+    held: Executable | None  # Postgres only
 
     @staticmethod
     @lru_cache(maxsize=2)
@@ -197,7 +197,7 @@ class _Lookups:
             # The write transaction holds the whole database: the state comes along.
             accounts = select(*_ACCOUNT_COLUMNS, *_state).select_from(joined)
             return _Lookups(accounts.where(member(users.c.name, "names")),
-                            select(messages).where(member(messages.c.id, "ids")), None)
+                            select(messages).where(member(messages.c.id, "ids")), None, None)
         from sqlalchemy.dialects.postgresql import ARRAY
 
         def any_of(col: Any, name: str) -> Any:
@@ -207,9 +207,15 @@ class _Lookups:
         # queue instead of deadlocking) and read as they are once locked.
         lock = (select(powers.c.id, *_state).where(any_of(powers.c.id, "ids"))
                 .order_by(powers.c.id).with_for_update())
+        # The usual case in one query: accounts with a credits power, that row locked.
+        held = (select(*_ACCOUNT_COLUMNS, *_state)
+                .select_from(users.join(powers, and_(powers.c.user_id == users.c.id,
+                                                     powers.c.kind == "credits")))
+                .where(any_of(users.c.name, "names"))
+                .order_by(powers.c.id).with_for_update(of=powers))
         return _Lookups(select(*_ACCOUNT_COLUMNS).select_from(joined)
                         .where(any_of(users.c.name, "names")),
-                        select(messages).where(any_of(messages.c.id, "ids")), lock)
+                        select(messages).where(any_of(messages.c.id, "ids")), lock, held)
 
 
 def _listed(values: list[Any], postgres: bool) -> Any:
@@ -261,6 +267,7 @@ class _Batch:
         self.written: dict[str, MessageRow] = {}  # ... and those flushed in this batch
         self.known: dict[str, dict[str, Any]] = {}  # ... and those recorded before
         self.events: list[journal.EventTuple] = []
+        self.replays = 0  # ids met again (in this batch or recorded before)
         # One instant per batch (one transaction): its charges fall in the same windows.
         self.now = clock.now_us()
         self.keys: dict[str, tuple[int, int, int]] = {}
@@ -270,32 +277,39 @@ class _Batch:
             self.keys[tz] = window_keys(self.now, tz)
         return self.keys[tz]
 
-    def prefetch(self, reqs: list[ChargeRequest]) -> None:
-        """Accounts (their power rows held), and already-recorded message ids, of a whole
-        batch, in a few queries."""
-        names = sorted({r.user for r in reqs} - self.accounts.keys())
-        ids = sorted({r.id for r in reqs if r.id is not None})
+    def prefetch(self, reqs: list[ChargeRequest], *, recall: bool = True) -> None:
+        """Accounts (their power rows held) of a whole batch, in a few queries; with
+        ``recall``, also the outcomes already recorded under the batch's message ids
+        (without, a recorded id fails the batch's insert, which is then redone recalling)."""
+        batch_names = {r.user for r in reqs}
+        names = sorted(batch_names - self.accounts.keys())
         lookups = _Lookups.of(self.conn.dialect.name)
+        if names and lookups.held is not None:
+            self.read_accounts(lookups.held, names, with_state=True)
+            names = [n for n in names if n not in self.accounts]
         if names:
-            for row in HotStatement(self.conn, lookups.accounts).rows(
-                    {"names": _listed(names, self.postgres)}):
-                name, user_id, disabled, tz, power_id = row[:5]
-                self.accounts[name] = _Account(user_id, bool(disabled),
-                                               tz or self.db.default_tz, power_id)
-                if power_id is not None and not self.postgres:
-                    self.powers[power_id] = _Power.of(power_id, row[5:])
-        for name in names:
-            self.accounts.setdefault(name, None)
+            self.read_accounts(lookups.accounts, names, with_state=not self.postgres)
+        for name in batch_names:
+            self.accounts.setdefault(name, None)  # unknown users
         if self.postgres and lookups.lock is not None:
             wanted = {a.power_id for a in self.accounts.values()
                       if a is not None and a.power_id is not None} - self.powers.keys()
             if wanted:
                 self.lock(lookups.lock, sorted(wanted))
+        ids = sorted({r.id for r in reqs if r.id is not None}) if recall else []
         if ids:
             known = HotStatement(self.conn, lookups.known)
             for row in known.rows({"ids": _listed(ids, self.postgres)}):
                 record = dict(zip(known.columns(), row, strict=True))
                 self.known[record["id"]] = record
+
+    def read_accounts(self, stmt: Executable, names: list[str], *, with_state: bool) -> None:
+        for row in HotStatement(self.conn, stmt).rows({"names": _listed(names, self.postgres)}):
+            name, user_id, disabled, tz, power_id = row[:5]
+            self.accounts[name] = _Account(user_id, bool(disabled), tz or self.db.default_tz,
+                                           power_id)
+            if power_id is not None and with_state:
+                self.powers[power_id] = _Power.of(power_id, row[5:])
 
     def lock(self, stmt: Executable, power_ids: list[int]) -> None:
         for row in HotStatement(self.conn, stmt).rows({"ids": power_ids}):
@@ -414,6 +428,7 @@ class _Batch:
                      quote: Quote | None) -> ChargeResult:
         """The recorded outcome of an id seen before, or a conflict if it does not match."""
         key = req.id or ""
+        self.replays += 1
         held = self.pending.get(key) or self.written.get(key)
         row = dict(zip(MESSAGE_COLUMNS, held, strict=True)) if held else self.known[key]
         same_user = row["user_name"] == req.user and row["user_id"] == (
@@ -472,6 +487,10 @@ class Charger:
     def __init__(self, db: Db) -> None:
         self.db = db
         self._carried: _Carried | None = None
+        # Whether to look up a batch's message ids before charging it. Ids are new in a
+        # healthy stream, so by default a batch does not: an id recorded before fails its
+        # insert, and the batch is redone with the lookup (as is the next batch).
+        self._recall = False
 
     def charge(self, req: ChargeRequest) -> ChargeResult:
         return self.charge_batch([req])[0]
@@ -484,15 +503,16 @@ class Charger:
             try:
                 with self.db.write() as conn:
                     batch = _Batch(conn, self.db, self._still_true(conn, carried))
-                    batch.prefetch(reqs)
+                    batch.prefetch(reqs, recall=self._recall)
                     results = batch.charge_all(reqs)
                     batch.flush()
                     kept = self._kept(conn, batch)
-                self._carried = kept
+                self._carried, self._recall = kept, batch.replays > 0
                 return results
             except exc.IntegrityError:
-                # Another process recorded one of these message ids first (Postgres):
-                # redo the batch, which now replays that id's first result.
+                # One of these message ids was recorded before (unlooked-up, or by another
+                # process meanwhile): redo the batch, recalling, so it replays that result.
+                self._recall = True
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover

@@ -136,3 +136,20 @@ def test_replays_across_batches_of_one_charger(db: Any) -> None:
     conflict = _charge(charger, parts=3, msg_id="m-1")
     assert conflict.reason == "conflict"
     assert ledger.get_account(db, "alice").balance == Decimal("98")
+
+
+_WRITTEN = ("balance", "day_key", "day_spent", "week_key", "week_spent", "month_key",
+            "month_spent", "last_hash", "id")
+_int = st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+
+@given(st.lists(st.tuples(*[_int] * 7, st.none() | st.text(), _int), min_size=1))
+def test_power_rows_travel_to_postgres_as_exact_json(rows: list[tuple[Any, ...]]) -> None:
+    """The one JSON parameter of the set-based power update holds every value exactly."""
+    import json
+
+    from smscredits.storage.hot import _json_records
+    from smscredits.storage.tables import powers
+
+    assert json.loads(_json_records(powers, _WRITTEN, rows)) == [
+        dict(zip(_WRITTEN, row, strict=True)) for row in rows]
