@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +45,10 @@ def default_db_path() -> Path:
 
 def read_file_settings(path: Path | None = None) -> dict[str, str]:
     path = path or config_file()
+    if not path.exists():  # the common case: no TOML parser to import
+        return {}
+    import tomllib
+
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)

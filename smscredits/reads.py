@@ -15,13 +15,15 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
-from smscredits import clock, schedule
+from smscredits import clock
 from smscredits.amounts import format_amount, to_decimal
 from smscredits.errors import BadInput, NotFound
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
     from types import ModuleType
+
+    from smscredits.schedule import Rule
 
 Row = Mapping[str, Any]
 
@@ -159,6 +161,8 @@ def event_of(row: Row) -> EventRow:
 @lru_cache(maxsize=4096)
 def _keys_at_minute(tz: str, minute: int) -> tuple[int, int, int]:
     # Every zone's offset is a whole number of minutes, so keys are constant within a minute.
+    from smscredits import schedule  # calendars and zones: not needed by the journal reads
+
     return schedule.window_keys(clock.from_us(minute * 60_000_000), tz)
 
 
@@ -172,6 +176,8 @@ def spent_now(row: Row, window: str, key: int) -> int:
 
 
 def windows_of(row: Row, tz: str, at_us: int) -> list[Window]:
+    from smscredits import schedule
+
     keys = window_keys(at_us, tz)
     result = []
     for window, key in zip(WINDOWS, keys, strict=True):
@@ -190,16 +196,22 @@ def windows_of(row: Row, tz: str, at_us: int) -> list[Window]:
 # -- refill plans --------------------------------------------------------------------------
 
 
-def rule_of(row: Row, default_tz: str) -> schedule.Rule:
+def rule_of(row: Row, default_tz: str) -> Rule:
+    from smscredits import schedule
+
     return schedule.Rule(row["every"], row["on_day"], row["at_minute"], row["tz"] or default_tz)
 
 
 def local_text(at: datetime, tz: str) -> str:
+    from smscredits import schedule
+
     return at.astimezone(schedule.zone(tz)).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def plan_of(row: Row, default_tz: str, now: datetime) -> Plan:
     """A plan from a refill_plans row joined with its user's name and zone."""
+    from smscredits import schedule
+
     action = (f"add {format_amount(row['add_amount'])}" if row["add_amount"] is not None
               else f"top up to {format_amount(row['top_up_to'])}")
     tz = row["tz"] or default_tz

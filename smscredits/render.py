@@ -189,7 +189,14 @@ class Output:
             if not self.quiet:
                 self.err.write(empty + "\n")
         else:
-            self.console().print(table(records, columns, title=title))
+            from smscredits import plain_table
+
+            text = plain_table.render(records, columns, title=title, out=self.out,
+                                      cell=_table_cell, right=NUMERIC)
+            if text is None:  # a terminal, wide text or a tight fit: Rich lays it out
+                self.console().print(table(records, columns, title=title))
+            else:
+                self.out.write(text)
 
     def record(
         self, data: Any, fields: Sequence[tuple[str, str]], *, title: str | None = None

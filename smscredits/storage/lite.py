@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import sqlite3
 
 # Copies of storage.engine's constants (a test checks that they agree).
-HEAD = "0001"
+HEAD = "0002"
 BUSY_TIMEOUT_MS = 30_000
 _DRIVERS = ("sqlite", "sqlite+pysqlite")
 
@@ -115,15 +115,16 @@ def open_lite(db: str | None = None) -> LiteDb | None:
     import sqlite3
 
     shown = describe(*found)
+    # Read-only: a read command can never write, whatever happens, nor create the file.
     uri = Path(os.path.abspath(found[1])).as_uri() + "?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     except sqlite3.Error as e:
         raise explain(e, shown) from None
     conn.row_factory = sqlite3.Row
     handle = LiteDb(conn, shown, default_tz=config.resolve("default_tz").value or "UTC")
     try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         handle.check_schema()
     except BaseException:
         handle.close()
