@@ -12,9 +12,11 @@ from smscredits.amounts import to_decimal
 from smscredits.errors import BadInput
 from smscredits.ledger import _user_row
 from smscredits.storage.engine import Db
-from smscredits.storage.tables import messages
+from smscredits.storage.tables import events, messages
 
 BY = ("day", "week", "month", "country")
+# The one event each sent message has.
+MESSAGE_EVENTS = ("message.charged", "message.unmetered")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ def usage(db: Db, user: str, by: str = "day", limit: int = 31) -> list[UsageRow]
         raise BadInput(f"bad --by {by!r}: expected one of {', '.join(BY)}")
     col = messages.c.country if by == "country" else messages.c[f"{by}_key"]
     charged = messages.c.status == "charged"
+    # A user's messages are found through their events (the events(user_id, id) index):
+    # each charged or unmetered message has exactly one such event; a rejected one none.
     stmt = (
         select(
             col.label("k"),
@@ -55,13 +59,15 @@ def usage(db: Db, user: str, by: str = "day", limit: int = 31) -> list[UsageRow]
             func.sum(func.coalesce(messages.c.cost, 0)).filter(charged).label("spent"),
             func.count().filter(messages.c.status == "refunded").label("refunded"),
         )
-        .where(messages.c.status != "rejected")
+        .select_from(events.join(messages, messages.c.id == events.c.ref))
+        .where(events.c.kind.in_(MESSAGE_EVENTS), messages.c.status != "rejected")
         .group_by(col)
         .order_by(func.sum(messages.c.cost).desc() if by == "country" else col.desc())
         .limit(limit)
     )
     with db.read() as conn:
         uid = _user_row(conn, user)["id"]
-        rows = conn.execute(stmt.where(messages.c.user_id == uid)).all()
+        rows = conn.execute(stmt.where(events.c.user_id == uid,
+                                       messages.c.user_id == uid)).all()
     return [UsageRow(_label(by, r.k), r.n, int(r.parts or 0), to_decimal(int(r.spent or 0)),
                      r.refunded) for r in rows]
