@@ -386,3 +386,20 @@ def test_a_terminal_still_gets_rich_styles(monkeypatch: pytest.MonkeyPatch) -> N
     Output(mode="table", out=out).rows([{"id": 1, "kind": "user.added"}],
                                        [("id", "ID"), ("kind", "Kind")], title="Events")
     assert "\x1b[1m" in out.getvalue()  # the header in bold
+
+
+@pytest.mark.parametrize("message", ["database is locked", "disk I/O error",
+                                     "attempt to write a readonly database", "two\nlines\nmore",
+                                     ""])
+def test_a_failed_read_is_worded_as_the_engine_words_it(message: str) -> None:
+    import sqlite3
+
+    from sqlalchemy import exc
+
+    setting = "/srv/odd name/credits.db"
+    found = lite.sqlite_file(setting)
+    assert found is not None
+    error = sqlite3.OperationalError(message)
+    core = engine.explain(exc.OperationalError("SELECT 1", None, error), engine.to_url(setting))
+    light = lite.explain(error, lite.describe(*found))
+    assert (light.message, light.exit_code) == (core.message, core.exit_code)

@@ -6,8 +6,9 @@ open it here, read-only, and run the queries of ``storage.queries`` as the equiv
 text. Anything else (Postgres, a file still to be created, ``:memory:``, a URL with query
 options) gets None, and the caller takes the SQLAlchemy path of ``storage.engine``.
 
-The URL resolution, the schema check and the error messages repeat those of
-``storage.engine`` word for word, without its SQLAlchemy import; tests hold the two together.
+The URL resolution and the wording of a failed read repeat those of ``storage.engine``
+without its SQLAlchemy import; tests hold the two together. A file the engine would refuse
+(unreadable, or at another schema) is left to the engine, so its errors are the engine's.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def explain(e: Exception, shown: str) -> DatabaseError:
 
 
 class LiteDb:
-    """An existing SQLite file opened read-only, its schema checked."""
+    """An existing SQLite file at this code's schema, opened read-only."""
 
     def __init__(self, conn: sqlite3.Connection, shown: str, *, default_tz: str) -> None:
         self.conn = conn
@@ -85,51 +86,49 @@ class LiteDb:
         except sqlite3.Error as e:
             raise explain(e, self.shown) from None
 
-    def check_schema(self) -> None:
-        with self.read() as conn:
-            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                                  "AND name = 'alembic_version'").fetchone()
-            row = conn.execute("SELECT version_num FROM alembic_version").fetchone() \
-                if exists else None
-        version = None if row is None else row[0]
-        if version == HEAD:
-            return
-        if version is None:
-            raise DatabaseError(
-                f"database {self.shown} has no smscredits schema: run `smscredits db upgrade`"
-            )
-        raise DatabaseError(
-            f"database {self.shown} is at schema {version}, this smscredits needs "
-            f"{HEAD}: run `smscredits db upgrade`"
-        )
-
     def close(self) -> None:
         self.conn.close()
 
 
 def open_lite(db: str | None = None) -> LiteDb | None:
-    """The database the settings point to, if it is an existing SQLite file; else None."""
+    """The database the settings point to, if it is an existing SQLite file at this code's
+    schema; else None.
+
+    A file that cannot be read, or whose schema is not ``HEAD`` (older, missing, or newer
+    than this copy of the constant), is left to ``engine.open_db``: its check is the one
+    that decides and words the error, so both paths fail alike, and a ``HEAD`` bumped in
+    the engine alone costs speed, never a wrong refusal.
+    """
     found = sqlite_file(config.resolve("db", db).value or "")
     if found is None or not Path(found[1]).is_file():
         return None
     import sqlite3
 
-    shown = describe(*found)
     # Read-only: a read command can never write, whatever happens, nor create the file.
     uri = Path(os.path.abspath(found[1])).as_uri() + "?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    except sqlite3.Error as e:
-        raise explain(e, shown) from None
-    conn.row_factory = sqlite3.Row
-    handle = LiteDb(conn, shown, default_tz=config.resolve("default_tz").value or "UTC")
+    except sqlite3.Error:
+        return None
     try:
-        handle.check_schema()
-    except BaseException:
-        handle.close()
-        raise
-    return handle
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        version = _schema_version(conn)
+    except sqlite3.Error:
+        version = None
+    if version != HEAD:
+        conn.close()
+        return None
+    conn.row_factory = sqlite3.Row
+    return LiteDb(conn, describe(*found),
+                  default_tz=config.resolve("default_tz").value or "UTC")
+
+
+def _schema_version(conn: sqlite3.Connection) -> str | None:
+    """The Alembic revision stored in the file, read as ``Db.schema_version`` reads it."""
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                          "AND name = 'alembic_version'").fetchone()
+    row = conn.execute("SELECT version_num FROM alembic_version").fetchone() if exists else None
+    return None if row is None else row[0]
 
 
 # -- the queries of storage.queries, as SQL text -------------------------------------------
