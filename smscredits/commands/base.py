@@ -234,9 +234,12 @@ def plain_coercion(params: list[Any]) -> None:
         return
     for param in params:
         desc = getattr(param, "type_descriptor", None)
-        if (desc is not None and getattr(param, "_runtime_param", 0) is None
-                and desc.file_annotation is None and desc.parameter_info.parser is None):
-            param._runtime_param = plain(desc.parameter_info, desc.annotation, desc)
+        try:
+            if (desc is not None and getattr(param, "_runtime_param", 0) is None
+                    and desc.file_annotation is None and desc.parameter_info.parser is None):
+                param._runtime_param = plain(desc.parameter_info, desc.annotation, desc)
+        except (AttributeError, TypeError):  # another Typer: its own coercion stays
+            return
 
 
 class PlainCommand(TyperCommand):
