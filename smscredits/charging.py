@@ -45,10 +45,17 @@ from smscredits.errors import (
 from smscredits.limits import REASON, WINDOWS, window_keys
 from smscredits.parts import Parts, count_parts
 from smscredits.pricing import PriceBook, Quote, Rejected, given_parts
-from smscredits.storage.engine import Db
+from smscredits.storage.engine import (
+    BULK_CHECKPOINT_PAGES,
+    CHECKPOINT_PAGES,
+    Db,
+    set_checkpoint_pages,
+)
 from smscredits.storage.hot import HotStatement, bulk_insert, bulk_update
 from smscredits.storage.tables import events, messages, powers, users
 
+# A batch at least this big is part of a bulk run (see ``set_checkpoint_pages``).
+BULK_BATCH = 100
 # Exit code of a single charge refused for each reason.
 EXIT_FOR = {
     "insufficient_credits": Exit.INSUFFICIENT,
@@ -127,7 +134,6 @@ class _Power:
     spent: list[int]
     last_hash: str | None
     refill_below: int | None
-    dirty: bool = False
 
     @classmethod
     def of(cls, pid: int, row: Any) -> _Power:
@@ -155,7 +161,6 @@ class _Power:
                 self.spent[i] += cost
             else:
                 self.keys[i], self.spent[i] = keys[i], cost
-        self.dirty = True
 
     def written(self) -> tuple[Any, ...]:
         """``WRITTEN_COLUMNS`` and then the power id."""
@@ -268,6 +273,7 @@ class _Batch:
         self.known: dict[str, dict[str, Any]] = {}  # ... and those recorded before
         self.events: list[journal.EventTuple] = []
         self.replays = 0  # ids met again (in this batch or recorded before)
+        self.moved: dict[int, _Power] = {}  # power rows debited since the last flush
         # One instant per batch (one transaction): its charges fall in the same windows.
         self.now = clock.now_us()
         self.keys: dict[str, tuple[int, int, int]] = {}
@@ -360,6 +366,7 @@ class _Batch:
         if refusal is not None:
             return self.reject(_base(req), account, quote, refusal)
         power.take(cost, keys)
+        self.moved[power.id] = power
         msg_id = req.id or secrets.token_hex(8)
         balance = power.balance
         event = journal.charged(now, account.user_id, power.id, cost, balance, msg_id,
@@ -449,11 +456,10 @@ class _Batch:
             self.written.update(self.pending)
         if self.events:
             bulk_insert(self.conn, events, journal.EVENT_COLUMNS, self.events)
-        moved = [p.written() for p in self.powers.values() if p.dirty]
-        if moved:
-            bulk_update(self.conn, powers, "id", WRITTEN_COLUMNS, moved)
-            for p in self.powers.values():
-                p.dirty = False
+        if self.moved:
+            bulk_update(self.conn, powers, "id", WRITTEN_COLUMNS,
+                        [p.written() for p in self.moved.values()])
+            self.moved = {}
         self.pending, self.events = {}, []
 
 
@@ -491,6 +497,7 @@ class Charger:
         # healthy stream, so by default a batch does not: an id recorded before fails its
         # insert, and the batch is redone with the lookup (as is the next batch).
         self._recall = False
+        self._checkpoint_pages = CHECKPOINT_PAGES  # SQLite's, until batches are big
 
     def charge(self, req: ChargeRequest) -> ChargeResult:
         return self.charge_batch([req])[0]
@@ -502,6 +509,8 @@ class Charger:
             carried, self._carried = self._carried, None  # a failed batch carries nothing
             try:
                 with self.db.write() as conn:
+                    if self.db.is_sqlite:
+                        self._checkpoints_for(conn, len(reqs))
                     batch = _Batch(conn, self.db, self._still_true(conn, carried))
                     batch.prefetch(reqs, recall=self._recall)
                     results = batch.charge_all(reqs)
@@ -516,6 +525,12 @@ class Charger:
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _checkpoints_for(self, conn: Connection, size: int) -> None:
+        pages = BULK_CHECKPOINT_PAGES if size >= BULK_BATCH else CHECKPOINT_PAGES
+        if pages != self._checkpoint_pages:
+            set_checkpoint_pages(conn, pages)
+            self._checkpoint_pages = pages
 
     @staticmethod
     def _still_true(conn: Connection, carried: _Carried | None) -> _Carried | None:
