@@ -312,6 +312,11 @@ def populate(url: str, n_users: int, *, journal_rows: bool = True) -> None:
             conn.execute(insert(events), rows)
             conn.execute(update(powers).where(powers.c.id == bindparam("pid"))
                          .values(last_hash=bindparam("h")), heads)
+    if not db.is_sqlite:
+        # Planner statistics, as autovacuum gathers them within a minute of such a load:
+        # without them Postgres guesses the batch lookups' join badly.
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE users, powers, prices, events")
     db.dispose()
 
 
