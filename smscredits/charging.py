@@ -51,7 +51,7 @@ from smscredits.storage.engine import (
     Db,
     set_checkpoint_pages,
 )
-from smscredits.storage.hot import HotStatement, bulk_insert, bulk_update
+from smscredits.storage.hot import CopyStream, HotStatement, bulk_insert, bulk_update
 from smscredits.storage.tables import events, messages, powers, users
 
 # A batch at least this big is part of a bulk run (see ``set_checkpoint_pages``).
@@ -272,6 +272,8 @@ class _Batch:
         self.written: dict[str, MessageRow] = {}  # ... and those flushed in this batch
         self.known: dict[str, dict[str, Any]] = {}  # ... and those recorded before
         self.events: list[journal.EventTuple] = []
+        # Postgres: the batch's events go to the server as they are made (see ``record``).
+        self.stream: CopyStream | None = None
         self.replays = 0  # ids met again (in this batch or recorded before)
         self.moved: dict[int, _Power] = {}  # power rows debited since the last flush
         # One instant per batch (one transaction): its charges fall in the same windows.
@@ -287,6 +289,7 @@ class _Batch:
         """Accounts (their power rows held) of a whole batch, in a few queries; with
         ``recall``, also the outcomes already recorded under the batch's message ids
         (without, a recorded id fails the batch's insert, which is then redone recalling)."""
+        self.end_stream()
         batch_names = {r.user for r in reqs}
         names = sorted(batch_names - self.accounts.keys())
         lookups = _Lookups.of(self.conn.dialect.name)
@@ -374,7 +377,7 @@ class _Batch:
                                 journal.message_detail(quote.to, quote.parts, quote.rule),
                                 power.last_hash)
         power.last_hash = event[-1]
-        self.events.append(event)
+        self.record(event)
         if power.refill_below is not None and balance < power.refill_below:
             balance = self.refill(account, power)
         # Recorded with the balance the caller is told, so that a replay tells the same.
@@ -401,7 +404,7 @@ class _Batch:
     def unmetered(self, base: ChargeResult, account: _Account, quote: Quote) -> ChargeResult:
         now = clock.now_us()
         msg_id = base.id or secrets.token_hex(8)
-        self.events.append(journal.as_tuple(journal.build(
+        self.record(journal.as_tuple(journal.build(
             at=now, kind="message.unmetered", actor=self.db.actor, user_id=account.user_id,
             ref=msg_id, detail={"to": quote.to, "parts": quote.parts, "rule": quote.rule},
         )))
@@ -449,8 +452,30 @@ class _Batch:
             )
         return _from_row(row, req)
 
+    def record(self, event: journal.EventTuple) -> None:
+        """Keep an event for ``flush``; on Postgres, send it now through an open COPY, which
+        the server inserts while the batch goes on (its share of the batch's wait)."""
+        if not self.postgres:
+            self.events.append(event)
+            return
+        if self.stream is None:
+            self.stream = CopyStream(self.conn, events, journal.EVENT_COLUMNS)
+        self.stream.write(event)
+
+    def end_stream(self) -> None:
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            stream.close()
+
+    def abort(self, e: BaseException) -> None:
+        """After a failure: end an open COPY, so that the transaction can be rolled back."""
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            stream.abort(e)
+
     def flush(self) -> None:
         """Write the collected message rows and events, and each moved power row once."""
+        self.end_stream()
         if self.pending:
             bulk_insert(self.conn, messages, MESSAGE_COLUMNS, list(self.pending.values()))
             self.written.update(self.pending)
@@ -512,9 +537,13 @@ class Charger:
                     if self.db.is_sqlite:
                         self._checkpoints_for(conn, len(reqs))
                     batch = _Batch(conn, self.db, self._still_true(conn, carried))
-                    batch.prefetch(reqs, recall=self._recall)
-                    results = batch.charge_all(reqs)
-                    batch.flush()
+                    try:
+                        batch.prefetch(reqs, recall=self._recall)
+                        results = batch.charge_all(reqs)
+                        batch.flush()
+                    except BaseException as e:
+                        batch.abort(e)
+                        raise
                     kept = self._kept(conn, batch)
                 self._carried, self._recall = kept, batch.replays > 0
                 return results

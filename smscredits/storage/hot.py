@@ -9,6 +9,7 @@ connection (and in the very transaction) that SQLAlchemy began.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from functools import lru_cache
 from json.encoder import encode_basestring_ascii as _quote_ascii
@@ -78,6 +79,36 @@ def bulk_insert(conn: Connection, table: Table, columns: tuple[str, ...],
                 copy.write_row(row)
     except error as e:
         raise exc.DBAPIError.instance(sql, None, e, error) from e
+
+
+class CopyStream:
+    """Rows sent to Postgres as they are made, by one ``COPY`` that stays open: the server
+    inserts them while the client goes on working. Nothing else may run on the connection
+    until ``close``; ``abort`` ends it after a failure."""
+
+    def __init__(self, conn: Connection, table: Table, columns: tuple[str, ...]) -> None:
+        quote = conn.dialect.identifier_preparer.quote
+        self.sql = (f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+                    "FROM STDIN")
+        self.error = conn.dialect.loaded_dbapi.Error
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        self._block = cursor.copy(self.sql)
+        self._copy = self._guarded(self._block.__enter__)
+        self.write = self._copy.write_row
+
+    def _guarded(self, step: Any, *args: Any) -> Any:
+        try:
+            return step(*args)
+        except self.error as e:
+            raise exc.DBAPIError.instance(self.sql, None, e, self.error) from e
+
+    def close(self) -> None:
+        """Send the rest and wait until the server has inserted every row."""
+        self._guarded(self._block.__exit__, None, None, None)
+
+    def abort(self, e: BaseException) -> None:
+        with contextlib.suppress(Exception):
+            self._block.__exit__(type(e), e, e.__traceback__)
 
 
 @lru_cache(maxsize=16)
