@@ -18,6 +18,7 @@ from smscredits.errors import DatabaseError
 # that the per-command schema check needs no Alembic import.
 HEAD = "0002"
 BUSY_TIMEOUT_MS = 30_000
+CACHE_KIB = 65_536
 
 
 def to_url(text_: str) -> URL:
@@ -86,6 +87,12 @@ def _sqlite_connect(dbapi_conn: object, _record: object) -> None:
     cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
     cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA foreign_keys = ON")
+    # Up to 64 MiB of pages in memory (SQLite's default is 2 MiB), taken only as pages are
+    # read: a charge batch touches pages all over the account table and the journal's
+    # indexes, which a small cache reads again from the OS batch after batch. Measured on
+    # batches of 1000: a quarter off on a 1M-event journal; no change on a 10M one, whose
+    # index is far bigger than any cache.
+    cur.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     cur.close()
 
 
