@@ -271,10 +271,6 @@ def test_a_sqlite_url_takes_the_light_path_too(sqlite_file: Path, plain_cli: Any
 # -- the light path agrees with storage.engine ----------------------------------------------------
 
 
-def test_constants_agree_with_the_engine() -> None:
-    assert (lite.HEAD, lite.BUSY_TIMEOUT_MS) == (engine.HEAD, engine.BUSY_TIMEOUT_MS)
-
-
 @pytest.mark.parametrize("setting", [
     "credits.db", "/var/lib/smscredits/credits.db", "~/credits.db", "dir with space/c.db",
     "sqlite:///credits.db", "sqlite:////abs/credits.db", "sqlite+pysqlite:///rel/c.db",

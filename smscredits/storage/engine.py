@@ -14,10 +14,11 @@ from sqlalchemy.engine import URL, make_url
 from smscredits import config
 from smscredits.errors import DatabaseError
 
-# The Alembic head this code expects; a test checks it against the migration scripts, so
-# that the per-command schema check needs no Alembic import.
-HEAD = "0002"
-BUSY_TIMEOUT_MS = 30_000
+# HEAD, the Alembic head this code expects (a test checks it against the migration scripts,
+# so that the per-command schema check needs no Alembic import), and the busy timeout live
+# in storage.lite, whose read path must not import this module.
+from smscredits.storage.lite import BUSY_TIMEOUT_MS, HEAD
+
 CACHE_KIB = 65_536
 
 

@@ -26,7 +26,7 @@ from smscredits.errors import DatabaseError
 if TYPE_CHECKING:
     import sqlite3
 
-# Copies of storage.engine's constants (a test checks that they agree).
+# The schema head this code expects, and the busy timeout: storage.engine uses these too.
 HEAD = "0002"
 BUSY_TIMEOUT_MS = 30_000
 _DRIVERS = ("sqlite", "sqlite+pysqlite")
