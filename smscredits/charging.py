@@ -120,6 +120,7 @@ STATE_COLUMNS = ("balance", "overdraft", "daily_limit", "weekly_limit", "monthly
 # ... and what a batch writes back.
 WRITTEN_COLUMNS = ("balance", "day_key", "day_spent", "week_key", "week_spent", "month_key",
                    "month_spent", "last_hash")
+SPENT_COLUMNS = ("balance", "day_spent", "week_spent", "month_spent", "last_hash")
 
 
 @dataclass(slots=True)
@@ -134,6 +135,7 @@ class _Power:
     spent: list[int]
     last_hash: str | None
     refill_below: int | None
+    rolled: bool = False  # a window key moved on since the row was last written
 
     @classmethod
     def of(cls, pid: int, row: Any) -> _Power:
@@ -142,30 +144,42 @@ class _Power:
         return cls(pid, balance, overdraft, (day, week, month), [dk, wk, mk], [ds, ws, ms],
                    last_hash, refill_below)
 
-    def refusal(self, cost: int, keys: tuple[int, int, int]) -> Rejected | None:
-        """Why a debit of ``cost`` in these windows is refused; None if it fits."""
+    def take(self, cost: int, keys: tuple[int, int, int]) -> Rejected | None:
+        """Debit ``cost`` in these windows if balance, overdraft and every limit allow it;
+        else say why not and change nothing. (One charge each: written out flat.)"""
         if self.overdraft is not None and self.balance - cost < -self.overdraft:
-            return Rejected("insufficient_credits", "insufficient credits")
-        for i, limit in enumerate(self.limits):
-            if limit is not None:
-                spent = self.spent[i] if self.keys[i] == keys[i] else 0
-                if spent + cost > limit:
-                    reason = REASON[WINDOWS[i]]
-                    return Rejected(reason, f"{reason.replace('_', ' ')} reached")
-        return None
-
-    def take(self, cost: int, keys: tuple[int, int, int]) -> None:
+            return _REFUSED[0]
+        (k0, k1, k2), held, spent = keys, self.keys, self.spent
+        s0 = spent[0] + cost if held[0] == k0 else cost
+        s1 = spent[1] + cost if held[1] == k1 else cost
+        s2 = spent[2] + cost if held[2] == k2 else cost
+        day, week, month = self.limits
+        if day is not None and s0 > day:
+            return _REFUSED[1]
+        if week is not None and s1 > week:
+            return _REFUSED[2]
+        if month is not None and s2 > month:
+            return _REFUSED[3]
+        if held[0] != k0 or held[1] != k1 or held[2] != k2:
+            self.keys, self.rolled = [k0, k1, k2], True
         self.balance -= cost
-        for i in range(3):
-            if self.keys[i] == keys[i]:
-                self.spent[i] += cost
-            else:
-                self.keys[i], self.spent[i] = keys[i], cost
+        self.spent = [s0, s1, s2]
+        return None
 
     def written(self) -> tuple[Any, ...]:
         """``WRITTEN_COLUMNS`` and then the power id."""
         (dk, wk, mk), (ds, ws, ms) = self.keys, self.spent
         return (self.balance, dk, ds, wk, ws, mk, ms, self.last_hash, self.id)
+
+    def spent_written(self) -> tuple[Any, ...]:
+        """``SPENT_COLUMNS`` and then the power id: enough while no window rolled over."""
+        ds, ws, ms = self.spent
+        return (self.balance, ds, ws, ms, self.last_hash, self.id)
+
+
+# Why a take is refused: insufficient credits, then each window's limit, in this order.
+_REFUSED = (Rejected("insufficient_credits", "insufficient credits"),
+            *(Rejected(REASON[w], f"{REASON[w].replace('_', ' ')} reached") for w in WINDOWS))
 
 
 _state = [powers.c[name] for name in STATE_COLUMNS]
@@ -365,10 +379,9 @@ class _Batch:
         """The hot path: one metered charge, checked and taken in memory."""
         now, cost = self.now, quote.cost
         keys = self.window_keys(account.tz)
-        refusal = power.refusal(cost, keys)
+        refusal = power.take(cost, keys)
         if refusal is not None:
             return self.reject(_base(req), account, quote, refusal)
-        power.take(cost, keys)
         self.moved[power.id] = power
         msg_id = req.id or secrets.token_hex(8)
         balance = power.balance
@@ -482,8 +495,18 @@ class _Batch:
         if self.events:
             bulk_insert(self.conn, events, journal.EVENT_COLUMNS, self.events)
         if self.moved:
-            bulk_update(self.conn, powers, "id", WRITTEN_COLUMNS,
-                        [p.written() for p in self.moved.values()])
+            rolled: list[_Power] = []
+            same: list[_Power] = []
+            for p in self.moved.values():
+                (rolled if p.rolled else same).append(p)
+            if rolled:
+                bulk_update(self.conn, powers, "id", WRITTEN_COLUMNS,
+                            [p.written() for p in rolled])
+                for p in rolled:
+                    p.rolled = False
+            if same:  # the usual case: no window key to write
+                bulk_update(self.conn, powers, "id", SPENT_COLUMNS,
+                            [p.spent_written() for p in same])
             self.moved = {}
         self.pending, self.events = {}, []
 
