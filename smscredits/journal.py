@@ -36,11 +36,8 @@ def event_hash(prev: str | None, row: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def dump_detail(detail: Mapping[str, Any] | str | None) -> str | None:
-    """The stored text of an event's detail: compact JSON with sorted keys (a str is taken
-    as already dumped so)."""
-    if isinstance(detail, str):
-        return detail
+def dump_detail(detail: Mapping[str, Any] | None) -> str | None:
+    """The stored text of an event's detail: compact JSON with sorted keys."""
     return json.dumps(detail, separators=(",", ":"), sort_keys=True) if detail else None
 
 
@@ -82,7 +79,7 @@ def build(
     balance_after: int | None = None,
     ref: str | None = None,
     note: str | None = None,
-    detail: Mapping[str, Any] | str | None = None,
+    detail: Mapping[str, Any] | None = None,
     prev_hash: str | None = None,
 ) -> dict[str, Any]:
     """An event row; chained to ``prev_hash`` when it belongs to an account."""

@@ -56,8 +56,6 @@ class HotStatement:
         """Names of the result columns of the last ``rows``."""
         return [d[0] for d in self.cursor.description]
 
-    def many(self, rows: list[dict[str, Any]]) -> None:
-        self._run(self.cursor.executemany, [self._args(row) for row in rows])
 
 
 def bulk_insert(conn: Connection, table: Table, columns: tuple[str, ...],
