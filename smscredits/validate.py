@@ -40,7 +40,7 @@ def is_message_id(value: str) -> bool:
 
 
 def message_id(value: str) -> str:
-    if not _MSG_ID.match(value):
+    if not is_message_id(value):
         raise BadInput(f"bad message id {value!r}: 1-128 printable ASCII characters, no spaces")
     return value
 

@@ -304,7 +304,7 @@ def _parse_line(raw: bytes, lineno: int) -> Any:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise BadInput("expected a JSON object")
-        unknown = set(data) - {"user", "to", "text", "parts", "id"}
+        unknown = set(data) - _FIELDS
         if unknown:
             raise BadInput(f"unknown field(s) {', '.join(sorted(unknown))}")
         user, to, text, parts, msg_id = (data.get(k) for k in ("user", "to", "text", "parts",

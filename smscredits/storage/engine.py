@@ -17,6 +17,7 @@ from smscredits.errors import DatabaseError
 # HEAD, the Alembic head this code expects (a test checks it against the migration scripts,
 # so that the per-command schema check needs no Alembic import), and the busy timeout live
 # in storage.lite, whose read path must not import this module.
+from smscredits.storage.hot import driver_errors
 from smscredits.storage.lite import BUSY_TIMEOUT_MS, HEAD
 
 CACHE_KIB = 65_536
@@ -104,11 +105,8 @@ def _sqlite_begin(conn: Connection) -> None:
     # On the driver: a one-message charge is a transaction, and the statement machinery
     # around `exec_driver_sql` costs more than BEGIN itself.
     dbapi: Any = conn.connection.dbapi_connection
-    error = conn.dialect.loaded_dbapi.Error
-    try:
+    with driver_errors(conn, sql):
         dbapi.execute(sql)
-    except error as e:
-        raise exc.DBAPIError.instance(sql, None, e, error) from e
 
 
 # WAL pages between checkpoints: SQLite's default, and the one for runs of big batches.

@@ -10,7 +10,7 @@ connection (and in the very transaction) that SQLAlchemy began.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from json.encoder import encode_basestring_ascii as _quote_ascii
 from operator import itemgetter
@@ -29,24 +29,31 @@ from sqlalchemy import (
 from sqlalchemy.sql import Executable
 
 
+@contextlib.contextmanager
+def driver_errors(conn: Connection, sql: str) -> Iterator[None]:
+    """The driver's exceptions as the ones ``Connection.execute`` raises, so callers handle
+    one kind."""
+    error = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except error as e:
+        raise exc.DBAPIError.instance(sql, None, e, error) from e
+
+
+def _copy_sql(conn: Connection, table: Table, columns: tuple[str, ...]) -> str:
+    quote = conn.dialect.identifier_preparer.quote
+    return f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
+
+
 class HotStatement:
     def __init__(self, conn: Connection, stmt: Executable) -> None:
         self.sql, self.pick = _compiled(stmt, conn.dialect.name, conn.dialect)
+        self.conn = conn
         self.cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        self.driver_error = conn.dialect.loaded_dbapi.Error
-
-    def _run(self, method: Any, args: Any) -> None:
-        try:
-            method(self.sql, args)
-        except self.driver_error as e:
-            # The same exceptions as Connection.execute raises, so callers handle one kind.
-            raise exc.DBAPIError.instance(self.sql, None, e, self.driver_error) from e
-
-    def _args(self, params: Mapping[str, Any]) -> Any:
-        return self.pick(params) if self.pick else params
 
     def once(self, params: Mapping[str, Any]) -> None:
-        self._run(self.cursor.execute, self._args(params))
+        with driver_errors(self.conn, self.sql):
+            self.cursor.execute(self.sql, self.pick(params) if self.pick else params)
 
     def rows(self, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         self.once(params)
@@ -66,17 +73,11 @@ def bulk_insert(conn: Connection, table: Table, columns: tuple[str, ...],
     if conn.dialect.name != "postgresql":
         _executemany(conn, _positional_insert(table, columns, conn.dialect), rows)
         return
+    sql = _copy_sql(conn, table, columns)
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    error = conn.dialect.loaded_dbapi.Error
-    quote = conn.dialect.identifier_preparer.quote
-    sql = (f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
-           "FROM STDIN")
-    try:
-        with cursor.copy(sql) as copy:
-            for row in rows:
-                copy.write_row(row)
-    except error as e:
-        raise exc.DBAPIError.instance(sql, None, e, error) from e
+    with driver_errors(conn, sql), cursor.copy(sql) as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 class CopyStream:
@@ -85,24 +86,16 @@ class CopyStream:
     until ``close``; ``abort`` ends it after a failure."""
 
     def __init__(self, conn: Connection, table: Table, columns: tuple[str, ...]) -> None:
-        quote = conn.dialect.identifier_preparer.quote
-        self.sql = (f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
-                    "FROM STDIN")
-        self.error = conn.dialect.loaded_dbapi.Error
+        self.conn, self.sql = conn, _copy_sql(conn, table, columns)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         self._block = cursor.copy(self.sql)
-        self._copy = self._guarded(self._block.__enter__)
-        self.write = self._copy.write_row
-
-    def _guarded(self, step: Any, *args: Any) -> Any:
-        try:
-            return step(*args)
-        except self.error as e:
-            raise exc.DBAPIError.instance(self.sql, None, e, self.error) from e
+        with driver_errors(conn, self.sql):
+            self.write = self._block.__enter__().write_row
 
     def close(self) -> None:
         """Send the rest and wait until the server has inserted every row."""
-        self._guarded(self._block.__exit__, None, None, None)
+        with driver_errors(self.conn, self.sql):
+            self._block.__exit__(None, None, None)
 
     def abort(self, e: BaseException) -> None:
         with contextlib.suppress(Exception):
@@ -168,11 +161,8 @@ def _keyed_update(table: Table, key: str, columns: tuple[str, ...], dialect: Any
 
 def _executemany(conn: Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    error = conn.dialect.loaded_dbapi.Error
-    try:
+    with driver_errors(conn, sql):
         cursor.executemany(sql, rows)
-    except error as e:
-        raise exc.DBAPIError.instance(sql, None, e, error) from e
 
 
 @lru_cache(maxsize=16)
