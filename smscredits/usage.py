@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from smscredits.amounts import to_decimal
 from smscredits.errors import BadInput
 from smscredits.ledger import _user_row
+from smscredits.storage import blocks, queries
 from smscredits.storage.engine import Db
 from smscredits.storage.tables import events, messages
 
@@ -49,7 +50,7 @@ def usage(db: Db, user: str, by: str = "day", limit: int = 31) -> list[UsageRow]
         raise BadInput(f"bad --by {by!r}: expected one of {', '.join(BY)}")
     col = messages.c.country if by == "country" else messages.c[f"{by}_key"]
     charged = messages.c.status == "charged"
-    # A user's messages are found through their events (the events(user_id, id) index):
+    # A user's messages are found through their events (the account index, every block):
     # each charged or unmetered message has exactly one such event; a rejected one none.
     stmt = (
         select(
@@ -67,7 +68,8 @@ def usage(db: Db, user: str, by: str = "day", limit: int = 31) -> list[UsageRow]
     )
     with db.read() as conn:
         uid = _user_row(conn, user)["id"]
-        rows = conn.execute(stmt.where(events.c.user_id == uid,
+        every_block = text(blocks.up_to(queries.top_block(conn)))
+        rows = conn.execute(stmt.where(every_block, events.c.user_id == uid,
                                        messages.c.user_id == uid)).all()
     return [UsageRow(_label(by, r.k), r.n, int(r.parts or 0), to_decimal(int(r.spent or 0)),
                      r.refunded) for r in rows]

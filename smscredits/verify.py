@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, text
 
 from smscredits import clock, schedule
 from smscredits.amounts import to_decimal
 from smscredits.journal import event_hash
 from smscredits.limits import WINDOWS, window_keys
+from smscredits.storage import blocks, queries
 from smscredits.storage.engine import Db
 from smscredits.storage.tables import events, powers, users
 
@@ -54,6 +55,8 @@ def verify(db: Db) -> Report:
             .where(events.c.power_id.is_not(None)).group_by(events.c.power_id)
         ).all())
         total = conn.execute(select(func.count()).select_from(events)).scalar_one()
+        every_block = text(blocks.up_to(queries.top_block(conn)))
+        chains = _chains(conn, accounts)
         for acc in accounts:
             expected = int(sums.get(acc["id"], 0))
             if expected != acc["balance"]:
@@ -61,12 +64,12 @@ def verify(db: Db) -> Report:
                     "balance", acc["name"], "balance differs from the sum of its journal",
                     to_decimal(expected), to_decimal(acc["balance"]),
                 ))
-            problems.extend(_windows(conn, acc, acc["tz"] or db.default_tz))
-            problems.extend(_chain(conn, acc))
+            problems.extend(_windows(conn, acc, acc["tz"] or db.default_tz, every_block))
+            problems.extend(chains[acc["id"]])
     return Report(len(accounts), total, problems)
 
 
-def _windows(conn: Connection, acc: Any, tz: str) -> list[Problem]:
+def _windows(conn: Connection, acc: Any, tz: str, every_block: Any) -> list[Problem]:
     """Counters of the windows stored on the row, recomputed from the journal."""
     if acc["month_key"] == 0:  # never charged: the counters must still be at zero
         return [Problem("window", acc["name"], f"{w} counter set on an account never charged",
@@ -77,7 +80,7 @@ def _windows(conn: Connection, acc: Any, tz: str) -> list[Problem]:
     since = clock.to_us(min(month_start, week_start))
     rows = conn.execute(
         select(events.c.kind, events.c.amount, events.c.ref, events.c.at)
-        .where(events.c.user_id == acc["user_id"], events.c.power_id == acc["id"],
+        .where(every_block, events.c.user_id == acc["user_id"], events.c.power_id == acc["id"],
                events.c.at >= since,
                events.c.kind.in_(("message.charged", "message.refunded")))
         .order_by(events.c.id)
@@ -103,21 +106,41 @@ def _windows(conn: Connection, acc: Any, tz: str) -> list[Problem]:
     ]
 
 
-def _chain(conn: Connection, acc: Any) -> list[Problem]:
-    prev: str | None = None
-    last_id = None
+class _Chain:
+    """One account's hash chain, followed event by event."""
+
+    __slots__ = ("broken", "last_id", "prev")
+
+    def __init__(self) -> None:
+        self.prev: str | None = None
+        self.last_id: int | None = None
+        self.broken: int | None = None  # the first event whose hash does not follow
+
+
+def _chains(conn: Connection, accounts: Any) -> dict[int, list[Problem]]:
+    """Every account's chain, in one pass over the journal in id order (one index seek per
+    account and block would cost more than reading each event once)."""
+    chains = {acc["id"]: _Chain() for acc in accounts}
     result = conn.execution_options(yield_per=5000).execute(
-        select(events)
-        .where(events.c.user_id == acc["user_id"], events.c.power_id == acc["id"])
-        .order_by(events.c.id)
+        select(events).where(events.c.power_id.is_not(None)).order_by(events.c.id)
     ).mappings()
     for row in result:
-        if row["hash"] != event_hash(prev, row):
-            result.close()
-            return [Problem("chain", acc["name"], "event altered, removed or reordered",
-                            event_id=row["id"])]
-        prev, last_id = row["hash"], row["id"]
-    if prev != acc["last_hash"]:
-        return [Problem("chain", acc["name"], "latest events missing from the journal",
-                        event_id=last_id)]
-    return []
+        chain = chains.get(row["power_id"])
+        if chain is None or chain.broken is not None:
+            continue  # a deleted account's events, or a chain already found broken
+        if row["hash"] != event_hash(chain.prev, row):
+            chain.broken = row["id"]
+            continue
+        chain.prev, chain.last_id = row["hash"], row["id"]
+    found: dict[int, list[Problem]] = {}
+    for acc in accounts:
+        chain = chains[acc["id"]]
+        if chain.broken is not None:
+            found[acc["id"]] = [Problem("chain", acc["name"], "event altered, removed or "
+                                        "reordered", event_id=chain.broken)]
+        elif chain.prev != acc["last_hash"]:
+            found[acc["id"]] = [Problem("chain", acc["name"], "latest events missing from "
+                                        "the journal", event_id=chain.last_id)]
+        else:
+            found[acc["id"]] = []
+    return found

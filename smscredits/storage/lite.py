@@ -22,12 +22,13 @@ from urllib.parse import quote, unquote
 
 from smscredits import config
 from smscredits.errors import DatabaseError
+from smscredits.storage import blocks
 
 if TYPE_CHECKING:
     import sqlite3
 
 # The schema head this code expects, and the busy timeout: storage.engine uses these too.
-HEAD = "0002"
+HEAD = "0003"
 BUSY_TIMEOUT_MS = 30_000
 _DRIVERS = ("sqlite", "sqlite+pysqlite")
 
@@ -169,11 +170,21 @@ def event_rows(
         [("events.id < ?", before)] if before is not None else [],
         [("events.user_id = ?", user_id)] if user_id is not None else [],
     )
-    return conn.execute(
-        "SELECT events.*, users.name "
-        f"FROM events LEFT OUTER JOIN users ON users.id = events.user_id{where} "
-        "ORDER BY events.id DESC LIMIT ?", [*params, limit],
-    ).fetchall()
+    sql = ("SELECT events.*, users.name "
+           f"FROM events LEFT OUTER JOIN users ON users.id = events.user_id{where}")
+    if user_id is None:
+        return conn.execute(f"{sql} ORDER BY events.id DESC LIMIT ?", [*params, limit]).fetchall()
+    # One user's events by the blocks of the account index, as storage.queries finds them.
+    newest = conn.execute("SELECT max(events.id) FROM events").fetchone()[0]
+    found: list[sqlite3.Row] = []
+    for group in blocks.newest_first(blocks.top(newest, before)):
+        found += conn.execute(
+            f"{sql} AND {blocks.within(group)} ORDER BY events.id DESC LIMIT ?",
+            [*params, limit - len(found)],
+        ).fetchall()
+        if len(found) >= limit:
+            break
+    return found
 
 
 def plan_rows(conn: sqlite3.Connection, *, user_id: int | None,

@@ -8,7 +8,10 @@ the ORM is kept for the schema and for Alembic.
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Integer, MetaData, String, Text
+from sqlalchemy import text as sql_text
 from sqlmodel import Field, SQLModel
+
+from smscredits.storage import blocks
 
 # Named constraints: Alembic's SQLite batch mode cannot drop unnamed ones.
 SQLModel.metadata.naming_convention = {
@@ -72,7 +75,8 @@ class Event(SQLModel, table=True):
 
     __tablename__ = "events"
     __table_args__ = (
-        Index("ix_events_user_id_id", "user_id", "id"),
+        # A user's events, led by the block of the id (storage.blocks explains why).
+        Index("ix_events_block_user_id", sql_text(blocks.INDEX_EXPR), "user_id", "id"),
         Index("ix_events_at", "at"),
     )
     # SQLite only auto-increments an INTEGER PRIMARY KEY; Postgres gets a BIGSERIAL.
@@ -83,7 +87,7 @@ class Event(SQLModel, table=True):
     at: int = _big(nullable=False)
     user_id: int | None = Field(default=None)
     # No FK: a deleted power keeps its journal. No index of its own either: a power belongs
-    # to one user, so (user_id, id) serves; every index costs each charge a random page write.
+    # to one user, so the user's index serves; every index costs each charge a page write.
     power_id: int | None = Field(default=None)
     kind: str = Field(max_length=32)
     amount: int | None = _big(nullable=True)

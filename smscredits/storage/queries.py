@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, Select, and_, select
+from sqlalchemy import Connection, RowMapping, Select, and_, func, select, text
 
+from smscredits.storage import blocks
 from smscredits.storage.tables import events, powers, refill_plans, users
 
 
@@ -47,12 +48,12 @@ def event_rows(
     limit: int,
     credit_only: bool,
 ) -> list[RowMapping]:
-    """Events with their user's name, newest first."""
+    """Events with their user's name, newest first; one user's by the blocks of the
+    account index, newest block first (``storage.blocks``)."""
     stmt = (
         select(events, users.c.name)
         .outerjoin(users, users.c.id == events.c.user_id)
         .order_by(events.c.id.desc())
-        .limit(limit)
     )
     conds: list[Any] = []
     if since is not None:
@@ -65,9 +66,23 @@ def event_rows(
         conds.append(events.c.amount.is_not(None))
     if before is not None:
         conds.append(events.c.id < before)
-    if user_id is not None:
-        conds.append(events.c.user_id == user_id)
-    return list(conn.execute(stmt.where(*conds)).mappings().all())
+    stmt = stmt.where(*conds)
+    if user_id is None:
+        return list(conn.execute(stmt.limit(limit)).mappings().all())
+    stmt = stmt.where(events.c.user_id == user_id)
+    found: list[RowMapping] = []
+    for group in blocks.newest_first(top_block(conn, before)):
+        part = stmt.where(text(blocks.within(group))).limit(limit - len(found))
+        found += conn.execute(part).mappings().all()
+        if len(found) >= limit:
+            break
+    return found
+
+
+def top_block(conn: Connection, before: int | None = None) -> int:
+    """The newest block holding events (below ``before``); -1 when there are none."""
+    newest = conn.execute(select(func.max(events.c.id))).scalar()
+    return blocks.top(newest, before)
 
 
 def plan_rows_where(conn: Connection, where: Any = None) -> list[RowMapping]:
