@@ -386,9 +386,7 @@ class _Batch:
         msg_id = req.id or secrets.token_hex(8)
         balance = power.balance
         event = journal.charged(now, account.user_id, power.id, cost, balance, msg_id,
-                                self.db.actor,
-                                journal.message_detail(quote.to, quote.parts, quote.rule),
-                                power.last_hash)
+                                self.db.actor, quote.detail, power.last_hash)
         power.last_hash = event[-1]
         self.record(event)
         if power.refill_below is not None and balance < power.refill_below:
@@ -399,9 +397,8 @@ class _Batch:
             quote.rule, quote.encoding, quote.parts, quote.price, cost, "charged", None,
             balance, *keys)
         return ChargeResult("charged", msg_id, req.user, quote.to, None, None,
-                            to_decimal(cost), quote.parts, quote.encoding,
-                            to_decimal(quote.price), quote.rule, quote.country,
-                            to_decimal(balance))
+                            quote.cost_shown, quote.parts, quote.encoding, quote.price_shown,
+                            quote.rule, quote.country, to_decimal(balance))
 
     def refill(self, account: _Account, power: _Power) -> int:
         """A threshold plan fires in the charge's own transaction, after the charge's event:

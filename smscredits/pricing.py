@@ -56,6 +56,11 @@ class Quote:
     encoding: str | None
     parts: int
     cost: int  # millis
+    # Made once per cached quote, not once per charge: the charge's event detail and the
+    # Decimals its result shows.
+    detail: str
+    cost_shown: Decimal
+    price_shown: Decimal
 
 
 @lru_cache(maxsize=65_536)
@@ -149,8 +154,10 @@ class PriceBook:
         dest = destination(to)
         rule, price = self.rule_for(dest)
         encoding = parts.encoding if parts.units or parts.encoding != "-" else None
-        made = Quote(dest.number, dest.country, rule, price, encoding, parts.parts,
-                     price * parts.parts)
+        cost = price * parts.parts
+        made = Quote(dest.number, dest.country, rule, price, encoding, parts.parts, cost,
+                     journal.message_detail(dest.number, parts.parts, rule), to_decimal(cost),
+                     to_decimal(price))
         if len(self._quotes) >= _QUOTES_KEPT:
             self._quotes.clear()
         self._quotes[key] = made

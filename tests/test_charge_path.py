@@ -4,6 +4,7 @@ stale accounts, balances, limits or prices."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -169,3 +170,43 @@ def test_plain_charge_line_is_the_general_json(id_: str, user: str, to: str, cos
     r = ChargeResult("charged", id_, user, to, None, None, cost, parts, encoding, price, rule,
                      country, balance)
     assert charge_line(r, line) == to_json({**r.as_dict(), "line": line})
+
+
+# Lines that orjson decodes otherwise than the json module, or not at all: the fast decode
+# must leave each to the general parser, which gives json's answer.
+ODD_LINES = [
+    b'{"user":"alice","to":"+36301234567","text":"\\ud800 lone","id":"o-1"}',  # surrogate
+    b'{"user":"alice","to":"+36301234567","parts":NaN,"id":"o-2"}',
+    b'\xef\xbb\xbf{"user":"alice","to":"+36301234567","parts":1,"id":"o-3"}',  # BOM
+    b'{"user":"alice","to":"+36301234567","parts":123456789012345678901234567890}',
+    b'{"user":"alice","to":"+36301234567","parts":1e400,"id":"o-5"}',
+    b'{"user":"bob","user":"alice","to":"+36301234567","parts":2,"id":"o-6"}',  # last wins
+    b'{"user":"alice","to":"+36301234567","parts":2.0,"id":"o-7"}',
+    b'{"user":"alice","to":"+36301234567","parts":true,"id":"o-8"}',
+    b'{"user":"alice","to":"+36301234567","text":"caf\\u00e9","id":"o-9"}',
+]
+
+
+def test_the_fast_line_decoder_answers_as_json_does(plain_cli: Any, tmp_path: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import orjson
+
+    feed = tmp_path / "odd.jsonl"
+    feed.write_bytes(b"\n".join(ODD_LINES) + b"\n")
+    outputs = []
+    for fast in (True, False):
+        db = str(tmp_path / f"{fast}.db")
+        for args in (["user", "add", "alice"], ["power", "create", "alice", "credits",
+                                                "--initial", "10"],
+                     ["price", "set", "default", "1"]):
+            assert plain_cli("--db", db, *args).exit_code == 0
+        with monkeypatch.context() as patch:
+            if not fast:  # every line through the general parser
+                patch.setattr(orjson, "loads", lambda raw: (_ for _ in ()).throw(ValueError))
+            done = plain_cli("--db", db, "charge", "--file", str(feed))
+        outputs.append((done.exit_code, done.stdout))
+    assert outputs[0] == outputs[1]
+    lines = [json.loads(line) for line in outputs[0][1].splitlines()]
+    assert [r["status"] for r in lines] == ["charged", "error", "charged", "error", "error",
+                                            "charged", "error", "error", "charged"]
+    assert lines[-1]["balance"] == 5

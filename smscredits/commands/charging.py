@@ -328,7 +328,7 @@ def _parse_line(raw: bytes, lineno: int) -> Any:
 
 
 def _charge_file(name: str) -> int:
-    import json
+    from orjson import loads
 
     from smscredits.charging import BatchSummary, Charger, ChargeRequest
     from smscredits.render import Progress, charge_line
@@ -338,10 +338,13 @@ def _charge_file(name: str) -> int:
         stream: BinaryIO = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
     except OSError as e:
         raise BadInput(f"cannot read {name!r}: {e.strerror}") from None
-    loads, fields = json.loads, _FIELDS
+    fields = _FIELDS
 
     def parse(raw: bytes, lineno: int) -> Any:
-        """``_parse_line``, with a well-formed line checked in one expression first."""
+        """``_parse_line``, with a well-formed line decoded by orjson and checked in one
+        expression first. Whatever orjson refuses or decodes otherwise than ``json`` would
+        (lone surrogates, NaN, a BOM, huge numbers: never a well-formed line) is left to
+        ``_parse_line``, so every line gets the answer and the message ``json`` gives."""
         try:
             data = loads(raw)
         except ValueError:
