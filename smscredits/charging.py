@@ -6,14 +6,17 @@ power rows are taken ``FOR UPDATE`` in one fixed order. With the rows held, each
 checks (balance, overdraft, the three limit windows) and debit are done in memory, in input
 order; at the end the batch writes its message rows and events in bulk and each touched
 power row once. A batch commits before any of its results is reported, so a reported charge
-is durable and an interrupted batch leaves nothing behind.
+is durable and an interrupted batch leaves nothing behind. (``Charger.begin`` lets a big
+batch's commit run on a second thread while the caller reads on; its results wait for it.)
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import threading
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from functools import lru_cache
@@ -51,7 +54,13 @@ from smscredits.storage.engine import (
     Db,
     set_checkpoint_pages,
 )
-from smscredits.storage.hot import CopyStream, HotStatement, bulk_insert, bulk_update
+from smscredits.storage.hot import (
+    CopyStream,
+    HotStatement,
+    bulk_insert,
+    bulk_update,
+    driver_errors,
+)
 from smscredits.storage.tables import events, messages, powers, users
 
 # A batch at least this big is part of a bulk run (see ``set_checkpoint_pages``).
@@ -532,6 +541,61 @@ def _from_row(row: dict[str, Any], req: ChargeRequest) -> ChargeResult:
     )
 
 
+class Pending:
+    """A charged batch whose transaction is committing (``Charger.begin``)."""
+
+    def __init__(self, charger: Charger, conn: Connection, results: list[ChargeResult],
+                 kept: _Carried | None, recall: bool, commit: ExitStack,
+                 background: bool) -> None:
+        self._charger, self._results, self._kept, self._recall = charger, results, kept, recall
+        self._commit = commit
+        self._failure: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            # Only the driver's commit runs on the thread: it holds no lock Python needs
+            # while it waits on the disk or the server. SQLAlchemy's own bookkeeping (a
+            # commit that finds nothing left to do, the connection's return to its pool)
+            # stays in the caller's thread, so the two threads do not trade Python's lock.
+            self._thread = threading.Thread(target=self._driver_commit, args=(conn,),
+                                            daemon=True, name="smscredits-commit")
+            self._thread.start()
+
+    def _driver_commit(self, conn: Connection) -> None:
+        try:
+            with driver_errors(conn, "COMMIT"):
+                conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
+        except BaseException as e:  # raised by wait(), in the caller's thread
+            self._failure = e
+
+    @property
+    def results(self) -> list[ChargeResult]:
+        """The results as they will be once committed: not to be reported before ``wait``."""
+        return self._results
+
+    def wait(self) -> list[ChargeResult]:
+        """The batch's results, once committed; its commit's error, if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        charger = self._charger
+        if charger._pending is self:
+            charger._pending = None  # settled, whatever happens: a failure carries nothing
+            try:
+                if self._failure is None:
+                    self._commit.close()  # commits what is left, returns the connection
+                else:  # rolls back; Db.write words a database error itself
+                    self._commit.__exit__(type(self._failure), self._failure,
+                                          self._failure.__traceback__)
+                    raise self._failure
+            except BaseException as e:
+                self._failure = e
+                raise
+            charger._carried, charger._recall = self._kept, self._recall
+        if self._failure is not None:
+            raise self._failure
+        return self._results
+
+
 class Charger:
     """Charges messages against one database; gateway code keeps one and calls it."""
 
@@ -543,17 +607,32 @@ class Charger:
         # insert, and the batch is redone with the lookup (as is the next batch).
         self._recall = False
         self._checkpoint_pages = CHECKPOINT_PAGES  # SQLite's, until batches are big
+        self._pending: Pending | None = None
+        # An in-memory SQLite database lives in its one connection, which stays in its thread.
+        self._background = not (db.is_sqlite and db.engine.url.database in (None, "", ":memory:"))
 
     def charge(self, req: ChargeRequest) -> ChargeResult:
         return self.charge_batch([req])[0]
 
     def charge_batch(self, reqs: Iterable[ChargeRequest]) -> list[ChargeResult]:
         """Charge several messages in one transaction (all results durable on return)."""
+        return self.begin(reqs, background=False).wait()
+
+    def begin(self, reqs: Iterable[ChargeRequest], *, background: bool = True) -> Pending:
+        """Charge several messages in one transaction and start its commit; ``wait()`` on
+        the result for the results, durable. Until then they are not to be reported.
+
+        With ``background`` a big batch commits on a second thread: the commit waits on the
+        disk or the server and needs no Python, so the caller can meanwhile read its next
+        lines and format these results. The Charger takes no other batch before ``wait``.
+        """
+        self.settle()
         reqs = list(reqs)
         for attempt in range(5):
             carried, self._carried = self._carried, None  # a failed batch carries nothing
             try:
-                with self.db.write() as conn:
+                with ExitStack() as held:
+                    conn = held.enter_context(self.db.write())
                     if self.db.is_sqlite:
                         self._checkpoints_for(conn, len(reqs))
                     batch = _Batch(conn, self.db, self._still_true(conn, carried))
@@ -565,15 +644,23 @@ class Charger:
                         batch.abort(e)
                         raise
                     kept = self._kept(conn, batch)
-                self._carried, self._recall = kept, batch.replays > 0
-                return results
+                    commit = held.pop_all()  # the transaction outlives this block
             except exc.IntegrityError:
                 # One of these message ids was recorded before (unlooked-up, or by another
                 # process meanwhile): redo the batch, recalling, so it replays that result.
                 self._recall = True
                 if attempt == 4:
                     raise
+                continue
+            self._pending = Pending(self, conn, results, kept, batch.replays > 0, commit,
+                                    background and self._background and len(reqs) >= BULK_BATCH)
+            return self._pending
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def settle(self) -> None:
+        """Wait for a batch still committing (``begin``), if any; raise if its commit failed."""
+        if self._pending is not None:
+            self._pending.wait()
 
     def _checkpoints_for(self, conn: Connection, size: int) -> None:
         pages = BULK_CHECKPOINT_PAGES if size >= BULK_BATCH else CHECKPOINT_PAGES

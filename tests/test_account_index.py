@@ -119,7 +119,8 @@ def test_verify_finds_an_altered_event_in_a_later_block(cli: Any, db_url: str,
 def test_the_account_index_is_led_by_the_block(db_url: str) -> None:
     if db_url.startswith("postgresql"):
         defs = [r[0] for r in _sql(db_url, "SELECT indexdef FROM pg_indexes "
-                                   "WHERE tablename = 'events' AND indexname LIKE 'ix_%'")]
+                                   "WHERE schemaname = current_schema() AND tablename = 'events' "
+                                   "AND indexname LIKE 'ix_%'")]
         assert sorted(d.split(" USING btree ")[1] for d in defs) == [
             "(((id >> 15)), user_id, id)", "(at)"]
     else:

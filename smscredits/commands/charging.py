@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -270,15 +270,18 @@ def _charge_one(user: str, to: str, text: str | None, parts: int | None,
         raise typer.Exit(result.exit_code)
 
 
-def _read_batches(stream: BinaryIO, size: int = 1000) -> Iterator[list[bytes]]:
+def _read_batches(stream: BinaryIO, size: int = 1000, *,
+                  before_read: Callable[[], None] | None = None) -> Iterator[list[bytes]]:
     """Lines in batches: whatever is available now, up to ``size``.
 
     ``read1`` returns what one read brings, without waiting for more: a pipe fed one line at
     a time yields one-line batches at once (each is charged and its result flushed before the
-    next is awaited); a file yields full batches.
+    next is awaited); a file yields full batches. ``before_read`` runs before each read.
     """
     pending = b""
     while True:
+        if before_read is not None:
+            before_read()
         chunk = stream.read1(1 << 20)
         if not chunk:
             if pending:
@@ -327,10 +330,19 @@ def _parse_line(raw: bytes, lineno: int) -> Any:
                             message=f"line {lineno}: {message}", line=lineno)
 
 
+# The cyclic collector's thresholds while a file is charged. Each line allocates a score of
+# objects, none of them in a cycle (refcounting frees them); at the default (700, 10, 10)
+# the collector runs every few dozen lines and now and then walks every account, power row
+# and quote the charger keeps. Measured on 200 000 lines: about 8 % of the run.
+_FILE_GC_THRESHOLDS = (50_000, 50, 100)
+
+
 def _charge_file(name: str) -> int:
+    import gc
+
     from orjson import loads
 
-    from smscredits.charging import BatchSummary, Charger, ChargeRequest
+    from smscredits.charging import BatchSummary, Charger, ChargeRequest, Pending
     from smscredits.render import Progress, charge_line
     from smscredits.validate import is_message_id
 
@@ -362,20 +374,41 @@ def _charge_file(name: str) -> int:
     charger, summary, lineno = Charger(db()), BatchSummary(), 0
     out = sys.stdout
     progress = Progress("charging", None if name == "-" else os.path.getsize(name))
-    for lines in _read_batches(stream):
-        progress.advance(sum(len(raw) + 1 for raw in lines))
-        parsed = []
-        for raw in lines:
-            lineno += 1
-            if raw.strip():
-                parsed.append((lineno, parse(raw, lineno)))
-        reqs = [p for _, p in parsed if type(p) is ChargeRequest]
-        charged = iter(charger.charge_batch(reqs)) if reqs else iter(())
-        results = [next(charged) if type(p) is ChargeRequest else p for _, p in parsed]
-        summary.add_all(results)
-        out.write("".join([charge_line(r, n) + "\n"
-                           for r, (n, _) in zip(results, parsed, strict=True)]))
-        out.flush()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*_FILE_GC_THRESHOLDS)
+    # The batch whose commit is running, and its result lines: written once it is durable,
+    # at the latest before the next read can block (a co-process waits for them).
+    in_flight: tuple[Pending | None, str] | None = None
+
+    def write_in_flight() -> None:
+        nonlocal in_flight
+        if in_flight is not None:
+            pending, text = in_flight
+            in_flight = None
+            if pending is not None:
+                pending.wait()
+            out.write(text)
+            out.flush()
+
+    try:
+        for lines in _read_batches(stream, before_read=write_in_flight):
+            progress.advance(sum(len(raw) + 1 for raw in lines))
+            parsed = []
+            for raw in lines:
+                lineno += 1
+                if raw.strip():
+                    parsed.append((lineno, parse(raw, lineno)))
+            reqs = [p for _, p in parsed if type(p) is ChargeRequest]
+            write_in_flight()  # the batch before commits while this one is read
+            pending = charger.begin(reqs) if reqs else None
+            charged = iter(pending.results if pending is not None else ())
+            results = [next(charged) if type(p) is ChargeRequest else p for _, p in parsed]
+            summary.add_all(results)
+            in_flight = (pending, "".join([charge_line(r, n) + "\n"
+                                           for r, (n, _) in zip(results, parsed, strict=True)]))
+        write_in_flight()
+    finally:
+        gc.set_threshold(*thresholds)  # in-process callers (tests, scripts) get theirs back
     progress.close()
     if name != "-":
         stream.close()
