@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
@@ -58,8 +58,8 @@ from smscredits.storage.hot import (
     CopyStream,
     HotStatement,
     bulk_insert,
-    bulk_update,
     driver_errors,
+    prepared_update,
 )
 from smscredits.storage.tables import events, messages, powers, users
 
@@ -492,8 +492,9 @@ class _Batch:
             stream, self.stream = self.stream, None
             stream.abort(e)
 
-    def flush(self) -> None:
-        """Write the collected message rows and events, and each moved power row once."""
+    def flush(self, deferred: list[Callable[[], None]] | None = None) -> None:
+        """Write the collected message rows and events, and each moved power row once; with
+        ``deferred``, the power rows' statements are made and left there to run."""
         self.end_stream()
         if self.pending:
             bulk_insert(self.conn, messages, MESSAGE_COLUMNS, list(self.pending.values()))
@@ -505,14 +506,20 @@ class _Batch:
             same: list[_Power] = []
             for p in self.moved.values():
                 (rolled if p.rolled else same).append(p)
+            updates = []
             if rolled:
-                bulk_update(self.conn, powers, "id", WRITTEN_COLUMNS,
-                            [p.written() for p in rolled])
+                updates.append(prepared_update(self.conn, powers, "id", WRITTEN_COLUMNS,
+                                               [p.written() for p in rolled]))
                 for p in rolled:
                     p.rolled = False
             if same:  # the usual case: no window key to write
-                bulk_update(self.conn, powers, "id", SPENT_COLUMNS,
-                            [p.spent_written() for p in same])
+                updates.append(prepared_update(self.conn, powers, "id", SPENT_COLUMNS,
+                                               [p.spent_written() for p in same]))
+            if deferred is None:
+                for run in updates:
+                    run()
+            else:
+                deferred.extend(updates)
             self.moved = {}
         self.pending, self.events = {}, []
 
@@ -545,8 +552,8 @@ class Pending:
     """A charged batch whose transaction is committing (``Charger.begin``)."""
 
     def __init__(self, charger: Charger, conn: Connection, results: list[ChargeResult],
-                 kept: _Carried | None, recall: bool, commit: ExitStack,
-                 background: bool) -> None:
+                 kept: _Carried | None, recall: bool, commit: ExitStack, background: bool,
+                 deferred: list[Callable[[], None]]) -> None:
         self._charger, self._results, self._kept, self._recall = charger, results, kept, recall
         self._commit = commit
         self._failure: BaseException | None = None
@@ -556,12 +563,17 @@ class Pending:
             # while it waits on the disk or the server. SQLAlchemy's own bookkeeping (a
             # commit that finds nothing left to do, the connection's return to its pool)
             # stays in the caller's thread, so the two threads do not trade Python's lock.
-            self._thread = threading.Thread(target=self._driver_commit, args=(conn,),
+            self._thread = threading.Thread(target=self._driver_commit, args=(conn, deferred),
                                             daemon=True, name="smscredits-commit")
             self._thread.start()
+        else:
+            for run in deferred:
+                run()
 
-    def _driver_commit(self, conn: Connection) -> None:
+    def _driver_commit(self, conn: Connection, deferred: list[Callable[[], None]]) -> None:
         try:
+            for run in deferred:  # statements left to the end, all of them server work
+                run()
             with driver_errors(conn, "COMMIT"):
                 conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
         except BaseException as e:  # raised by wait(), in the caller's thread
@@ -631,6 +643,9 @@ class Charger:
         for attempt in range(5):
             carried, self._carried = self._carried, None  # a failed batch carries nothing
             try:
+                behind = background and self._background and len(reqs) >= BULK_BATCH
+                # On Postgres the power rows' UPDATE, all server work, goes behind too.
+                deferred: list[Callable[[], None]] = []
                 with ExitStack() as held:
                     conn = held.enter_context(self.db.write())
                     if self.db.is_sqlite:
@@ -639,7 +654,7 @@ class Charger:
                     try:
                         batch.prefetch(reqs, recall=self._recall)
                         results = batch.charge_all(reqs)
-                        batch.flush()
+                        batch.flush(deferred if behind and batch.postgres else None)
                     except BaseException as e:
                         batch.abort(e)
                         raise
@@ -653,7 +668,7 @@ class Charger:
                     raise
                 continue
             self._pending = Pending(self, conn, results, kept, batch.replays > 0, commit,
-                                    background and self._background and len(reqs) >= BULK_BATCH)
+                                    behind, deferred)
             return self._pending
         raise AssertionError("unreachable")  # pragma: no cover
 

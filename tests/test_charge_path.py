@@ -116,7 +116,7 @@ def test_a_failed_batch_leaves_no_trace_in_the_next(db: Any,
     charger = Charger(db)
     assert _charge(charger).balance == Decimal("99")
 
-    def failing_flush(self: Any) -> None:
+    def failing_flush(self: Any, deferred: Any = None) -> None:
         raise RuntimeError("disk on fire")
 
     with monkeypatch.context() as patch:

@@ -10,7 +10,7 @@ connection (and in the very transaction) that SQLAlchemy began.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from json.encoder import encode_basestring_ascii as _quote_ascii
 from operator import itemgetter
@@ -124,11 +124,18 @@ def bulk_update(conn: Connection, table: Table, key: str, columns: tuple[str, ..
     tuples are ``(*columns, key)``): one ``executemany`` on SQLite, one set-based
     ``UPDATE .. FROM json_to_recordset(..)`` on Postgres, whose one JSON parameter costs
     the driver a fraction of what one array per column does."""
+    prepared_update(conn, table, key, columns, rows)()
+
+
+def prepared_update(conn: Connection, table: Table, key: str, columns: tuple[str, ...],
+                    rows: list[tuple[Any, ...]]) -> Callable[[], None]:
+    """``bulk_update``, its parameters made now and the statement run when called."""
     if conn.dialect.name != "postgresql":
-        _executemany(conn, _keyed_update(table, key, columns, conn.dialect), rows)
-        return
-    HotStatement(conn, _recordset_update(table, key, columns)).once(
-        {"rows": _json_records(table, (*columns, key), rows)})
+        sql = _keyed_update(table, key, columns, conn.dialect)
+        return lambda: _executemany(conn, sql, rows)
+    stmt = HotStatement(conn, _recordset_update(table, key, columns))
+    params = {"rows": _json_records(table, (*columns, key), rows)}
+    return lambda: stmt.once(params)
 
 
 def _json_records(table: Table, names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
