@@ -154,3 +154,29 @@ def test_a_users_page_seeks_the_account_index(cli: Any, db_url: str, spread: Any
             assert "USING INDEX ix_events_block_user_id" in plan, plan
     finally:
         check.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_both_sqlite_read_paths_page_the_blocks_alike(db_url: str, spread: Any) -> None:
+    """``storage.lite`` (the read commands) and ``storage.queries`` (the Python API) find
+    the same rows for every page, filter and starting point."""
+    from smscredits import reads
+    from smscredits.storage.lite import open_lite
+
+    light = open_lite(db_url)
+    assert light is not None
+    engine = open_db(db_url)
+    try:
+        starts = [None, *spread["all"][::3], 9 * BLOCK, 3 * BLOCK + 1, 1]
+        for before in starts:
+            for limit in (1, 4, 50):
+                for kinds in (None, ["message.charged"], ["credits.added", "user.added"]):
+                    args = {"before": before, "limit": limit, "kinds": kinds}
+                    lite_rows = reads.query_events(light, "alice", **args)
+                    core_rows = reads.query_events(engine, "alice", **args)
+                    assert lite_rows == core_rows, args
+                    assert [r.id for r in lite_rows] == sorted(
+                        (r.id for r in lite_rows), reverse=True)
+    finally:
+        light.close()
+        engine.dispose()
