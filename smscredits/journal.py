@@ -17,22 +17,18 @@ from sqlalchemy import Connection, insert, update
 
 from smscredits.storage.tables import events, powers
 
+# The fields an account event's hash covers, after the previous hash, in this order.
+HASHED_COLUMNS = ("at", "user_id", "power_id", "kind", "amount", "balance_after", "ref", "note",
+                  "actor", "detail")
+
 
 def event_hash(prev: str | None, row: Mapping[str, Any]) -> str:
-    fields = (
-        prev or "",
-        row["at"],
-        row["user_id"],
-        row["power_id"],
-        row["kind"],
-        row.get("amount"),
-        row.get("balance_after"),
-        row.get("ref"),
-        row.get("note"),
-        row.get("actor"),
-        row.get("detail"),
-    )
-    text = "\x1f".join(["" if f is None else str(f) for f in fields])
+    return hash_of(prev, tuple(row.get(c) for c in HASHED_COLUMNS))
+
+
+def hash_of(prev: str | None, fields: tuple[Any, ...]) -> str:
+    """The hash of an event whose ``HASHED_COLUMNS`` are ``fields``."""
+    text = "\x1f".join(["" if f is None else str(f) for f in (prev or "", *fields)])
     return hashlib.sha256(text.encode()).hexdigest()
 
 

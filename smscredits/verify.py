@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, bindparam, func, select, text
 
 from smscredits import clock, schedule
 from smscredits.amounts import to_decimal
-from smscredits.journal import event_hash
+from smscredits.journal import HASHED_COLUMNS, hash_of
 from smscredits.limits import WINDOWS, window_keys
 from smscredits.storage import blocks, queries
 from smscredits.storage.engine import Db
@@ -55,7 +55,7 @@ def verify(db: Db) -> Report:
             .where(events.c.power_id.is_not(None)).group_by(events.c.power_id)
         ).all())
         total = conn.execute(select(func.count()).select_from(events)).scalar_one()
-        every_block = text(blocks.up_to(queries.top_block(conn)))
+        window_events = _window_events(text(blocks.up_to(queries.top_block(conn))))
         chains = _chains(conn, accounts)
         for acc in accounts:
             expected = int(sums.get(acc["id"], 0))
@@ -64,12 +64,24 @@ def verify(db: Db) -> Report:
                     "balance", acc["name"], "balance differs from the sum of its journal",
                     to_decimal(expected), to_decimal(acc["balance"]),
                 ))
-            problems.extend(_windows(conn, acc, acc["tz"] or db.default_tz, every_block))
+            problems.extend(_windows(conn, acc, acc["tz"] or db.default_tz, window_events))
             problems.extend(chains[acc["id"]])
     return Report(len(accounts), total, problems)
 
 
-def _windows(conn: Connection, acc: Any, tz: str, every_block: Any) -> list[Problem]:
+def _window_events(every_block: Any) -> Any:
+    """One account's charges and refunds since an instant, oldest first: one statement for
+    every account (made once, its values bound per account)."""
+    return (
+        select(events.c.kind, events.c.amount, events.c.ref, events.c.at)
+        .where(every_block, events.c.user_id == bindparam("uid"),
+               events.c.power_id == bindparam("pid"), events.c.at >= bindparam("since"),
+               events.c.kind.in_(("message.charged", "message.refunded")))
+        .order_by(events.c.id)
+    )
+
+
+def _windows(conn: Connection, acc: Any, tz: str, window_events: Any) -> list[Problem]:
     """Counters of the windows stored on the row, recomputed from the journal."""
     if acc["month_key"] == 0:  # never charged: the counters must still be at zero
         return [Problem("window", acc["name"], f"{w} counter set on an account never charged",
@@ -78,13 +90,8 @@ def _windows(conn: Connection, acc: Any, tz: str, every_block: Any) -> list[Prob
     # The week can start in the month before; a window starts where the previous one ends.
     week_start = schedule.window_reset("week", acc["week_key"] - 7, tz)
     since = clock.to_us(min(month_start, week_start))
-    rows = conn.execute(
-        select(events.c.kind, events.c.amount, events.c.ref, events.c.at)
-        .where(every_block, events.c.user_id == acc["user_id"], events.c.power_id == acc["id"],
-               events.c.at >= since,
-               events.c.kind.in_(("message.charged", "message.refunded")))
-        .order_by(events.c.id)
-    ).all()
+    rows = conn.execute(window_events,
+                        {"uid": acc["user_id"], "pid": acc["id"], "since": since}).all()
     spent = dict.fromkeys(WINDOWS, 0)
     charged_keys: dict[str, tuple[int, int, int]] = {}
     for kind, amount, ref, at in rows:
@@ -121,17 +128,20 @@ def _chains(conn: Connection, accounts: Any) -> dict[int, list[Problem]]:
     """Every account's chain, in one pass over the journal in id order (one index seek per
     account and block would cost more than reading each event once)."""
     chains = {acc["id"]: _Chain() for acc in accounts}
+    hashed = [events.c[c] for c in HASHED_COLUMNS]
     result = conn.execution_options(yield_per=5000).execute(
-        select(events).where(events.c.power_id.is_not(None)).order_by(events.c.id)
-    ).mappings()
+        select(events.c.id, events.c.hash, *hashed)
+        .where(events.c.power_id.is_not(None)).order_by(events.c.id)
+    )
+    power_at = 2 + HASHED_COLUMNS.index("power_id")
     for row in result:
-        chain = chains.get(row["power_id"])
+        chain = chains.get(row[power_at])
         if chain is None or chain.broken is not None:
             continue  # a deleted account's events, or a chain already found broken
-        if row["hash"] != event_hash(chain.prev, row):
-            chain.broken = row["id"]
+        if row[1] != hash_of(chain.prev, row[2:]):
+            chain.broken = row[0]
             continue
-        chain.prev, chain.last_id = row["hash"], row["id"]
+        chain.prev, chain.last_id = row[1], row[0]
     found: dict[int, list[Problem]] = {}
     for acc in accounts:
         chain = chains[acc["id"]]
