@@ -554,6 +554,7 @@ class Pending:
     def __init__(self, charger: Charger, conn: Connection, results: list[ChargeResult],
                  kept: _Carried | None, recall: bool, commit: ExitStack, background: bool,
                  deferred: list[Callable[[], None]]) -> None:
+        # ``deferred`` (statements left to run before the commit) comes with ``background``.
         self._charger, self._results, self._kept, self._recall = charger, results, kept, recall
         self._commit = commit
         self._failure: BaseException | None = None
@@ -566,9 +567,6 @@ class Pending:
             self._thread = threading.Thread(target=self._driver_commit, args=(conn, deferred),
                                             daemon=True, name="smscredits-commit")
             self._thread.start()
-        else:
-            for run in deferred:
-                run()
 
     def _driver_commit(self, conn: Connection, deferred: list[Callable[[], None]]) -> None:
         try:
@@ -640,10 +638,10 @@ class Charger:
         """
         self.settle()
         reqs = list(reqs)
+        behind = background and self._background and len(reqs) >= BULK_BATCH
         for attempt in range(5):
             carried, self._carried = self._carried, None  # a failed batch carries nothing
             try:
-                behind = background and self._background and len(reqs) >= BULK_BATCH
                 # On Postgres the power rows' UPDATE, all server work, goes behind too.
                 deferred: list[Callable[[], None]] = []
                 with ExitStack() as held:

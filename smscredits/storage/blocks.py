@@ -15,7 +15,10 @@ the same expression, hence ``EXPR``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+Row = TypeVar("Row")
 
 BITS = 15  # the migrations build the index with this number: changing it takes a new one
 EXPR = f"(events.id >> {BITS})"  # as ix_events_block_user_id is built
@@ -56,6 +59,19 @@ def within(blocks: list[int]) -> str:
     they are ints made here, and inline they cost no bound parameters (SQLite allows at
     most 32 766 per statement)."""
     return f"{EXPR} IN ({', '.join(str(int(b)) for b in blocks)})"
+
+
+def newest_page(newest: int | None, before: int | None, limit: int,
+                fetch: Callable[[str, int], list[Row]]) -> list[Row]:
+    """Up to ``limit`` of one user's rows, newest first, below ``before``: ``fetch(condition,
+    n)`` gives the newest ``n`` matching rows within the blocks that ``condition`` names.
+    Groups are disjoint and taken newest first, so their rows join up in order."""
+    found: list[Row] = []
+    for group in newest_first(top(newest, before)):
+        found += fetch(within(group), limit - len(found))
+        if len(found) >= limit:
+            break
+    return found
 
 
 def up_to(top: int) -> str:

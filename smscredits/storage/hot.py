@@ -118,18 +118,13 @@ def _positional(stmt: Executable, order: tuple[str, ...], dialect: Any) -> str:
     return compiled.string
 
 
-def bulk_update(conn: Connection, table: Table, key: str, columns: tuple[str, ...],
-                rows: list[tuple[Any, ...]]) -> None:
-    """Set ``columns`` of the rows whose ``key`` column is each tuple's last value (the
-    tuples are ``(*columns, key)``): one ``executemany`` on SQLite, one set-based
-    ``UPDATE .. FROM json_to_recordset(..)`` on Postgres, whose one JSON parameter costs
-    the driver a fraction of what one array per column does."""
-    prepared_update(conn, table, key, columns, rows)()
-
-
 def prepared_update(conn: Connection, table: Table, key: str, columns: tuple[str, ...],
                     rows: list[tuple[Any, ...]]) -> Callable[[], None]:
-    """``bulk_update``, its parameters made now and the statement run when called."""
+    """Set ``columns`` of the rows whose ``key`` column is each tuple's last value (the
+    tuples are ``(*columns, key)``), when the returned function is called; its parameters
+    are made now. One ``executemany`` on SQLite, one set-based ``UPDATE .. FROM
+    json_to_recordset(..)`` on Postgres, whose one JSON parameter costs the driver a
+    fraction of what one array per column does."""
     if conn.dialect.name != "postgresql":
         sql = _keyed_update(table, key, columns, conn.dialect)
         return lambda: _executemany(conn, sql, rows)

@@ -176,15 +176,12 @@ def event_rows(
         return conn.execute(f"{sql} ORDER BY events.id DESC LIMIT ?", [*params, limit]).fetchall()
     # One user's events by the blocks of the account index, as storage.queries finds them.
     newest = conn.execute("SELECT max(events.id) FROM events").fetchone()[0]
-    found: list[sqlite3.Row] = []
-    for group in blocks.newest_first(blocks.top(newest, before)):
-        found += conn.execute(
-            f"{sql} AND {blocks.within(group)} ORDER BY events.id DESC LIMIT ?",
-            [*params, limit - len(found)],
-        ).fetchall()
-        if len(found) >= limit:
-            break
-    return found
+
+    def fetch(within: str, n: int) -> list[sqlite3.Row]:
+        return conn.execute(f"{sql} AND {within} ORDER BY events.id DESC LIMIT ?",
+                            [*params, n]).fetchall()
+
+    return blocks.newest_page(newest, before, limit, fetch)
 
 
 def plan_rows(conn: sqlite3.Connection, *, user_id: int | None,

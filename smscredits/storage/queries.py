@@ -70,19 +70,20 @@ def event_rows(
     if user_id is None:
         return list(conn.execute(stmt.limit(limit)).mappings().all())
     stmt = stmt.where(events.c.user_id == user_id)
-    found: list[RowMapping] = []
-    for group in blocks.newest_first(top_block(conn, before)):
-        part = stmt.where(text(blocks.within(group))).limit(limit - len(found))
-        found += conn.execute(part).mappings().all()
-        if len(found) >= limit:
-            break
-    return found
+
+    def fetch(within: str, n: int) -> list[RowMapping]:
+        return list(conn.execute(stmt.where(text(within)).limit(n)).mappings().all())
+
+    return blocks.newest_page(_newest_id(conn), before, limit, fetch)
 
 
-def top_block(conn: Connection, before: int | None = None) -> int:
-    """The newest block holding events (below ``before``); -1 when there are none."""
-    newest = conn.execute(select(func.max(events.c.id))).scalar()
-    return blocks.top(newest, before)
+def _newest_id(conn: Connection) -> int | None:
+    return conn.execute(select(func.max(events.c.id))).scalar()
+
+
+def top_block(conn: Connection) -> int:
+    """The newest block holding events; -1 when there are none."""
+    return blocks.top(_newest_id(conn))
 
 
 def plan_rows_where(conn: Connection, where: Any = None) -> list[RowMapping]:
