@@ -314,7 +314,8 @@ class _Batch:
         (without, a recorded id fails the batch's insert, which is then redone recalling)."""
         self.end_stream()
         batch_names = {r.user for r in reqs}
-        names = sorted(batch_names - self.accounts.keys())
+        # Not ``batch_names - self.accounts.keys()``: that walks every carried account.
+        names = sorted(n for n in batch_names if n not in self.accounts)
         lookups = _Lookups.of(self.conn.dialect.name)
         if names and lookups.held is not None:
             self.read_accounts(lookups.held, names, with_state=True)
@@ -325,7 +326,8 @@ class _Batch:
             self.accounts.setdefault(name, None)  # unknown users
         if self.postgres and lookups.lock is not None:
             wanted = {a.power_id for a in self.accounts.values()
-                      if a is not None and a.power_id is not None} - self.powers.keys()
+                      if a is not None and a.power_id is not None
+                      and a.power_id not in self.powers}
             if wanted:
                 self.lock(lookups.lock, sorted(wanted))
         ids = sorted({r.id for r in reqs if r.id is not None}) if recall else []
