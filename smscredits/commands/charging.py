@@ -248,7 +248,8 @@ def _charge_one(user: str, to: str, text: str | None, parts: int | None,
     if (text is None) == (parts is None):
         raise BadInput("give exactly one of --text and --parts")
     req = ChargeRequest(user, to, text, parts, validate.message_id(msg_id) if msg_id else None)
-    result = Charger(db()).charge(req)
+    with Charger(db()) as charger:
+        result = charger.charge(req)
     out = output()
     if out.machine:
         out.document(result)
@@ -407,7 +408,9 @@ def _charge_file(name: str) -> int:
             in_flight = (pending, "".join([charge_line(r, n) + "\n"
                                            for r, (n, _) in zip(results, parsed, strict=True)]))
         write_in_flight()
+        charger.close()
     finally:
+        charger.release()  # after a failure: nothing in flight is committed now
         gc.set_threshold(*thresholds)  # in-process callers (tests, scripts) get theirs back
     progress.close()
     if name != "-":

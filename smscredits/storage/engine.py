@@ -157,6 +157,16 @@ class Db:
             raise explain(e, self.url) from None
 
     @contextmanager
+    def transaction(self, conn: Connection) -> Iterator[Connection]:
+        """A write transaction on a connection the caller keeps (``write`` takes one from
+        the pool for each): committed when the block ends, rolled back on error."""
+        try:
+            with conn.begin():
+                yield conn
+        except (exc.OperationalError, exc.InterfaceError) as e:
+            raise explain(e, self.url) from None
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
