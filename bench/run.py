@@ -531,6 +531,8 @@ class Context:
     pg_schemas: list[str] = field(default_factory=list)
     bulk_db: Path | None = None
     load_start: float = field(default_factory=lambda: os.getloadavg()[0])
+    cpu_start: float = field(default_factory=lambda: cpu_check())
+    cpu_end: float | None = None
     source_start: str = field(default_factory=lambda: source_fingerprint())
 
 
@@ -954,6 +956,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cpu_check() -> float:
+    """Milliseconds of a fixed pure-Python loop (best of 3): how fast this machine's CPU is
+    now. A shared machine's speed changes from hour to hour (seen here: twice as slow at
+    times), which moves every absolute figure; ratios to same-run baselines move less."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        total = 0
+        for i in range(CPU_CHECK_STEPS):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+CPU_CHECK_STEPS = 3_000_000
+
+
 def source_fingerprint() -> str:
     """A hash of the smscredits sources, to tell whether they changed during the run."""
     import hashlib
@@ -977,6 +996,9 @@ def print_report(ctx: Context, figures: list[Figure], args: argparse.Namespace,
           f"{sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}; load average "
           f"{ctx.load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
           f"smscredits sources {ctx.source_start}")
+    ctx.cpu_end = cpu_check()
+    print(f"CPU check: a {CPU_CHECK_STEPS:,}-step Python loop took {ctx.cpu_start:.0f} ms at the "
+          f"start, {ctx.cpu_end:.0f} ms at the end (lower is a faster machine)")
     if source_end != ctx.source_start:
         print(f"WARNING: the smscredits sources changed during the run (now {source_end}): "
               "the figures mix versions")
@@ -1004,6 +1026,7 @@ def write_json(path: Path, ctx: Context, figures: list[Figure], args: argparse.N
         "cpus": os.cpu_count(), "smscredits": ctx.cli.how, "sizes": asdict(ctx.sizes),
         "postgres": bool(ctx.pg), "seconds": round(elapsed, 1),
         "sources": ctx.source_start, "sources_at_end": source_fingerprint(),
+        "cpu_check_ms": {"start": round(ctx.cpu_start), "end": round(ctx.cpu_end or 0)},
         "figures": [f.as_json() for f in figures],
     }
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
