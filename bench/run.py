@@ -956,6 +956,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+CPU_CHECK_STEPS = 3_000_000
+
+
 def cpu_check() -> float:
     """Milliseconds of a fixed pure-Python loop (best of 3): how fast this machine's CPU is
     now. A shared machine's speed changes from hour to hour (seen here: twice as slow at
@@ -968,9 +971,6 @@ def cpu_check() -> float:
             total += i
         best = min(best, time.perf_counter() - start)
     return best * 1000
-
-
-CPU_CHECK_STEPS = 3_000_000
 
 
 def source_fingerprint() -> str:

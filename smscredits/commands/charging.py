@@ -392,25 +392,24 @@ def _charge_file(name: str) -> int:
             out.flush()
 
     try:
-        for lines in _read_batches(stream, before_read=write_in_flight):
-            progress.advance(sum(len(raw) + 1 for raw in lines))
-            parsed = []
-            for raw in lines:
-                lineno += 1
-                if raw.strip():
-                    parsed.append((lineno, parse(raw, lineno)))
-            reqs = [p for _, p in parsed if type(p) is ChargeRequest]
-            write_in_flight()  # the batch before commits while this one is read
-            pending = charger.begin(reqs) if reqs else None
-            charged = iter(pending.results if pending is not None else ())
-            results = [next(charged) if type(p) is ChargeRequest else p for _, p in parsed]
-            summary.add_all(results)
-            in_flight = (pending, "".join([charge_line(r, n) + "\n"
-                                           for r, (n, _) in zip(results, parsed, strict=True)]))
-        write_in_flight()
-        charger.close()
+        with charger:  # on a failure, a batch still in flight is rolled back
+            for lines in _read_batches(stream, before_read=write_in_flight):
+                progress.advance(sum(len(raw) + 1 for raw in lines))
+                parsed = []
+                for raw in lines:
+                    lineno += 1
+                    if raw.strip():
+                        parsed.append((lineno, parse(raw, lineno)))
+                reqs = [p for _, p in parsed if type(p) is ChargeRequest]
+                write_in_flight()  # the batch before commits while this one is read
+                pending = charger.begin(reqs) if reqs else None
+                charged = iter(pending.results if pending is not None else ())
+                results = [next(charged) if type(p) is ChargeRequest else p for _, p in parsed]
+                summary.add_all(results)
+                in_flight = (pending, "".join([charge_line(r, n) + "\n"
+                                               for r, (n, _) in zip(results, parsed, strict=True)]))
+            write_in_flight()
     finally:
-        charger.release()  # after a failure: nothing in flight is committed now
         gc.set_threshold(*thresholds)  # in-process callers (tests, scripts) get theirs back
     progress.close()
     if name != "-":

@@ -150,29 +150,28 @@ class Db:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One write transaction: committed when the block ends, rolled back on error."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except (exc.OperationalError, exc.InterfaceError) as e:
-            raise explain(e, self.url) from None
+        with self._explained(), self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def transaction(self, conn: Connection) -> Iterator[Connection]:
         """A write transaction on a connection the caller keeps (``write`` takes one from
         the pool for each): committed when the block ends, rolled back on error."""
-        try:
-            with conn.begin():
-                yield conn
-        except (exc.OperationalError, exc.InterfaceError) as e:
-            raise explain(e, self.url) from None
+        with self._explained(), conn.begin():
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        with self._explained(), self.engine.connect() as conn:
+            conn = conn.execution_options(readonly=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _explained(self) -> Iterator[None]:
+        """A database failure as one password-free line (``explain``)."""
         try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(readonly=True)
-                with conn.begin():
-                    yield conn
+            yield
         except (exc.OperationalError, exc.InterfaceError) as e:
             raise explain(e, self.url) from None
 
