@@ -286,10 +286,13 @@ class _Carried:
 class _Batch:
     """The state of one transaction's worth of charges."""
 
-    def __init__(self, conn: Connection, db: Db, carried: _Carried | None = None) -> None:
+    def __init__(self, conn: Connection, db: Db, carried: _Carried | None = None,
+                 book: PriceBook | None = None) -> None:
         self.conn, self.db = conn, db
         self.postgres = conn.dialect.name == "postgresql"
-        self.book = carried.book if carried else PriceBook.load(conn)
+        # The prices are read by every batch that carries nothing (every one on Postgres),
+        # but the last batch's book, and its quotes, serve while they are the same.
+        self.book = carried.book if carried else PriceBook.load(conn, book)
         self.accounts: dict[str, _Account | None] = carried.accounts if carried else {}
         self.powers: dict[int, _Power] = carried.powers if carried else {}  # held, by id
         self.pending: dict[str, MessageRow] = {}  # message rows by id, not yet written
@@ -635,6 +638,7 @@ class Charger:
         # Kept from batch to batch: taking a connection from the pool and handing it back
         # (with the pool's reset) costs a fifth of a one-message charge on SQLite.
         self._conn: Connection | None = None
+        self._book: PriceBook | None = None  # the last batch's prices
 
     def __enter__(self) -> Charger:
         return self
@@ -695,7 +699,8 @@ class Charger:
                     conn = held.enter_context(self.db.transaction(self._connection()))
                     if self.db.is_sqlite:
                         self._checkpoints_for(conn, len(reqs))
-                    batch = _Batch(conn, self.db, self._still_true(conn, carried))
+                    batch = _Batch(conn, self.db, self._still_true(conn, carried), self._book)
+                    self._book = batch.book
                     try:
                         batch.prefetch(reqs, recall=self._recall)
                         results = batch.charge_all(reqs)

@@ -78,3 +78,23 @@ def test_a_failed_batch_leaves_the_connection_usable(alice: Any, db_url: str) ->
         assert conflict.status == "error" and conflict.reason == "conflict"
         assert charger.charge(ChargeRequest("alice", TO, parts=2, id="next")).status == "charged"
     assert _balance(db_url) == Decimal(1_000_000 - 3)
+
+
+def test_a_price_changed_by_another_process_applies_to_the_next_batch(
+        alice: Any, db_url: str) -> None:
+    """The Charger reuses its last batch's prices (and quotes) only while they are the same."""
+    other = open_db(db_url, actor="admin")
+    try:
+        with Charger(alice) as charger:
+            first = charger.charge(ChargeRequest("alice", TO, parts=2, id="p-1"))
+            assert first.cost == Decimal(2) and first.rule == "default"
+            pricing.set_price(other, "HU", "0.25")
+            second = charger.charge(ChargeRequest("alice", TO, parts=2, id="p-2"))
+            assert (second.cost, second.price, second.rule) == (Decimal("0.5"),
+                                                                Decimal("0.25"), "HU")
+            pricing.delete_price(other, "HU")
+            third = charger.charge(ChargeRequest("alice", TO, parts=2, id="p-3"))
+            assert (third.cost, third.rule) == (Decimal(2), "default")
+    finally:
+        other.dispose()
+    assert _balance(db_url) == Decimal(1_000_000) - Decimal("4.5")
