@@ -143,3 +143,25 @@ def test_charge_file_prints_no_line_of_a_batch_whose_commit_failed(
     assert run.stdout == ""
     assert run.stderr.count("\n") == 1 and "disk I/O error" in run.stderr
     assert _balance(accounts) == Decimal(1_000_000)
+
+
+def test_a_file_bigger_than_one_read_is_charged_in_full_batches(accounts: Any, cli: Any,
+                                                                 tmp_path: Path) -> None:
+    """3 000 lines of 450 bytes take two reads of the file (1 MiB each): the lines left over
+    from the first wait for the second instead of making a short batch of their own. Each
+    batch is one transaction with one instant, so the log shows one instant per batch."""
+    from freezegun import freeze_time
+
+    feed = tmp_path / "big.jsonl"
+    feed.write_text("".join(_line(i)[:-1] + " " * 400 + "}\n" for i in range(3000)))
+    assert feed.stat().st_size > 1 << 20
+    with freeze_time("2026-03-10 12:00:00", auto_tick_seconds=1):
+        run = cli("charge", "--file", str(feed))
+    assert run.exit_code == 0
+    assert "charged 3000" in run.stderr
+    log = cli("--json", "log", "alice", "--kind", "message.charged", "--limit", "5000").json()
+    assert len(log) == 3000
+    instants = {}
+    for row in log:
+        instants[row["at"]] = instants.get(row["at"], 0) + 1
+    assert sorted(instants.values()) == [1000, 1000, 1000]

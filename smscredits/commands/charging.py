@@ -277,21 +277,44 @@ def _read_batches(stream: BinaryIO, size: int = 1000, *,
 
     ``read1`` returns what one read brings, without waiting for more: a pipe fed one line at
     a time yields one-line batches at once (each is charged and its result flushed before the
-    next is awaited); a file yields full batches. ``before_read`` runs before each read.
+    next is awaited). Lines left over from a read wait for the next one only while more input
+    is ready (always, in a file): a file yields full batches, not a short one per read.
+    ``before_read`` runs before each read.
     """
-    pending = b""
+    pending, carried = b"", []
     while True:
         if before_read is not None:
             before_read()
         chunk = stream.read1(1 << 20)
         if not chunk:
-            if pending:
-                yield [pending]
+            rest = [*carried, pending] if pending else carried  # under ``size`` lines
+            if rest:
+                yield rest
             return
         pending += chunk
         *lines, pending = pending.split(b"\n")
-        for i in range(0, len(lines), size):
+        if carried:
+            lines, carried = carried + lines, []
+        whole = len(lines) - len(lines) % size
+        for i in range(0, whole, size):
             yield lines[i : i + size]
+        if whole < len(lines):
+            if _more_ready(stream):
+                carried = lines[whole:]
+            else:
+                yield lines[whole:]
+
+
+def _more_ready(stream: BinaryIO) -> bool:
+    """Whether a read now would return at once: a regular file, or a pipe with data."""
+    import select
+    import stat
+
+    try:
+        fd = stream.fileno()
+        return stat.S_ISREG(os.fstat(fd).st_mode) or bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):  # no descriptor (a test's BytesIO), or no select on it
+        return False
 
 
 _FIELDS = frozenset(("user", "to", "text", "parts", "id"))
