@@ -102,15 +102,18 @@ def _opt_num(v: Decimal | int | None) -> str:
 def charge_line(r: Any, line: int) -> str:
     """One result line of ``charge --file``: ``to_json({**r.as_dict(), "line": line})`` for a
     ChargeResult, written field by field (one per message, so it is worth the speed)."""
+    encoding = r.encoding
     if (r.status == "charged" and r.reason is None and r.message is None
             and r.metered is True and r.replayed is False and type(r.parts) is int
             and type(r.cost) is type(r.price) is type(r.balance) is Decimal
-            and type(r.id) is type(r.user) is type(r.to) is type(r.encoding)
-            is type(r.rule) is type(r.country) is str):
-        # A plain charge, by far the most common line: fewer checks.
+            and type(r.id) is type(r.user) is type(r.to) is type(r.rule) is type(r.country)
+            is str and (encoding is None or type(encoding) is str)):
+        # A plain charge, by far the most common line: fewer checks. (No encoding: the
+        # caller gave the number of parts.)
         return (f'{{"status":"charged","id":{_quote(r.id)},"user":{_quote(r.user)},'
                 f'"to":{_quote(r.to)},"reason":null,"message":null,'
-                f'"cost":{r.cost:f},"parts":{int(r.parts)},"encoding":{_quote(r.encoding)},'
+                f'"cost":{r.cost:f},"parts":{int(r.parts)},'
+                f'"encoding":{"null" if encoding is None else _quote(encoding)},'
                 f'"price":{r.price:f},"rule":{_quote(r.rule)},"country":{_quote(r.country)},'
                 f'"balance":{r.balance:f},"metered":true,"replayed":false,"line":{int(line)}}}')
     return (f'{{"status":{_quote(r.status)},"id":{_opt_str(r.id)},"user":{_opt_str(r.user)},'

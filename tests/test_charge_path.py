@@ -160,13 +160,15 @@ decimals = st.decimals(min_value=-(10**12), max_value=10**12, places=3, allow_na
 
 
 @given(id_=text_, user=text_, to=text_, cost=decimals, parts=st.integers(1, 255),
-       encoding=text_, price=decimals, rule=text_, country=text_, balance=decimals,
+       encoding=st.none() | text_, price=decimals, rule=text_, country=text_, balance=decimals,
        line=st.integers(1, 10**9))
 def test_plain_charge_line_is_the_general_json(id_: str, user: str, to: str, cost: Decimal,
-                                               parts: int, encoding: str, price: Decimal,
+                                               parts: int, encoding: str | None,
+                                               price: Decimal,
                                                rule: str, country: str, balance: Decimal,
                                                line: int) -> None:
-    """The most common line, a plain charge, takes a shorter way to the same text."""
+    """The most common line, a plain charge (its encoding None where the caller gave the
+    number of parts), takes a shorter way to the same text."""
     r = ChargeResult("charged", id_, user, to, None, None, cost, parts, encoding, price, rule,
                      country, balance)
     assert charge_line(r, line) == to_json({**r.as_dict(), "line": line})
