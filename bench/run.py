@@ -1078,8 +1078,9 @@ def print_report(ctx: Context, figures: list[Figure], args: argparse.Namespace,
           "temp dir); figures 5 and 6 time each command after one untimed run")
     print(f"data: {s.users:,} users with a credits power and limits; default price {PRICE}; "
           f"{len(ctx.numbers):,} destination numbers (HU, GB, US, DE, FR); batches of {BATCH}")
-    print(f"figures 1 and 2: the median of {s.bulk_runs} run(s) of smscredits and of the "
-          "reference, alternated, each on a fresh database")
+    runs = "one run" if s.bulk_runs == 1 else f"the median of {s.bulk_runs} runs"
+    print(f"figures 1 and 2: {runs} of smscredits and of the reference, alternated, each on a "
+          "fresh database")
     if not ctx.pg:
         print(f"Postgres figures skipped: no --pg and ${PG_ENV} is not set")
     print("ratio = value / baseline (charges/s: higher is better; times: lower is better)")
