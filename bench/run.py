@@ -6,7 +6,8 @@ Creates its own databases in a temporary directory (and, with a Postgres URL fro
 ``$SMSCREDITS_TEST_PG``, its own schemas, dropped at the end) and prints one table:
 
 1. bulk ``charge --file`` on SQLite vs a plain ``sqlite3`` loop doing UPDATE + INSERT;
-2. the same on Postgres vs a plain psycopg loop in pipeline mode;
+2. the same on Postgres vs a plain psycopg loop in pipeline mode (1 and 2: the median of
+   three alternated runs of each side);
 3. streaming latency of ``charge --file -`` fed one line at a time vs an echo co-process;
 4. charge cost with a big journal (10M events) vs a small one (1k events);
 5. cold start of ``--help``, ``--version``, ``credits balance``, ``log`` vs bare imports;
@@ -36,7 +37,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -550,7 +550,8 @@ def bulk_file(ctx: Context, name: str, n: int) -> Path:
 def copy_db(src: Path, dst: Path) -> None:
     """A copy of a closed SQLite database, through SQLite's backup, in WAL mode as smscredits
     leaves its files."""
-    with closing(sqlite3.connect(src)) as source, closing(sqlite3.connect(dst)) as copy:
+    with (contextlib.closing(sqlite3.connect(src)) as source,
+          contextlib.closing(sqlite3.connect(dst)) as copy):
         source.backup(copy)
         copy.execute("PRAGMA journal_mode = WAL")
 
@@ -637,11 +638,11 @@ def figure_pg_bulk(ctx: Context) -> list[Figure]:
         prepare(ctx.cli, url, ctx.sizes.users)
         return url
 
-    def drop_schema(url: str) -> None:
+    def drop_schema(role: str) -> None:
         # Each run's data goes before the next, as does its write-back (the server's
         # checkpoints of one run's writes would slow the next).
-        schema = ctx.pg_schemas.pop()
-        assert url.endswith(schema)
+        schema = f"bench_{run_id}_{role}"
+        ctx.pg_schemas.remove(schema)
         with psycopg.connect(pg_conninfo(base), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
             with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
@@ -652,13 +653,12 @@ def figure_pg_bulk(ctx: Context) -> list[Figure]:
         seconds, err = ctx.cli.wall(ctx.cli.cmd(url, "charge", "--file", str(jsonl)))
         charged = count_charged(url)
         assert charged == n, f"smscredits charged {charged} of {n}: {err}"
-        drop_schema(url)
+        drop_schema(f"main{run}")
         return seconds
 
     def reference(run: int) -> float:
-        url = fresh_schema(f"ref{run}")
-        seconds = pg_reference(url, jsonl)
-        drop_schema(url)
+        seconds = pg_reference(fresh_schema(f"ref{run}"), jsonl)
+        drop_schema(f"ref{run}")
         return seconds
 
     runs, ref_runs = bulk_runs(ctx, "2", f"charge --file, {n} messages on Postgres", ours,
