@@ -271,7 +271,6 @@ class _Carried:
     dbapi: Any
     version: int
     changes: int
-    book: PriceBook
     accounts: dict[str, _Account | None]
     powers: dict[int, _Power]
 
@@ -291,9 +290,11 @@ class _Batch:
                  book: PriceBook | None = None) -> None:
         self.conn, self.db = conn, db
         self.postgres = conn.dialect.name == "postgresql"
-        # The prices are read by every batch that carries nothing (every one on Postgres),
-        # but the last batch's book, and its quotes, serve while they are the same.
-        self.book = carried.book if carried else PriceBook.load(conn, book)
+        # ``book``: the last batch's prices. Still true with what it carried; else the prices
+        # are read again (every batch on Postgres), and the book, with its quotes, serves
+        # while they are the same.
+        self.book = (book if carried is not None and book is not None
+                     else PriceBook.load(conn, book))
         self.accounts: dict[str, _Account | None] = carried.accounts if carried else {}
         self.powers: dict[int, _Power] = carried.powers if carried else {}  # held, by id
         self.pending: dict[str, MessageRow] = {}  # message rows by id, not yet written
@@ -746,8 +747,8 @@ class Charger:
         if batch.postgres:  # rows are locked and read anew by each transaction
             return None
         dbapi: Any = conn.connection.dbapi_connection
-        return _Carried(dbapi, _Carried.version_of(dbapi), dbapi.total_changes, batch.book,
-                        batch.accounts, batch.powers)
+        return _Carried(dbapi, _Carried.version_of(dbapi), dbapi.total_changes, batch.accounts,
+                        batch.powers)
 
 
 @dataclass
