@@ -8,6 +8,12 @@ order; at the end the batch writes its message rows and events in bulk and each 
 power row once. A batch commits before any of its results is reported, so a reported charge
 is durable and an interrupted batch leaves nothing behind. (``Charger.begin`` lets a big
 batch's commit run on a second thread while the caller reads on; its results wait for it.)
+
+Time: a batch takes its instant once its accounts are held, and a charge is stamped no
+earlier than its account's latest event (``powers.last_at``; ``journal.stamp``). A batch that
+waited behind another that committed after midnight, or a host whose clock is seconds behind
+another's, thus charges into the newer day: an account's events never go back in time, so its
+window counters never move backwards and never exceed their limits.
 """
 
 from __future__ import annotations
@@ -126,11 +132,11 @@ class _Account:
 # The power row's state that a charge reads and moves, in this order.
 STATE_COLUMNS = ("balance", "overdraft", "daily_limit", "weekly_limit", "monthly_limit",
                  "day_key", "day_spent", "week_key", "week_spent", "month_key", "month_spent",
-                 "last_hash", "refill_below")
+                 "last_hash", "refill_below", "last_at")
 # ... and what a batch writes back.
 WRITTEN_COLUMNS = ("balance", "day_key", "day_spent", "week_key", "week_spent", "month_key",
-                   "month_spent", "last_hash")
-SPENT_COLUMNS = ("balance", "day_spent", "week_spent", "month_spent", "last_hash")
+                   "month_spent", "last_hash", "last_at")
+SPENT_COLUMNS = ("balance", "day_spent", "week_spent", "month_spent", "last_hash", "last_at")
 
 
 @dataclass(slots=True)
@@ -145,14 +151,15 @@ class _Power:
     spent: list[int]
     last_hash: str | None
     refill_below: int | None
+    last_at: int  # the instant of the account's latest event
     rolled: bool = False  # a window key moved on since the row was last written
 
     @classmethod
     def of(cls, pid: int, row: Any) -> _Power:
         (balance, overdraft, day, week, month, dk, ds, wk, ws, mk, ms, last_hash,
-         refill_below) = row
+         refill_below, last_at) = row
         return cls(pid, balance, overdraft, (day, week, month), [dk, wk, mk], [ds, ws, ms],
-                   last_hash, refill_below)
+                   last_hash, refill_below, last_at)
 
     def take(self, cost: int, keys: tuple[int, int, int]) -> Rejected | None:
         """Debit ``cost`` in these windows if balance, overdraft and every limit allow it;
@@ -179,12 +186,12 @@ class _Power:
     def written(self) -> tuple[Any, ...]:
         """``WRITTEN_COLUMNS`` and then the power id."""
         (dk, wk, mk), (ds, ws, ms) = self.keys, self.spent
-        return (self.balance, dk, ds, wk, ws, mk, ms, self.last_hash, self.id)
+        return (self.balance, dk, ds, wk, ws, mk, ms, self.last_hash, self.last_at, self.id)
 
     def spent_written(self) -> tuple[Any, ...]:
         """``SPENT_COLUMNS`` and then the power id: enough while no window rolled over."""
         ds, ws, ms = self.spent
-        return (self.balance, ds, ws, ms, self.last_hash, self.id)
+        return (self.balance, ds, ws, ms, self.last_hash, self.last_at, self.id)
 
 
 # Why a take is refused: insufficient credits, then each window's limit, in this order.
@@ -305,9 +312,15 @@ class _Batch:
         self.stream: CopyStream | None = None
         self.replays = 0  # ids met again (in this batch or recorded before)
         self.moved: dict[int, _Power] = {}  # power rows debited since the last flush
-        # One instant per batch (one transaction): its charges fall in the same windows.
+        # One instant per batch (one transaction), taken again once its accounts are held
+        # (``stamp``): its charges fall in the same windows.
         self.now = clock.now_us()
         self.keys: dict[str, tuple[int, int, int]] = {}
+
+    def stamp(self) -> None:
+        """Take the batch's instant now that its accounts are held: a batch that waited for
+        another's lock is stamped after that one committed, not before."""
+        self.now, self.keys = clock.now_us(), {}
 
     def window_keys(self, tz: str) -> tuple[int, int, int]:
         if tz not in self.keys:
@@ -397,7 +410,11 @@ class _Batch:
               power: _Power) -> ChargeResult:
         """The hot path: one metered charge, checked and taken in memory."""
         now, cost = self.now, quote.cost
-        keys = self.keys.get(account.tz) or self.window_keys(account.tz)
+        if power.last_at > now:  # the account's latest event is later: join its instant
+            now = power.last_at
+            keys = window_keys(now, account.tz)
+        else:
+            keys = self.keys.get(account.tz) or self.window_keys(account.tz)
         refusal = power.take(cost, keys)
         if refusal is not None:
             return self.reject(_base(req), account, quote, refusal)
@@ -406,7 +423,7 @@ class _Batch:
         balance = power.balance
         event = journal.charged(now, account.user_id, power.id, cost, balance, msg_id,
                                 self.db.actor, quote.detail, power.last_hash)
-        power.last_hash = event[-1]
+        power.last_hash, power.last_at = event[-1], now
         self.record(event)
         if power.refill_below is not None and balance < power.refill_below:
             balance = self.refill(account, power)
@@ -470,8 +487,11 @@ class _Batch:
         self.replays += 1
         held = self.pending.get(key) or self.written.get(key)
         row = dict(zip(MESSAGE_COLUMNS, held, strict=True)) if held else self.known[key]
-        same_user = row["user_name"] == req.user and row["user_id"] == (
-            account.user_id if account else None)
+        # A refusal is keyed by the user's name as requested (it touched no account: an
+        # ``unknown_user`` refusal replays after the user is created); a charge also by the
+        # account it debited.
+        same_user = row["user_name"] == req.user and (row["status"] == "rejected" or (
+            row["user_id"] == (account.user_id if account else None)))
         same_cost = quote is None or row["cost"] is None or row["cost"] == quote.cost or (
             row["power_id"] is None and row["status"] != "rejected")
         if not (same_user and same_cost):
@@ -707,6 +727,7 @@ class Charger:
                     self._book = batch.book
                     try:
                         batch.prefetch(reqs, recall=self._recall)
+                        batch.stamp()
                         results = batch.charge_all(reqs)
                         batch.flush(deferred if behind and batch.postgres else None)
                     except BaseException as e:
@@ -832,7 +853,7 @@ def refund(db: Db, msg_id: str, *, note: str | None = None) -> Refund:
         conn.execute(update(messages).where(messages.c.id == msg_id).values(status="refunded"))
         event_id = journal.record(
             conn, at=clock.now_us(), kind="message.refunded", actor=db.actor,
-            user_id=msg["user_id"], power_id=msg["power_id"], prev_hash=row.last_hash,
-            amount=cost, balance_after=row.balance, ref=msg_id, note=note,
+            user_id=msg["user_id"], power_id=msg["power_id"], amount=cost,
+            balance_after=row.balance, ref=msg_id, note=note,
         )
     return Refund(msg_id, msg["name"], to_decimal(cost), to_decimal(row.balance), event_id)

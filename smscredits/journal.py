@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
-from sqlalchemy import Connection, insert, update
+from sqlalchemy import Connection, insert, select, update
 
 from smscredits.storage.tables import events, powers
 
@@ -96,15 +96,42 @@ def build(
 
 
 def record(conn: Connection, **fields: Any) -> int:
-    """Write one event (and advance its account's chain) in the caller's transaction.
+    """Write one event in the caller's transaction; an account event is chained.
 
-    For an account event the caller must hold the power row (it has updated it in this
-    transaction, or locked it) and pass its ``prev_hash``.
+    An account event takes its account's chain head (``last_hash``, ``last_at``) with the
+    power row locked, as a charge batch does, so that every writer of one chain (charges,
+    refunds, refills, admin commands) queues on the same lock and none chains onto a stale
+    head. Its instant is no earlier than the head's (see ``stamp``).
     """
+    power_id = fields.get("power_id")
+    if power_id is not None:
+        last_hash, last_at = head(conn, power_id)
+        fields["prev_hash"], fields["at"] = last_hash, stamp(fields["at"], last_at)
     row = build(**fields)
     event_id = conn.execute(insert(events).returning(events.c.id), row).scalar_one()
     if row["hash"] is not None:
-        conn.execute(
-            update(powers).where(powers.c.id == row["power_id"]).values(last_hash=row["hash"])
-        )
+        conn.execute(update(powers).where(powers.c.id == power_id)
+                     .values(last_hash=row["hash"], last_at=row["at"]))
     return event_id
+
+
+def stamp(now: int, last_at: int) -> int:
+    """An account event's instant: now, or the account's latest event's if that is later.
+
+    A transaction stamped before another that commits first (or a host whose clock is behind
+    another's) then joins the newer instant, and with it the newer limit windows: an
+    account's events never go back in time and its window counters never move backwards.
+    """
+    return now if now >= last_at else last_at
+
+
+def head(conn: Connection, power_id: int) -> tuple[str | None, int]:
+    """The account's chain head, its power row locked until the transaction ends (Postgres;
+    a SQLite write transaction holds the whole database)."""
+    stmt = select(powers.c.last_hash, powers.c.last_at).where(powers.c.id == power_id)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).first()
+    if row is None:
+        raise LookupError(f"no power {power_id}: its row must exist to chain an event")
+    return row[0], row[1]

@@ -193,7 +193,7 @@ def set_overdraft(db: Db, user: str, overdraft: int | None) -> Account:
             )
         journal.record(
             conn, at=clock.now_us(), kind="power.overdraft", actor=db.actor,
-            user_id=urow["id"], power_id=prow["id"], prev_hash=prow["last_hash"],
+            user_id=urow["id"], power_id=prow["id"],
             detail={"overdraft": format_amount(overdraft)},
         )
     return get_account(db, user)
@@ -219,8 +219,8 @@ def delete_power(db: Db, user: str, kind: str = "credits", *, force: bool = Fals
         )
         journal.record(
             conn, at=clock.now_us(), kind="power.deleted", actor=db.actor,
-            user_id=account.user_id, power_id=prow["id"], prev_hash=prow["last_hash"],
-            amount=-prow["balance"], balance_after=0,
+            user_id=account.user_id, power_id=prow["id"], amount=-prow["balance"],
+            balance_after=0,
         )
         conn.execute(delete(powers).where(powers.c.id == prow["id"]))
     return account
@@ -262,8 +262,8 @@ def add_credits(db: Db, user: str, amount: int, *, note: str | None = None) -> C
             )
         event_id = journal.record(
             conn, at=clock.now_us(), kind="credits.added" if amount > 0 else "credits.subtracted",
-            actor=db.actor, user_id=urow["id"], power_id=row.id, prev_hash=row.last_hash,
-            amount=amount, balance_after=row.balance, note=note,
+            actor=db.actor, user_id=urow["id"], power_id=row.id, amount=amount,
+            balance_after=row.balance, note=note,
         )
         _balance_rose(conn, urow["id"], row.balance, amount)
     return Change(user, to_decimal(amount), to_decimal(row.balance), event_id)
@@ -289,7 +289,7 @@ def set_credits(db: Db, user: str, target: int, *, note: str | None = None) -> C
         conn.execute(update(powers).where(powers.c.id == prow["id"]).values(balance=target))
         event_id = journal.record(
             conn, at=clock.now_us(), kind="credits.set", actor=db.actor, user_id=urow["id"],
-            power_id=prow["id"], prev_hash=prow["last_hash"], amount=diff,
+            power_id=prow["id"], amount=diff,
             balance_after=target, note=note,
         )
         _balance_rose(conn, urow["id"], target, diff)

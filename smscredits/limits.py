@@ -43,7 +43,6 @@ def set_limits(db: Db, user: str, changes: dict[str, int | None]) -> Limits:
             raise no_power(user)
         journal.record(
             conn, at=clock.now_us(), kind="limits.set", actor=db.actor, user_id=urow["id"],
-            power_id=row.id, prev_hash=row.last_hash,
-            detail={w: format_amount(v) for w, v in changes.items()},
+            power_id=row.id, detail={w: format_amount(v) for w, v in changes.items()},
         )
     return show_limits(db, user)

@@ -178,7 +178,8 @@ def spent_now(row: Row, window: str, key: int) -> int:
 def windows_of(row: Row, tz: str, at_us: int) -> list[Window]:
     from smscredits import schedule
 
-    keys = window_keys(at_us, tz)
+    # A reader's clock may be behind the writer's that opened the account's newest window.
+    keys = window_keys(max(at_us, row["last_at"]), tz)
     result = []
     for window, key in zip(WINDOWS, keys, strict=True):
         limit = row[LIMIT_COLUMN[window]]

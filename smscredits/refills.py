@@ -189,7 +189,7 @@ def apply(conn: Connection, plan: RowMapping, period: int, *, actor: str,
                      .values(balance=powers.c.balance + amount))
         journal.record(
             conn, at=now, kind="refill.applied", actor=actor, user_id=plan["user_id"],
-            power_id=power["id"], prev_hash=power["last_hash"], amount=amount,
+            power_id=power["id"], amount=amount,
             balance_after=balance, ref=f"plan:{plan['id']}",
             detail={"plan": plan["id"], "period": label},
         )

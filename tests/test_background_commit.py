@@ -10,6 +10,7 @@ import select
 import subprocess
 import sys
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,9 @@ def test_a_file_bigger_than_one_read_is_charged_in_full_batches(accounts: Any, c
     feed = tmp_path / "big.jsonl"
     feed.write_text("".join(_line(i)[:-1] + " " * 400 + "}\n" for i in range(3000)))
     assert feed.stat().st_size > 1 << 20
-    with freeze_time("2026-03-10 12:00:00", auto_tick_seconds=1):
+    # Later than the accounts' creation: a charge is never stamped before its account's
+    # latest event.
+    with freeze_time(datetime.now(UTC) + timedelta(days=1), auto_tick_seconds=1):
         run = cli("charge", "--file", str(feed))
     assert run.exit_code == 0
     assert "charged 3000" in run.stderr

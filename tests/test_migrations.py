@@ -57,3 +57,34 @@ def test_a_database_of_the_first_schema_upgrades_with_its_messages(cli: Any,
     rows = json.loads(cli("usage", "alice", "--json").stdout)
     assert [(r["messages"], r["parts"], r["spent"]) for r in rows] == [(1, 3, 3)]
     assert json.loads(cli("credits", "balance", "alice", "--json").stdout)["balance"] == 7
+
+
+def test_schema_0004_keeps_deleted_ids_unused_and_stamps_each_account(cli: Any,
+                                                                     db_url: str) -> None:
+    for args in (["user", "add", "a"], ["user", "add", "b"],
+                 ["power", "create", "a", "credits", "--initial", "10"],
+                 ["power", "create", "b", "credits", "--initial", "5"],
+                 ["power", "delete", "b", "credits", "--force"]):
+        assert cli(*args).exit_code == 0
+    _downgrade(db_url, "0003")
+    handle = open_db(db_url, check=False)
+    try:
+        with handle.write() as conn:
+            if handle.is_sqlite:  # as a database made before 0004: no id counter kept
+                conn.exec_driver_sql("DELETE FROM sqlite_sequence")
+    finally:
+        handle.dispose()
+    assert cli("db", "upgrade").exit_code == 0
+    assert cli("power", "create", "b", "credits").exit_code == 0
+    powers = {p["user"]: p["power_id"] for p in cli("power", "list", "--json").json()}
+    assert powers == {"a": 1, "b": 3}
+    assert cli("verify").exit_code == 0
+    handle = open_db(db_url)
+    try:
+        with handle.read() as conn:
+            last_at, latest = conn.exec_driver_sql(
+                "SELECT last_at, (SELECT max(at) FROM events WHERE power_id = 1) "
+                "FROM powers WHERE id = 1").one()
+    finally:
+        handle.dispose()
+    assert last_at == latest > 0

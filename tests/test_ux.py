@@ -101,7 +101,7 @@ def test_balance_panel_at_80_columns(cli: Any, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_usage_draws_bars_with_numbers_and_json_gives_the_data(cli: Any) -> None:
-    with freeze_time("2026-11-25 09:30:00") as clock:
+    with freeze_time("2026-11-24 09:30:00") as clock:
         for args in (["user", "add", "alice"], ["power", "create", "alice", "credits",
                                                 "--initial", "100"],
                      ["price", "set", "default", "1"]):

@@ -28,8 +28,14 @@ def _big(**kw: object) -> object:
     return Field(sa_column=Column(BigInteger, **kw))  # type: ignore[arg-type]
 
 
+# SQLite reuses the highest rowid once its row is deleted; AUTOINCREMENT never does, so a
+# new power can never inherit a deleted one's id (and with it the old one's journal chain).
+_NEVER_REUSED = {"sqlite_autoincrement": True}
+
+
 class User(SQLModel, table=True):
     __tablename__ = "users"
+    __table_args__ = (_NEVER_REUSED,)
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
     tz: str | None = Field(default=None, max_length=64)
@@ -40,14 +46,15 @@ class User(SQLModel, table=True):
 class Power(SQLModel, table=True):
     """A capability of a user; kind ``credits`` holds the balance and the limit windows.
 
-    The current day/week/month windows are counters on this row, so one conditional UPDATE
-    checks balance, overdraft and every limit at once and the check never sums history.
+    The current day/week/month windows are counters on this row: the charge path checks and
+    moves them with the row held, so a limit check never sums history.
     """
 
     __tablename__ = "powers"
     __table_args__ = (
         CheckConstraint("overdraft IS NULL OR balance >= -overdraft", name="within_overdraft"),
         Index("uq_powers_user_kind", "user_id", "kind", unique=True),
+        _NEVER_REUSED,
     )
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="users.id", nullable=False)
@@ -67,6 +74,9 @@ class Power(SQLModel, table=True):
     # the charge's UPDATE tells at once whether a plan may fire.
     refill_below: int | None = _big(nullable=True)
     last_hash: str | None = Field(default=None, max_length=64)
+    # The instant of the account's latest event: no later event may carry an earlier one,
+    # so a window key never moves backwards (see ``charging``'s module docstring).
+    last_at: int = _big(nullable=False, default=0, server_default="0")
     created_at: int = _big(nullable=False)
 
 
@@ -136,6 +146,7 @@ class Price(SQLModel, table=True):
 
 class RefillPlan(SQLModel, table=True):
     __tablename__ = "refill_plans"
+    __table_args__ = (_NEVER_REUSED,)
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="users.id", nullable=False)
     every: str | None = Field(default=None, max_length=8)  # day|week|month; NULL: threshold
