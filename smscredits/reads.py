@@ -274,6 +274,20 @@ def list_accounts(db: Source, user: str | None = None) -> list[Account]:
     return [account_of(r, db.default_tz) for r in rows]
 
 
+def accounts_with_windows(db: Source, at: datetime | None = None
+                          ) -> list[tuple[Account, list[Window]]]:
+    """Every credits account with its limit windows as they stand at ``at``: one query."""
+    at_us = clock.to_us(at or clock.now())
+    q = _queries(db)
+    with db.read() as conn:
+        rows = q.account_rows(conn, None, "credits")
+    found = []
+    for row in rows:
+        account = account_of(row, db.default_tz)
+        found.append((account, windows_of(row, account.tz, at_us)))
+    return found
+
+
 def show_limits(db: Source, user: str, at: datetime | None = None) -> Limits:
     at_us = clock.to_us(at or clock.now())
     q = _queries(db)

@@ -141,6 +141,8 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
     "log": ("logs", "register", "Logs", "The credit log: every change of a balance."),
     "events": ("logs", "register", "Logs", "The event journal: everything that happened."),
     "usage": ("charging", "register", "Logs", "Spend and message counts per period or country."),
+    "check": ("check", "register", "Logs",
+              "Users low on credits or near a limit (for cron and monitoring)."),
     "verify": ("admin", "register_verify", "Logs",
                "Recompute balances and limit windows from the journal."),
     "demo": ("admin", "register", "Setup", "Walk through the tutorial on a throwaway database."),
