@@ -169,7 +169,11 @@ BAD_ARGS = [
 
 
 @pytest.mark.parametrize(("args", "label"), BAD_ARGS)
-def test_an_argument_not_utf8_is_refused_by_name(cli: Any, args: list[str], label: str) -> None:
+def test_an_argument_not_utf8_is_refused_by_name(cli: Any, args: list[str], label: str,
+                                                 tmp_path_factory: pytest.TempPathFactory,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)  # a --db that got through would make its file here
     ok(cli("user", "add", "alice"))
     ok(cli("power", "create", "alice", "credits", "--initial", "5"))
     before = event_count(cli)
@@ -178,6 +182,7 @@ def test_an_argument_not_utf8_is_refused_by_name(cli: Any, args: list[str], labe
     assert error["code"] == "bad_input" and label in error["message"]
     assert event_count(cli) == before
     assert not Path(os.environ["SMSCREDITS_CONFIG_DIR"]).exists()
+    assert list(cwd.iterdir()) == []
 
 
 @pytest.mark.parametrize(("args", "label"), [
