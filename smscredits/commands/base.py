@@ -345,7 +345,10 @@ def _database_error(e: Exception) -> DatabaseError:
 
     # The driver's own words, first line, with every secret of the setting masked.
     first = (str(getattr(e, "orig", None) or e).strip().splitlines() or [""])[0]
-    setting = config.resolve("db", STATE.db_flag).value or ""
+    try:
+        setting = config.resolve("db", STATE.db_flag).value or ""
+    except SmsCreditsError:  # an unreadable setting: mask what looks like a secret
+        setting = ""
     detail = config.mask_text(first, setting)[:300]
     return DatabaseError(f"database error: {type(e).__name__}" + (f": {detail}" if detail else ""))
 
