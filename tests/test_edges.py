@@ -134,6 +134,14 @@ def test_a_driver_message_quoting_a_secret_is_masked() -> None:
     assert_no_secret(engine.describe(url), "describe")
 
 
+def test_an_error_before_the_database_is_open_is_masked_and_said() -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:1/test?password={SECRET}&port={SECRET}"
+    for fmt in ([], ["--json"]):
+        run = invoke("--db", url, *fmt, "user", "list")
+        assert run.exit_code == DATABASE and "port" in run.stderr, run.stderr
+        assert_no_secret(run.stderr, f"user list {fmt}")
+
+
 def test_one_masking_function_for_every_url_shown() -> None:
     from smscredits.storage import engine, lite
 
