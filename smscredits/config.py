@@ -9,6 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, unquote_plus
 
 from smscredits.errors import BadInput
 
@@ -63,21 +64,46 @@ def write_setting(key: str, value: str | None, path: Path | None = None) -> Path
     """Set (or with None remove) one key in the config file, keeping the others."""
     if key not in KEYS:
         raise BadInput(f"unknown setting {key!r}: expected one of {', '.join(KEYS)}")
+    if value is not None and not is_text(value):
+        raise BadInput(f"bad value for {key}: not valid UTF-8 text")
     path = path or config_file()
     settings = read_file_settings(path)
     if value is None:
         settings.pop(key, None)
     else:
         settings[key] = value
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # The file may hold a database password: owner-only, written whole.
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for k, v in settings.items():
-            f.write(f"{k} = {_toml_string(v)}\n")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _write_whole(path, "".join(f"{k} = {_toml_string(v)}\n" for k, v in settings.items()))
+    except OSError as e:
+        raise BadInput(f"cannot write config file {path}: {e.strerror or e}") from None
     return path
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Replace the file by ``text`` at once; on any failure the old file stays and no
+    temporary file is left behind."""
+    import tempfile
+
+    # The file may hold a database password: owner-only (mkstemp makes it 0600).
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def is_text(value: str) -> bool:
+    """Whether a string can be written as UTF-8 (bytes that were not UTF-8 arrive as lone
+    surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _toml_string(value: str) -> str:
@@ -97,6 +123,8 @@ def resolve(key: str, flag: str | None = None) -> Setting:
     if flag is not None:
         return Setting(key, flag, "flag")
     if os.environ.get(env_name):
+        if not is_text(os.environ[env_name]):
+            raise BadInput(f"bad {env_name}: not valid UTF-8 text")
         return Setting(key, os.environ[env_name], "env")
     file_value = read_file_settings().get(key)
     if file_value is not None:
@@ -117,7 +145,63 @@ def _login_name() -> str:
         return "unknown"
 
 
+MASK = "***"
+# Query options of a database URL that hold a secret or point to one: libpq's password,
+# sslpassword, passfile and sslkey, and any other option named like a secret. Masking an
+# option that was harmless costs a little information; showing a secret costs the secret.
+_SECRET_OPTION = re.compile(r"pass|pwd|secret|token|key|cred|auth", re.I)
+# The password of a URL's user info: greedy up to the last "@", since a password may hold
+# "/", "?" or "@"; masking more is safe.
+_USER_INFO = re.compile(r"(://[^:/@?]*:)(.*)@")
+# A URL quoted in free text, and a libpq conninfo pair (password=xyz, sslkey='a b').
+_URL_IN_TEXT = re.compile(r"[A-Za-z][\w+.-]*://\S+")
+_CONNINFO_PAIR = re.compile(r"\b([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s'\"&]+)")
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, without importing SQLAlchemy."""
-    # Greedy up to the last "@": a password may hold "/" or "@"; masking more is safe.
-    return re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
+    """The database setting as it may be shown: the user-info password and the value of every
+    secret query option (``password=``, ``sslpassword=``, ``passfile=``, ``sslkey=``...)
+    replaced by ***. Every output of a database URL goes through here (without importing
+    SQLAlchemy)."""
+    masked = _USER_INFO.sub(rf"\g<1>{MASK}@", url)
+    head, sep, query = masked.partition("?")
+    if not sep:
+        return masked
+    return head + sep + "&".join(_mask_option(pair) for pair in query.split("&"))
+
+
+def _mask_option(pair: str) -> str:
+    key, eq, value = pair.partition("=")
+    secret = eq and value and _SECRET_OPTION.search(unquote_plus(key))
+    return f"{key}={MASK}" if secret else pair
+
+
+def mask_text(text: str, url: str = "") -> str:
+    """Free text (a driver's error message) as it may be shown: every secret of the database
+    URL ``url`` replaced by ***, wherever the driver quoted it, and so are URLs and conninfo
+    pairs (``password=...``) of secret options in it."""
+    for secret in sorted(url_secrets(url), key=len, reverse=True):
+        # Where the secret is a whole word, not inside one: a short password would otherwise
+        # turn every word holding its letters into ***.
+        before = r"(?<![A-Za-z0-9])" if secret[0].isalnum() else ""
+        after = r"(?![A-Za-z0-9])" if secret[-1].isalnum() else ""
+        text = re.sub(before + re.escape(secret) + after, MASK, text)
+    text = _URL_IN_TEXT.sub(lambda m: mask_url(m.group()), text)
+    return _CONNINFO_PAIR.sub(
+        lambda m: f"{m.group(1)}={MASK}" if _SECRET_OPTION.search(m.group(1)) else m.group(),
+        text)
+
+
+def url_secrets(url: str) -> set[str]:
+    """The secrets in a database URL, as written and percent-decoded."""
+    found = []
+    user_info = _USER_INFO.search(url)
+    if user_info:
+        found.append(user_info.group(2))
+    _, sep, query = _USER_INFO.sub("://@", url).partition("?")
+    for pair in query.split("&") if sep else ():
+        key, eq, value = pair.partition("=")
+        if eq and _SECRET_OPTION.search(unquote_plus(key)):
+            found.append(value)
+    return {form for value in found for form in (value, unquote_plus(value), unquote(value))
+            if form}

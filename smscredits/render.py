@@ -19,9 +19,13 @@ from decimal import Decimal
 from json.encoder import encode_basestring as _quote
 from typing import Any, TextIO
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-# ... and bidirectional overrides, which can make a terminal draw text out of order.
-_CONTROL_ALL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# ... and bidirectional overrides, which can make a terminal draw text out of order, and lone
+# surrogates (bytes that were not UTF-8), which no stream can write.
+_CONTROL_ALL = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def plain(value: Any) -> Any:
@@ -137,6 +141,23 @@ def cell(value: Any) -> str:
     return _CONTROL_ALL.sub(_escape, str(value))
 
 
+# A text cell a spreadsheet would run as a formula (OWASP's CSV injection rule).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER_TEXT = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?\Z")
+
+
+def csv_cell(value: Any) -> str:
+    """Text of one CSV cell: ``cell``, and a text that a spreadsheet would take for a formula
+    (``=HYPERLINK(...)``, ``@SUM(...)``, ``-2+3``) gets a leading ``'``, so that it is shown as
+    text. Numbers stay numbers, and so does text that is one (a +3630 price prefix), which no
+    spreadsheet runs."""
+    text = cell(value)
+    if (isinstance(value, str) and value.startswith(_FORMULA_START)
+            and not _NUMBER_TEXT.match(value)):
+        return "'" + text
+    return text
+
+
 def _escape(m: re.Match[str]) -> str:
     code = ord(m.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
@@ -155,10 +176,17 @@ class Output:
     def machine(self) -> bool:
         return self.mode != "table"
 
+    @property
+    def silent(self) -> bool:
+        """``--quiet`` for people's output: tables, panels and messages of a success are not
+        printed; what a script asked for (JSON, JSON lines, CSV) still is."""
+        return self.quiet and not self.machine
+
     def console(self, stream: TextIO | None = None) -> Any:
         from rich.console import Console
 
-        return Console(file=stream or self.out, highlight=False, soft_wrap=False)
+        return Console(file=stream or self.out, highlight=False, soft_wrap=False,
+                       quiet=self.silent and stream is None)
 
     def document(self, value: Any) -> None:
         """One JSON document (``--json``)."""
@@ -175,7 +203,7 @@ class Output:
             self.document(plain(data) if data is not None else {"message": text})
         elif self.mode == "jsonl":
             self.line(plain(data) if data is not None else {"message": text})
-        elif not self.quiet:
+        elif not self.silent:
             self.out.write(_CONTROL.sub("?", text) + "\n")
 
     def rows(
@@ -187,6 +215,8 @@ class Output:
         empty: str = "nothing to show",
     ) -> None:
         """A list of records: table, JSON array, JSON lines or CSV."""
+        if self.silent:
+            return
         records = [plain(r) for r in rows]
         if self.mode == "json":
             self.document(records)
@@ -198,10 +228,9 @@ class Output:
             keys = list(records[0]) if records else [key for key, _ in columns]
             writer = csv.writer(self.out, lineterminator="\n")
             writer.writerow(keys)
-            writer.writerows([cell(r.get(key)) for key in keys] for r in records)
+            writer.writerows([csv_cell(r.get(key)) for key in keys] for r in records)
         elif not records:
-            if not self.quiet:
-                self.err.write(empty + "\n")
+            self.err.write(empty + "\n")
         else:
             from smscredits import plain_table
 
@@ -216,6 +245,8 @@ class Output:
         self, data: Any, fields: Sequence[tuple[str, str]], *, title: str | None = None
     ) -> None:
         """One record: a two-column table for people, an object for scripts."""
+        if self.silent:
+            return
         if self.machine:
             self.document(plain(data)) if self.mode != "jsonl" else self.line(plain(data))
             return
@@ -234,6 +265,7 @@ class Output:
 
     def error(self, code: str, message: str) -> None:
         """One line on stderr (a JSON object with ``--json``/``--jsonl``)."""
+        message = _SURROGATE.sub("\ufffd", message)  # a parser's echo of bytes not UTF-8
         if self.machine and self.mode != "csv":
             self.err.write(to_json({"error": {"code": code, "message": message}}) + "\n")
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from functools import cache
 
 from smscredits.errors import BadInput
 
@@ -24,15 +25,46 @@ def user_name(name: str) -> str:
 
 
 def time_zone(name: str) -> str:
+    """A canonical IANA zone name. ``localtime``, ``posixrules``, ``right/...`` and
+    ``posix/...`` load as zones too, but mean different things on different hosts (what the
+    host's clock is set to, leap seconds counted or not), so a stored user would get other
+    windows on another host: refused."""
     from smscredits.schedule import zone
 
     try:
         zone(name)
     except ValueError:
-        raise BadInput(
-            f"unknown time zone {name!r}: use an IANA name like Europe/Budapest"
-        ) from None
-    return name
+        why = "unknown time zone"
+    else:
+        if name == "UTC" or name in iana_zones():
+            return name
+        why = "host-dependent time zone"
+    close = _close_zones(name)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise BadInput(f"{why} {name!r}: use a canonical IANA name like Europe/Budapest{hint}")
+
+
+@cache
+def iana_zones() -> frozenset[str]:
+    """The IANA zone names: the system's zones (and the tzdata package's) without the host's
+    own entries (``zoneinfo.available_timezones`` leaves out ``posixrules``, ``right/`` and
+    ``posix/``, not ``localtime``)."""
+    from zoneinfo import available_timezones
+
+    return frozenset(available_timezones() - {"localtime", "posixrules"})
+
+
+def _close_zones(name: str) -> list[str]:
+    """Up to three canonical names close to ``name`` (the same name in other case first)."""
+    import difflib
+
+    if not isinstance(name, str) or len(name) > 64:
+        return []
+    by_lower = {z.lower(): z for z in iana_zones()}
+    key = name.lower().removeprefix("posix/").removeprefix("right/")
+    if key in by_lower:
+        return [by_lower[key]]
+    return [by_lower[z] for z in difflib.get_close_matches(key, by_lower, n=3, cutoff=0.75)]
 
 
 def is_message_id(value: str) -> bool:

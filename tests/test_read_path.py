@@ -249,10 +249,15 @@ def test_unreadable_or_empty_file_fails_the_same(tmp_path: Path, plain_cli: Any,
     assert path.read_bytes() == content  # a read never writes
 
 
-def test_a_missing_file_is_still_created_and_migrated(tmp_path: Path, plain_cli: Any) -> None:
+def test_a_missing_file_is_refused_by_a_read_and_never_created(tmp_path: Path,
+                                                                plain_cli: Any) -> None:
     path = tmp_path / "new" / "credits.db"
-    run = plain_cli("--db", str(path), "--json", "log")
-    assert (run.exit_code, json.loads(run.stdout)) == (0, [])
+    for args in (["--json", "log"], ["credits", "balance"]):
+        run = plain_cli("--db", str(path), *args)
+        assert run.exit_code == 7 and str(path) in run.stderr, run.stderr
+    assert not path.parent.exists()
+    # A command that creates what it was asked to creates the file (owner-only) as before.
+    assert plain_cli("--db", str(path), "user", "add", "alice").exit_code == 0
     assert path.stat().st_mode & 0o777 == 0o600
     assert plain_cli("--db", str(path), "--json", "credits", "balance").stdout.strip() == "[]"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 from typing import Annotated
 
 import typer
@@ -33,11 +34,14 @@ def db_status() -> None:
     """Show the database in use and whether its schema is current."""
     from smscredits.storage.engine import HEAD, describe, open_db
 
-    handle = STATE.handle = open_db(STATE.db_flag, actor=STATE.actor, check=False)
+    handle = STATE.handle = open_db(STATE.db_flag, actor=STATE.actor, check=False,
+                                    create=False)
     current = handle.schema_version()
     data = {"database": describe(handle.url), "schema": current, "expected": HEAD,
             "up_to_date": current == HEAD}
-    output().record(data, [("database", "Database"), ("schema", "Schema"),
+    out = output()
+    out.quiet = out.quiet and current == HEAD  # --quiet silences a success only
+    out.record(data, [("database", "Database"), ("schema", "Schema"),
                            ("expected", "Expected"), ("up_to_date", "Up to date")])
     if current != HEAD:
         raise typer.Exit(7)
@@ -106,13 +110,16 @@ def _run_steps(steps: list[tuple[str, list[str]]], path: str) -> None:
     from smscredits.cli import app
 
     console = output().console()
+    # --quiet: the steps run, and nothing but their errors is printed (one shows JSON).
+    shown = (contextlib.redirect_stdout(io.StringIO()) if output().silent
+             else contextlib.nullcontext())
     command_ = typer.main.get_command(app)
     for caption, args in steps:
         if caption:
             console.print(f"\n[bold]{caption}[/bold]")
         console.print(f"[dim]$[/dim] smscredits {shlex.join(args)}", markup=True, highlight=False)
         console.file.flush()
-        with contextlib.suppress(typer.Exit):
+        with contextlib.suppress(typer.Exit), shown:
             command_.main([*args, "--db", path], prog_name="smscredits", standalone_mode=False)
 
 
@@ -125,6 +132,7 @@ def register_verify(root: typer.Typer) -> None:
 
         report = verify_mod.verify(db())
         out = output()
+        out.quiet = out.quiet and report.ok  # --quiet silences a success only
         if out.machine:
             out.document({"ok": report.ok, "accounts": report.accounts, "events": report.events,
                           "problems": report.problems})

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from smscredits.config import is_text
 from smscredits.errors import BadInput, DatabaseError, SmsCreditsError
 
 if TYPE_CHECKING:
@@ -244,16 +245,41 @@ def plain_coercion(params: list[Any]) -> None:
             return
 
 
+# Arguments the command opens as files itself: Python takes any name the file system does.
+_FILE_NAMES = frozenset({"file"})
+
+
+def check_text(ctx: Any) -> None:
+    """Refuse a text argument that is not valid UTF-8, naming it, before any command runs.
+
+    Python hands such bytes over as lone surrogates (``$'\\xff'`` is ``'\\udcff'``), which
+    no database, file or terminal can take: every parameter of every command and group
+    passes through here once it is parsed.
+    """
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        values = value if isinstance(value, list | tuple) else (value,)
+        if param.name not in _FILE_NAMES and any(
+                isinstance(v, str) and not is_text(v) for v in values):
+            label = (param.opts[0] if param.param_type_name == "option"
+                     else param.metavar or (param.name or "").upper())
+            raise BadInput(f"bad {label}: not valid UTF-8 text")
+
+
 class PlainCommand(TyperCommand):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         plain_coercion(self.get_params(ctx))  # with the help option, made on first use
-        return super().parse_args(ctx, args)
+        rest = super().parse_args(ctx, args)
+        check_text(ctx)
+        return rest
 
 
 class PlainGroup(TyperGroup):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         plain_coercion(self.get_params(ctx))
-        return super().parse_args(ctx, args)
+        rest = super().parse_args(ctx, args)
+        check_text(ctx)
+        return rest
 
 
 class RootGroup(PlainGroup):
@@ -268,6 +294,8 @@ class RootGroup(PlainGroup):
             return super().make_context(info_name, args, parent, **extra)
         except _ClickException as e:
             _usage_error(e)
+        except SmsCreditsError as e:  # a global option's value (check_text)
+            fail(e)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist(self, ctx, args))
@@ -315,7 +343,16 @@ def _database_error(e: Exception) -> DatabaseError:
 
     if STATE.handle is not None and isinstance(e, exc.DBAPIError):
         return explain(e, STATE.handle.url)
-    return DatabaseError(f"database error: {type(e).__name__}")
+    from smscredits import config
+
+    # The driver's own words, first line, with every secret of the setting masked.
+    first = (str(getattr(e, "orig", None) or e).strip().splitlines() or [""])[0]
+    try:
+        setting = config.resolve("db", STATE.db_flag).value or ""
+    except SmsCreditsError:  # an unreadable setting: mask what looks like a secret
+        setting = ""
+    detail = config.mask_text(first, setting)[:300]
+    return DatabaseError(f"database error: {type(e).__name__}" + (f": {detail}" if detail else ""))
 
 
 def fail(e: SmsCreditsError) -> None:
@@ -329,12 +366,14 @@ def output() -> Output:
     return Output(mode=STATE.mode, quiet=STATE.quiet)
 
 
-def db() -> Db:
-    """The database for this invocation, opened (and checked) on first use."""
+def db(*, create: bool = False) -> Db:
+    """The database for this invocation, opened (and checked) on first use. Only a command
+    that creates what its user asked for (``create``) may create a missing SQLite file;
+    for any other, a missing file is an error (exit 7) naming it."""
     if STATE.handle is None:
         from smscredits.storage.engine import open_db
 
-        STATE.handle = open_db(STATE.db_flag, actor=STATE.actor)
+        STATE.handle = open_db(STATE.db_flag, actor=STATE.actor, create=create)
     return STATE.handle
 
 

@@ -49,7 +49,7 @@ def price_set(
     """Set the price per part for a destination."""
     from smscredits import pricing
 
-    row = pricing.set_price(db(), destination, price)
+    row = pricing.set_price(db(create=True), destination, price)
     output().message(f"price for {row.key} ({row.kind}): {row.price} per part", row)
 
 
@@ -83,7 +83,7 @@ def price_import(
 
     progress = Progress("importing prices", None)
     try:
-        report = pricing.import_csv(db(), file, progress=progress.advance)
+        report = pricing.import_csv(db(create=True), file, progress=progress.advance)
     finally:
         progress.close()
     out = output()

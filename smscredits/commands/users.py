@@ -53,7 +53,7 @@ def user_add(
     """Add a user."""
     from smscredits import ledger
 
-    handle = db()
+    handle = db(create=True)
     user = ledger.add_user(handle, name, tz=handle.default_tz if tz is None else tz)
     output().message(f"added user {user.name} (time zone {user.tz})", user)
 

@@ -23,9 +23,18 @@ from smscredits.storage.lite import BUSY_TIMEOUT_MS, HEAD
 CACHE_KIB = 65_536
 
 
+# What the pysqlite driver takes from a URL's query; the rest it ignores without uri=true.
+_PYSQLITE_OPTIONS = frozenset({"uri", "timeout", "isolation_level", "detect_types",
+                               "check_same_thread", "cached_statements"})
+_URI_FORM = "give the file's path, or a SQLite URI as sqlite:///file:PATH?mode=ro&uri=true"
+
+
 def to_url(text_: str) -> URL:
     """A database URL from a URL or a plain SQLite file path."""
     if "://" not in text_:
+        if text_.startswith("file:"):  # SQLite would read it as a URI, or not, by build
+            raise DatabaseError(f"unsupported database {config.mask_url(text_)!r}: a SQLite "
+                                f"URI filename needs the URL form: {_URI_FORM}")
         return URL.create("sqlite", database=str(Path(text_).expanduser()))
     try:
         url = make_url(text_)
@@ -38,17 +47,57 @@ def to_url(text_: str) -> URL:
             f"unsupported database {url.drivername!r} in {config.mask_url(text_)!r}: "
             "use a SQLite path or postgresql+psycopg://"
         )
+    if url.get_backend_name() == "sqlite":
+        _check_sqlite_form(url, text_)
     return url
 
 
+def _check_sqlite_form(url: URL, text_: str) -> None:
+    """Refuse the SQLite URLs that would open another file than the one meant, or drop an
+    option such as mode=ro without a word."""
+    database = url.database or ""
+    ignored = sorted(set(url.query) - _PYSQLITE_OPTIONS)
+    if is_sqlite_uri(url):
+        why = "" if database.startswith("file:") else "uri=true needs a file: name"
+    elif database.startswith("file:"):
+        why = "a file: name needs uri=true"
+    else:
+        why = f"option(s) {', '.join(ignored)} need a SQLite URI" if ignored else ""
+    if why:
+        raise DatabaseError(
+            f"unsupported database {config.mask_url(text_)!r}: {why}; {_URI_FORM}")
+
+
+def is_sqlite_uri(url: URL) -> bool:
+    """Whether a SQLite URL names its file as a URI (``sqlite:///file:x.db?mode=ro&uri=true``)."""
+    from sqlalchemy.util import asbool
+
+    uri = url.query.get("uri", "false")
+    return url.get_backend_name() == "sqlite" and asbool(uri if isinstance(uri, str) else uri[-1])
+
+
 def describe(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    """The URL as every output shows it: its secrets masked (``config.mask_url``)."""
+    return config.mask_url(url.render_as_string(hide_password=True))
 
 
 def sqlite_path(url: URL) -> Path | None:
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
+    if is_sqlite_uri(url):  # file:x.db, file:///abs/x.db: the path SQLite opens
+        from urllib.parse import unquote, urlsplit
+
+        return Path(unquote(urlsplit(url.database).path))
     return Path(url.database)
+
+
+def _exists(path: Path) -> bool:
+    """Whether the file exists; when that cannot be told (a directory we may not search),
+    SQLite's own error says what is wrong."""
+    try:
+        return path.exists()
+    except OSError:
+        return True
 
 
 def create_sqlite_file(path: Path) -> bool:
@@ -68,8 +117,13 @@ def create_sqlite_file(path: Path) -> bool:
 
     # WAL lets readers run beside the writer; it persists in the file. Set it here, outside
     # any transaction, where SQLite allows it.
-    with closing(sqlite3.connect(path)) as conn:
-        conn.execute("PRAGMA journal_mode = WAL")
+    # An absolute name, as the engine opens it: a relative "file:..." would be read as a URI.
+    try:
+        with closing(sqlite3.connect(os.path.abspath(path))) as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+    except sqlite3.Error as e:
+        path.unlink(missing_ok=True)
+        raise DatabaseError(f"cannot create database file {path}: {e}") from None
     return True
 
 
@@ -127,11 +181,11 @@ def set_checkpoint_pages(conn: Connection, pages: int) -> None:
 
 
 def explain(e: exc.DBAPIError, url: URL) -> DatabaseError:
-    """A one-line, password-free message for a database failure."""
+    """A one-line, secret-free message for a database failure."""
     raw = str(e.orig) if e.orig is not None else str(e)
     first = " ".join(line.strip() for line in raw.strip().splitlines()[:2]) or type(e).__name__
-    if url.password:
-        first = first.replace(str(url.password), "***")
+    # The driver may quote any part of the connection settings (a passfile's path, a key).
+    first = config.mask_text(first, url.render_as_string(hide_password=False))
     if "readonly" in first or "read-only" in first:
         return DatabaseError(f"database {describe(url)} is read-only: {first}")
     return DatabaseError(f"database {describe(url)} unavailable: {first}")
@@ -209,10 +263,22 @@ def open_db(
     *,
     actor: str | None = None,
     check: bool = True,
+    create: bool = True,
 ) -> Db:
-    """Open the database the settings point to; a new SQLite file is created and migrated."""
+    """Open the database the settings point to. A missing SQLite file is created and migrated
+    with ``create``; without it, it is a DatabaseError naming the file, so that a mistyped
+    path fails instead of working on a new, empty database."""
     url = to_url(config.resolve("db", db).value or "")
     path = sqlite_path(url)
+    if path is not None and not _exists(path):
+        if is_sqlite_uri(url):  # mode=ro, mode=rw...: a URI is for a file that exists
+            raise DatabaseError(f"database file {path} does not exist (a SQLite URI opens an "
+                                "existing file only): check the database setting")
+        if not create:
+            raise DatabaseError(
+                f"database file {path} does not exist: check the database setting (smscredits "
+                "config show), or create it with `smscredits db upgrade` or `smscredits user "
+                "add`")
     is_new = create_sqlite_file(path) if path is not None else False
     handle = Db(
         make_engine(url),

@@ -37,7 +37,8 @@ def sqlite_file(setting: str) -> tuple[str, str] | None:
     """(driver, database path) when a database setting names a SQLite file, as
     ``engine.to_url`` and ``engine.sqlite_path`` read it; None for anything else."""
     if "://" not in setting:
-        return "sqlite", str(Path(setting).expanduser())
+        # A "file:" name is a SQLite URI, which the engine refuses in this form.
+        return None if setting.startswith("file:") else ("sqlite", str(Path(setting).expanduser()))
     for driver in _DRIVERS:
         prefix = driver + ":///"  # no user, host or port: what follows is the database
         if setting.startswith(prefix):
@@ -45,19 +46,21 @@ def sqlite_file(setting: str) -> tuple[str, str] | None:
             if "?" in rest:  # connection options: leave them to SQLAlchemy
                 return None
             database = unquote(rest)
-            return None if database in ("", ":memory:") else (driver, database)
+            return None if database in ("", ":memory:") or database.startswith("file:") else (
+                driver, database)
     return None
 
 
 def describe(driver: str, database: str) -> str:
-    """The URL as ``engine.describe`` shows it."""
-    return f"{driver}:///{quote(database, safe=' +/')}"
+    """The URL as ``engine.describe`` shows it (secrets masked by ``config.mask_url``)."""
+    return config.mask_url(f"{driver}:///{quote(database, safe=' +/')}")
 
 
 def explain(e: Exception, shown: str) -> DatabaseError:
     """A one-line message for a failure, as ``engine.explain`` words it."""
     raw = str(e)
     first = " ".join(line.strip() for line in raw.strip().splitlines()[:2]) or type(e).__name__
+    first = config.mask_text(first)
     if "readonly" in first or "read-only" in first:
         return DatabaseError(f"database {shown} is read-only: {first}")
     return DatabaseError(f"database {shown} unavailable: {first}")
