@@ -212,11 +212,17 @@ def delete_power(db: Db, user: str, kind: str = "credits", *, force: bool = Fals
             )
         from smscredits.storage.tables import refill_plans
 
-        conn.execute(
+        cancelled = conn.execute(
             update(refill_plans)
             .where(refill_plans.c.user_id == account.user_id, refill_plans.c.status != "cancelled")
-            .values(status="cancelled")
-        )
+            .values(status="cancelled").returning(refill_plans.c.id)
+        ).scalars().all()
+        for plan_id in sorted(cancelled):  # a plan's status is journaled, like `refill cancel`
+            journal.record(
+                conn, at=clock.now_us(), kind="refill.cancelled", actor=db.actor,
+                user_id=account.user_id, ref=f"plan:{plan_id}", note=f"{kind} power deleted",
+                detail={"plan": plan_id},
+            )
         journal.record(
             conn, at=clock.now_us(), kind="power.deleted", actor=db.actor,
             user_id=account.user_id, power_id=prow["id"], amount=-prow["balance"],

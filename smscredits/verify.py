@@ -1,30 +1,56 @@
-"""Recompute every balance and limit-window counter from the journal; check the hash chains.
+"""Check every state that decides money against the journal, in one snapshot.
 
-The journal is the source of truth: a balance is the sum of its account's event amounts; the
-current day/week/month counters are the costs of the ``message.charged`` events in those
-windows less the refunds of those messages; each account event's hash must cover its content
-and the previous event's hash, and the last one must be the account's ``last_hash``.
+The journal is the source of truth. In one pass over it, in id order, each account's chain is
+followed (each event's hash must cover its content and the previous event's hash; the last
+must be the account's ``last_hash``) and its states are replayed: the balance (the sum of its
+amounts), the current day/week/month counters (its ``message.charged`` costs in those windows
+less their refunds), its overdraft (``power.created``, ``power.overdraft``) and limits (from
+none, each ``limits.set`` changing the windows it names); and, from the events without an
+account, each user's disabled flag and zone (``user.added``, ``user.disabled``,
+``user.enabled``) and each refill plan's status (``refill.*``; a ``power.deleted`` cancels the
+user's plans, as deleting a power does). Each is compared with its row. Events without an
+account never carry an amount. Messages are matched with their events by one grouped query
+(memory stays flat however big the journal): a charged message has exactly one charge event
+(or one ``message.unmetered``), a refunded one also exactly one refund, a rejected one none,
+and every message event has its message.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, text
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    String,
+    and_,
+    case,
+    cast,
+    false,
+    func,
+    literal,
+    not_,
+    null,
+    or_,
+    select,
+    union_all,
+)
 
 from smscredits import clock, schedule
-from smscredits.amounts import to_decimal
+from smscredits.amounts import parse_optional, to_decimal
 from smscredits.journal import HASHED_COLUMNS, hash_of
 from smscredits.limits import WINDOWS, window_keys
-from smscredits.storage import blocks, queries
+from smscredits.reads import ACTIVE, CANCELLED, LIMIT_COLUMN, PAUSED
 from smscredits.storage.engine import Db
-from smscredits.storage.tables import events, powers, users
+from smscredits.storage.tables import events, messages, powers, refill_plans, users
 
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    check: str  # balance | window | chain
+    # balance | window | chain | overdraft | limit | user | plan | message | event
+    check: str
     user: str
     detail: str
     expected: Any = None
@@ -44,113 +70,403 @@ class Report:
 
 
 def verify(db: Db) -> Report:
-    problems: list[Problem] = []
-    with db.read() as conn:
+    with db.read() as conn:  # one snapshot: see Db.read
         accounts = conn.execute(
             select(powers, users.c.name, users.c.tz).join(users, users.c.id == powers.c.user_id)
             .order_by(powers.c.id)
         ).mappings().all()
-        sums = dict(conn.execute(
-            select(events.c.power_id, func.coalesce(func.sum(events.c.amount), 0))
-            .where(events.c.power_id.is_not(None)).group_by(events.c.power_id)
-        ).all())
-        total = conn.execute(select(func.count()).select_from(events)).scalar_one()
-        window_events = _window_events(text(blocks.up_to(queries.top_block(conn))))
-        chains = _chains(conn, accounts)
-        for acc in accounts:
-            expected = int(sums.get(acc["id"], 0))
-            if expected != acc["balance"]:
-                problems.append(Problem(
-                    "balance", acc["name"], "balance differs from the sum of its journal",
-                    to_decimal(expected), to_decimal(acc["balance"]),
-                ))
-            problems.extend(_windows(conn, acc, acc["tz"] or db.default_tz, window_events))
-            problems.extend(chains[acc["id"]])
-    return Report(len(accounts), total, problems)
+        people = conn.execute(
+            select(users.c.id, users.c.name, users.c.tz, users.c.disabled).order_by(users.c.id)
+        ).all()
+        plans = conn.execute(
+            select(refill_plans.c.id, refill_plans.c.user_id, refill_plans.c.status)
+            .order_by(refill_plans.c.id)
+        ).all()
+        replay = _Replay(accounts, db.default_tz, {p.id: p.name for p in people})
+        replay.read(conn)
+        problems = replay.account_problems()
+        problems += replay.user_problems(people)
+        problems += replay.plan_problems(plans)
+        problems += replay.stray
+        problems += _message_problems(conn, replay.names)
+    return Report(len(accounts), replay.events, problems)
 
 
-def _window_events(every_block: Any) -> Any:
-    """One account's charges and refunds since an instant, oldest first: one statement for
-    every account (made once, its values bound per account)."""
-    return (
-        select(events.c.kind, events.c.amount, events.c.ref, events.c.at)
-        .where(every_block, events.c.user_id == bindparam("uid"),
-               events.c.power_id == bindparam("pid"), events.c.at >= bindparam("since"),
-               events.c.kind.in_(("message.charged", "message.refunded")))
-        .order_by(events.c.id)
-    )
+# -- accounts ----------------------------------------------------------------------------------
+
+_UNKNOWN: Any = object()  # a state the journal never set
 
 
-def _windows(conn: Connection, acc: Any, tz: str, window_events: Any) -> list[Problem]:
-    """Counters of the windows stored on the row, recomputed from the journal."""
-    if acc["month_key"] == 0:  # never charged: the counters must still be at zero
-        return [Problem("window", acc["name"], f"{w} counter set on an account never charged",
-                        0, to_decimal(acc[f"{w}_spent"])) for w in WINDOWS if acc[f"{w}_spent"]]
-    month_start = schedule.window_reset("month", acc["month_key"] - 1, tz)
-    # The week can start in the month before; a window starts where the previous one ends.
-    week_start = schedule.window_reset("week", acc["week_key"] - 7, tz)
-    since = clock.to_us(min(month_start, week_start))
-    rows = conn.execute(window_events,
-                        {"uid": acc["user_id"], "pid": acc["id"], "since": since}).all()
-    spent = dict.fromkeys(WINDOWS, 0)
-    charged_keys: dict[str, tuple[int, int, int]] = {}
-    for kind, amount, ref, at in rows:
-        if kind == "message.charged":
-            keys = charged_keys[ref] = window_keys(at, tz)
-            sign = 1
-        elif ref in charged_keys:
-            keys, sign = charged_keys[ref], -1
-        else:
-            continue  # a refund of a message charged before these windows
-        for window, key in zip(WINDOWS, keys, strict=True):
-            if key == acc[f"{window}_key"]:
-                spent[window] += sign * abs(amount)
-    return [
-        Problem("window", acc["name"], f"{window} counter differs from its journal",
-                to_decimal(spent[window]), to_decimal(acc[f"{window}_spent"]))
-        for window in WINDOWS
-        if spent[window] != acc[f"{window}_spent"]
-    ]
+class _Account:
+    """One account's chain and states, replayed event by event."""
 
+    __slots__ = ("balance", "broken", "charged", "keys", "last_id", "last_kind", "limits",
+                 "overdraft", "owner", "prev", "refunded", "since", "spent", "tz")
 
-class _Chain:
-    """One account's hash chain, followed event by event."""
-
-    __slots__ = ("broken", "last_id", "prev")
-
-    def __init__(self) -> None:
+    def __init__(self, row: Any, default_tz: str) -> None:
         self.prev: str | None = None
         self.last_id: int | None = None
         self.broken: int | None = None  # the first event whose hash does not follow
+        self.last_kind: str | None = None
+        self.balance = 0
+        self.owner: int | None = None  # the user of its power.created
+        self.overdraft: Any = _UNKNOWN
+        self.limits: list[int | None] = [None, None, None]
+        self.tz = (row["tz"] if row is not None else None) or default_tz
+        # The windows stored on the row, and the instant from which charges can fall in them
+        # (None: never charged, nothing to count).
+        self.keys = tuple(row[f"{w}_key"] for w in WINDOWS) if row is not None else (0, 0, 0)
+        self.since = _since(self.keys, self.tz) if self.keys[2] else None
+        self.spent = [0, 0, 0]
+        # The refs refunded since ``since`` (read before the pass), and the windows of their
+        # charges: only those need remembering, not every charge of the month.
+        self.refunded: set[str] = set()
+        self.charged: dict[str, tuple[int, int, int]] = {}
 
-
-def _chains(conn: Connection, accounts: Any) -> dict[int, list[Problem]]:
-    """Every account's chain, in one pass over the journal in id order (one index seek per
-    account and block would cost more than reading each event once)."""
-    chains = {acc["id"]: _Chain() for acc in accounts}
-    hashed = [events.c[c] for c in HASHED_COLUMNS]
-    result = conn.execution_options(yield_per=5000).execute(
-        select(events.c.id, events.c.hash, *hashed)
-        .where(events.c.power_id.is_not(None)).order_by(events.c.id)
-    )
-    power_at = 2 + HASHED_COLUMNS.index("power_id")
-    for row in result:
-        chain = chains.get(row[power_at])
-        if chain is None or chain.broken is not None:
-            continue  # a deleted account's events, or a chain already found broken
-        if row[1] != hash_of(chain.prev, row[2:]):
-            chain.broken = row[0]
-            continue
-        chain.prev, chain.last_id = row[1], row[0]
-    found: dict[int, list[Problem]] = {}
-    for acc in accounts:
-        chain = chains[acc["id"]]
-        if chain.broken is not None:
-            found[acc["id"]] = [Problem("chain", acc["name"], "event altered, removed or "
-                                        "reordered", event_id=chain.broken)]
-        elif chain.prev != acc["last_hash"]:
-            found[acc["id"]] = [Problem("chain", acc["name"], "latest events missing from "
-                                        "the journal", event_id=chain.last_id)]
+    def follow(self, event_id: int, hash_: str | None, fields: tuple[Any, ...]) -> None:
+        if self.broken is not None:
+            return
+        if hash_ != hash_of(self.prev, fields):
+            self.broken = event_id
         else:
-            found[acc["id"]] = []
+            self.prev, self.last_id = hash_, event_id
+
+    def charge(self, ref: str, at: int, amount: int) -> None:
+        keys = window_keys(at, self.tz)
+        if ref in self.refunded:
+            self.charged[ref] = keys
+        # Written out flat: one call per charge of the month.
+        held, spent, cost = self.keys, self.spent, abs(amount)
+        if keys[0] == held[0]:
+            spent[0] += cost
+        if keys[1] == held[1]:
+            spent[1] += cost
+        if keys[2] == held[2]:
+            spent[2] += cost
+
+    def refund(self, ref: str, amount: int) -> None:
+        keys = self.charged.get(ref)  # None: charged before these windows
+        if keys is not None:
+            for i, key in enumerate(keys):
+                if key == self.keys[i]:
+                    self.spent[i] -= abs(amount)
+
+    def state(self, kind: str, user_id: int | None, detail: str | None) -> None:
+        """A change of overdraft or limits, as its event's detail says."""
+        values = json.loads(detail) if detail else {}
+        if kind == "power.created":
+            self.owner, self.limits = user_id, [None, None, None]
+            self.overdraft = parse_optional(values["overdraft"], what="overdraft")
+        elif kind == "power.overdraft":
+            self.overdraft = parse_optional(values["overdraft"], what="overdraft")
+        else:  # limits.set: the windows it names, the others as they were
+            for i, window in enumerate(WINDOWS):
+                if window in values:
+                    self.limits[i] = parse_optional(values[window], what="limit")
+
+
+def _since(keys: tuple[int, ...], tz: str) -> int:
+    month_start = schedule.window_reset("month", keys[2] - 1, tz)
+    # The week can start in the month before; a window starts where the previous one ends.
+    week_start = schedule.window_reset("week", keys[1] - 7, tz)
+    return clock.to_us(min(month_start, week_start))
+
+
+def _shown(millis: int | None) -> Any:
+    return "unlimited" if millis is None else to_decimal(millis)
+
+
+def _account_problems(row: Any, acc: _Account) -> list[Problem]:
+    name = row["name"]
+    found: list[Problem] = []
+    if acc.balance != row["balance"]:
+        found.append(Problem("balance", name, "balance differs from the sum of its journal",
+                             to_decimal(acc.balance), to_decimal(row["balance"])))
+    for i, window in enumerate(WINDOWS):
+        if acc.spent[i] != row[f"{window}_spent"]:
+            detail = (f"{window} counter differs from its journal" if acc.since is not None
+                      else f"{window} counter set on an account never charged")
+            found.append(Problem("window", name, detail, to_decimal(acc.spent[i]),
+                                 to_decimal(row[f"{window}_spent"])))
+    if acc.broken is not None:
+        found.append(Problem("chain", name, "event altered, removed or reordered",
+                             event_id=acc.broken))
+    elif acc.prev != row["last_hash"]:
+        found.append(Problem("chain", name, "latest events missing from the journal",
+                             event_id=acc.last_id))
+    if acc.overdraft is _UNKNOWN:
+        found.append(Problem("overdraft", name, "account has no power.created event",
+                             None, _shown(row["overdraft"])))
+        return found
+    if acc.owner != row["user_id"]:
+        found.append(Problem("chain", name, "account created for another user",
+                             acc.owner, row["user_id"]))
+    if acc.overdraft != row["overdraft"]:
+        found.append(Problem("overdraft", name, "overdraft differs from its journal",
+                             _shown(acc.overdraft), _shown(row["overdraft"])))
+    for i, window in enumerate(WINDOWS):
+        if acc.limits[i] != row[LIMIT_COLUMN[window]]:
+            found.append(Problem("limit", name, f"{window} limit differs from its journal",
+                                 _shown(acc.limits[i]), _shown(row[LIMIT_COLUMN[window]])))
     return found
+
+
+def _deleted_problems(name: str, acc: _Account) -> list[Problem]:
+    """A deleted account's chain: intact, ended by its ``power.deleted``, summing to 0."""
+    if acc.broken is not None:
+        return [Problem("chain", name, "event of a deleted account altered, removed or "
+                        "reordered", event_id=acc.broken)]
+    if acc.last_kind != "power.deleted" or acc.balance != 0:
+        return [Problem("chain", name, "events of an account that does not exist",
+                        "power.deleted", acc.last_kind, event_id=acc.last_id)]
+    return []
+
+
+# -- the pass ----------------------------------------------------------------------------------
+
+_STATE_KINDS = frozenset({"power.created", "power.overdraft", "limits.set"})
+_PLAN_STATUS = {"refill.scheduled": ACTIVE, "refill.resumed": ACTIVE, "refill.paused": PAUSED,
+                "refill.cancelled": CANCELLED}
+
+
+class _Replay:
+    """Every chain and every state the journal decides, from one pass over it in id order
+    (one index seek per account would cost more than reading each event once)."""
+
+    def __init__(self, accounts: Any, default_tz: str, names: dict[int, str]) -> None:
+        self.rows = {row["id"]: row for row in accounts}
+        self.default_tz = default_tz
+        self.names = names
+        self.accounts = {pid: _Account(row, default_tz) for pid, row in self.rows.items()}
+        self.deleted: dict[int, tuple[int | None, _Account]] = {}  # no row: user, account
+        self.users: dict[int, list[Any]] = {}  # user id: [disabled, tz]
+        self.plans: dict[int, tuple[int | None, str, int]] = {}  # id: user, status, event
+        self.plans_of: dict[int | None, list[int]] = {}
+        self.stray: list[Problem] = []  # events that cannot be as they are
+        self.events = 0
+
+    def read(self, conn: Connection) -> None:
+        self.read_refunds(conn)
+        hashed = [events.c[c] for c in HASHED_COLUMNS]
+        result = conn.execution_options(yield_per=5000).execute(
+            select(events.c.id, events.c.hash, *hashed).order_by(events.c.id)
+        )
+        accounts = self.accounts
+        for rows in result.partitions():
+            self.events += len(rows)
+            for row in rows:
+                (event_id, hash_, at, user_id, power_id, kind, amount, after, ref, *_,
+                 detail) = row
+                if power_id is None:
+                    self.unchained(event_id, user_id, kind, amount, after, ref, detail)
+                    continue
+                acc = accounts.get(power_id) or self.deleted_account(power_id, user_id)
+                acc.follow(event_id, hash_, row[2:])
+                acc.last_kind = kind
+                if amount is not None:
+                    acc.balance += amount
+                if kind == "message.charged":
+                    if acc.since is not None and at >= acc.since:
+                        acc.charge(ref, at, amount)
+                elif kind == "message.refunded":
+                    acc.refund(ref, amount)
+                elif kind in _STATE_KINDS:
+                    acc.state(kind, user_id, detail)
+                elif kind == "power.deleted":
+                    self.cancel_plans(user_id, event_id)
+
+    def read_refunds(self, conn: Connection) -> None:
+        """Which messages of each account were refunded within its windows (a scan the
+        database does by itself, far cheaper than the pass)."""
+        result = conn.execution_options(yield_per=5000).execute(
+            select(events.c.power_id, events.c.ref, events.c.at)
+            .where(events.c.kind == "message.refunded")
+        )
+        for power_id, ref, at in result:
+            acc = self.accounts.get(power_id)
+            if acc is not None and acc.since is not None and at >= acc.since:
+                acc.refunded.add(ref)
+
+    def deleted_account(self, power_id: int, user_id: int | None) -> _Account:
+        if power_id not in self.deleted:
+            self.deleted[power_id] = (user_id, _Account(None, self.default_tz))
+        return self.deleted[power_id][1]
+
+    def unchained(self, event_id: int, user_id: int | None, kind: str, amount: int | None,
+                  after: int | None, ref: str | None, detail: str | None) -> None:
+        """An event without an account: a user's or a plan's, or a price's."""
+        if amount is not None or after is not None:
+            self.stray.append(Problem(
+                "event", self.names.get(user_id, "") if user_id is not None else "",
+                "event without an account carries an amount", None,
+                to_decimal(amount if amount is not None else after or 0), event_id))
+        if kind == "user.added":
+            tz = json.loads(detail).get("tz") if detail else None
+            self.users[user_id or 0] = [False, tz]
+        elif kind in ("user.disabled", "user.enabled") and user_id in self.users:
+            self.users[user_id][0] = kind == "user.disabled"
+        elif kind in _PLAN_STATUS and ref is not None and ref.startswith("plan:"):
+            plan_id = int(ref[5:])
+            if kind == "refill.scheduled":
+                self.plans_of.setdefault(user_id, []).append(plan_id)
+            self.plans[plan_id] = (user_id, _PLAN_STATUS[kind], event_id)
+
+    def cancel_plans(self, user_id: int | None, event_id: int) -> None:
+        """Deleting a power cancels its user's plans (journals from before it said so with a
+        ``refill.cancelled`` each have only the ``power.deleted``)."""
+        for plan_id in self.plans_of.get(user_id, ()):
+            if self.plans[plan_id][1] != CANCELLED:
+                self.plans[plan_id] = (user_id, CANCELLED, event_id)
+
+    # -- comparisons ---------------------------------------------------------------------------
+
+    def account_problems(self) -> list[Problem]:
+        found: list[Problem] = []
+        for power_id, row in self.rows.items():
+            found += _account_problems(row, self.accounts[power_id])
+        for user_id, acc in self.deleted.values():
+            found += _deleted_problems(self.names.get(user_id or 0, ""), acc)
+        return found
+
+    def user_problems(self, people: Any) -> list[Problem]:
+        found: list[Problem] = []
+        for person in people:
+            state = self.users.get(person.id)
+            if state is None:
+                found.append(Problem("user", person.name, "user has no user.added event"))
+                continue
+            if state[0] != bool(person.disabled):
+                found.append(Problem("user", person.name,
+                                     "disabled flag differs from its journal",
+                                     state[0], bool(person.disabled)))
+            if state[1] != person.tz:
+                found.append(Problem("user", person.name, "time zone differs from its journal",
+                                     state[1], person.tz))
+        return found
+
+    def plan_problems(self, plans: Any) -> list[Problem]:
+        found: list[Problem] = []
+        for plan in plans:
+            name = self.names.get(plan.user_id, "")
+            journaled = self.plans.pop(plan.id, None)
+            if journaled is None:
+                found.append(Problem("plan", name, f"plan {plan.id} has no refill.scheduled "
+                                     "event", None, plan.status))
+            elif journaled[1] != plan.status or journaled[0] != plan.user_id:
+                found.append(Problem("plan", name, f"plan {plan.id} status differs from its "
+                                     "journal", journaled[1], plan.status, journaled[2]))
+        for plan_id, (user_id, status, event_id) in self.plans.items():
+            found.append(Problem("plan", self.names.get(user_id or 0, ""),
+                                 f"journal names plan {plan_id}, which does not exist",
+                                 status, None, event_id))
+        return found
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+# Each row of the grouped check is a message row (0) or one of its events.
+_ROW, _CHARGE, _REFUND, _UNMETERED = 0, 1, 2, 3
+_MESSAGE_KINDS = {"message.charged": _CHARGE, "message.refunded": _REFUND,
+                  "message.unmetered": _UNMETERED}
+
+
+def _message_problems(conn: Connection, names: dict[int, str]) -> list[Problem]:
+    """Messages against their events: one statement grouping both by message id, which
+    returns only the messages (or events) that disagree."""
+    rows = conn.execute(_MESSAGE_CHECK).all()
+    if not rows:
+        return []
+    named: dict[str, str] = {}
+    for start in range(0, len(rows), 500):  # the names, for these rows only
+        ids = [r.id for r in rows[start:start + 500]]
+        named.update(conn.execute(select(messages.c.id, messages.c.user_name)
+                                  .where(messages.c.id.in_(ids))).all())
+    return [_message_problem(r, named.get(r.id) or names.get(r.user_id or 0, "")) for r in rows]
+
+
+def _message_check() -> Any:
+    """The statement behind ``_message_problems``: narrow rows (the sort is its cost), the
+    kinds as small numbers, and every figure a problem is told with."""
+    big, text_ = BigInteger(), String()
+    from_events = select(
+        events.c.ref.label("id"),
+        case(*((events.c.kind == k, v) for k, v in _MESSAGE_KINDS.items())).label("k"),
+        events.c.amount, events.c.power_id, events.c.user_id,
+        cast(null(), text_).label("status"), events.c.id.label("event_id"),
+    ).where(events.c.kind.in_(list(_MESSAGE_KINDS)))
+    from_messages = select(
+        messages.c.id, literal(_ROW), messages.c.cost, messages.c.power_id, messages.c.user_id,
+        messages.c.status, cast(null(), big),
+    )
+    both = union_all(from_events, from_messages).subquery()
+
+    def count(k: int) -> Any:
+        return func.sum(case((both.c.k == k, 1), else_=0))
+
+    def of(k: int, col: Any) -> Any:
+        return func.max(case((both.c.k == k, col)))
+
+    grouped = select(
+        both.c.id, count(_ROW).label("rows"), func.max(both.c.status).label("status"),
+        of(_ROW, both.c.amount).label("cost"), of(_ROW, both.c.power_id).label("power_id"),
+        func.max(both.c.user_id).label("user_id"), count(_CHARGE).label("charges"),
+        count(_REFUND).label("refunds"), count(_UNMETERED).label("unmetered"),
+        of(_CHARGE, both.c.amount).label("charged"),
+        of(_CHARGE, both.c.power_id).label("charged_power"),
+        of(_REFUND, both.c.amount).label("refunded"),
+        of(_REFUND, both.c.power_id).label("refunded_power"),
+        func.max(both.c.event_id).label("event_id"),
+    ).group_by(both.c.id).subquery()
+    g = grouped.c
+    charge_matches = and_(g.charges == 1, g.unmetered == 0, g.charged == -g.cost,
+                          g.charged_power == g.power_id)
+    valid = or_(
+        and_(g.status == "rejected", g.charges + g.refunds + g.unmetered == 0),
+        and_(g.status == "charged", g.power_id.is_(None), g.unmetered == 1,
+             g.charges + g.refunds == 0),
+        and_(g.status == "charged", charge_matches, g.refunds == 0),
+        and_(g.status == "refunded", charge_matches, g.refunds == 1, g.refunded == g.cost,
+             g.refunded_power == g.power_id),
+    )
+    # A comparison with a NULL is no proof: only a shape known valid passes.
+    return (select(grouped).where(not_(func.coalesce(valid, false())))
+            .order_by(g.event_id, g.id))
+
+
+_MESSAGE_CHECK = _message_check()
+
+
+def _message_problem(row: Any, name: str) -> Problem:
+    """What is wrong with one message, in the words a reader needs first."""
+
+    def problem(detail: str, expected: Any, found: Any) -> Problem:
+        return Problem("message", name, f"message {row.id!r}: {detail}", expected, found,
+                       row.event_id)
+
+    if not row.rows:
+        return problem("journaled, but not in the messages table", None, None)
+    if row.charges > 1 or row.refunds > 1 or row.unmetered > 1:
+        return problem("journaled more than once", "1 charge, at most 1 refund",
+                       f"{row.charges} charge(s), {row.refunds} refund(s), "
+                       f"{row.unmetered} unmetered")
+    journaled = _journaled_status(row)
+    if journaled != row.status:
+        return problem("status differs from its journal", journaled, row.status)
+    if row.charged is not None and row.cost != -row.charged:
+        return problem("cost differs from its journal", to_decimal(-row.charged),
+                       None if row.cost is None else to_decimal(row.cost))
+    if row.refunded is not None and row.refunded != row.cost:
+        return problem("refund differs from its cost", to_decimal(row.cost or 0),
+                       to_decimal(row.refunded))
+    return problem("account differs from its journal", row.charged_power, row.power_id)
+
+
+def _journaled_status(row: Any) -> str:
+    if row.charges + row.refunds + row.unmetered == 0:
+        return "rejected"
+    if row.unmetered:
+        return "charged" if not row.charges + row.refunds else "charged and unmetered"
+    if not row.charges:
+        return "refunded, never charged"
+    return "refunded" if row.refunds else "charged"
+

@@ -216,8 +216,17 @@ class Db:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        """One read-only transaction whose statements all see the same snapshot, however
+        many commits land meanwhile (``verify`` compares tables with the journal). SQLite's
+        deferred transaction in WAL mode is one by itself; on Postgres it takes REPEATABLE
+        READ, which costs nothing more: the driver puts it in the same BEGIN, and a
+        read-only transaction never meets a serialization failure."""
         with self._explained(), self.engine.connect() as conn:
-            conn = conn.execution_options(readonly=True)
+            if self.is_sqlite:
+                conn = conn.execution_options(readonly=True)
+            else:
+                conn = conn.execution_options(readonly=True, isolation_level="REPEATABLE READ",
+                                              postgresql_readonly=True)
             with conn.begin():
                 yield conn
 
