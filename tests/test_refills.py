@@ -387,6 +387,111 @@ def test_concurrent_runs_apply_each_period_once(cli: Any, db_url: str) -> None:
         assert len(evs) == 5 and all(e["amount"] == D(7) for e in evs)
 
 
+# -- plans changed while a run goes on ---------------------------------------------------
+
+
+def hook_after(monkeypatch: Any, k: int, action: Any) -> list[int]:
+    """Run ``action()`` right after the k-th period a `refill run` handles has committed, as
+    another connection would (the hook wraps the function that handles one period). The
+    returned list counts the periods handled."""
+    from smscredits import refills
+
+    real, seen = refills._run_one, []
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        done = real(*args, **kwargs)
+        seen.append(1)
+        if len(seen) == k:
+            action()
+        return done
+
+    monkeypatch.setattr(refills, "_run_one", hooked)
+    return seen
+
+
+def kinds_after(cli: Any, kind: str, ref: str) -> list[str]:
+    """The kinds of the journal's events of ``ref`` that come after its first ``kind``."""
+    mine = sorted((e for e in journal(cli) if e["ref"] == ref), key=lambda e: e["id"])
+    first = next(i for i, e in enumerate(mine) if e["kind"] == kind)
+    return [e["kind"] for e in mine[first + 1:]]
+
+
+@pytest.mark.parametrize("changes", [["cancelled"], ["paused"], ["paused", "active"]])
+def test_a_plan_cancelled_or_paused_during_a_run_gets_nothing_after(
+        cli: Any, db_url: str, monkeypatch: Any, changes: list[str]) -> None:
+    """A catch-up run over 30 days; after its 3rd day another connection cancels, pauses,
+    or pauses and resumes the plan (a resumed plan skips what came due while paused: here,
+    everything up to now)."""
+    from smscredits import refills
+    from smscredits.storage.engine import open_db
+
+    setup_user(cli, "0")
+    other = open_db(db_url, actor="ops")
+    with freeze_time(local(2026, 1, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--add", "5")
+        clock.move_to(local(2026, 1, 31, 12, 0))
+
+        def change() -> None:
+            for status in changes:
+                refills.set_status(other, plan, status)
+
+        hook_after(monkeypatch, 3, change)
+        done = run(cli)
+        assert [a["period"] for a in done] == ["2026-01-02", "2026-01-03", "2026-01-04"]
+        assert run(cli) == []
+    other.dispose()
+    kind = "refill.paused" if changes[0] == "paused" else "refill.cancelled"
+    assert "refill.applied" not in kinds_after(cli, kind, f"plan:{plan}")
+    assert balance(cli) == D(15)
+    assert len(refill_events(cli, plan)) == 3
+    assert doc(ok(cli("verify", "--json")))["ok"] is True
+
+
+def test_a_threshold_plan_cancelled_during_a_run_does_not_fire(
+        alice7: Any, db_url: str, monkeypatch: Any) -> None:
+    from smscredits import refills
+    from smscredits.storage.engine import open_db
+
+    cli = alice7
+    with freeze_time(local(2026, 5, 1, 12, 0)) as clock:
+        daily = schedule(cli, "--every", "day", "--add", "1")
+        low = schedule(cli, "--when-below", "20", "--add", "10")  # 7: below it, armed
+        clock.move_to(local(2026, 5, 3, 12, 0))
+        other = open_db(db_url, actor="ops")
+        hook_after(monkeypatch, 1, lambda: refills.set_status(other, low, "cancelled"))
+        done = run(cli)
+        other.dispose()
+    assert [a["plan"] for a in done] == [daily, daily]
+    assert refill_events(cli, low) == []
+    assert balance(cli) == D(9)
+    assert doc(ok(cli("verify", "--json")))["ok"] is True
+
+
+def test_a_plan_whose_power_was_deleted_and_created_again_during_a_run_stops(
+        cli: Any, db_url: str, monkeypatch: Any) -> None:
+    """Deleting a power cancels its plans; the new power starts with no plan."""
+    from smscredits import ledger
+    from smscredits.storage.engine import open_db
+
+    setup_user(cli, "0")
+    setup_user(cli, "0", name="bob")  # alice's power is not the newest: its id is not reused
+    other = open_db(db_url, actor="ops")
+    with freeze_time(local(2026, 1, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--add", "5")
+        clock.move_to(local(2026, 1, 11, 12, 0))
+
+        def replace_power() -> None:
+            ledger.delete_power(other, "alice", force=True)
+            ledger.create_power(other, "alice", initial=0)
+
+        hook_after(monkeypatch, 2, replace_power)
+        assert len(run(cli)) == 2
+    other.dispose()
+    assert balance(cli) == D(0)
+    assert plans(cli, "--all")[plan]["status"] == "cancelled"
+    assert doc(ok(cli("verify", "--json")))["ok"] is True
+
+
 # -- threshold plans ---------------------------------------------------------------------
 
 
