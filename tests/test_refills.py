@@ -492,6 +492,62 @@ def test_a_plan_whose_power_was_deleted_and_created_again_during_a_run_stops(
     assert doc(ok(cli("verify", "--json")))["ok"] is True
 
 
+def wait_blocked_by(conn: Any, pid: int) -> None:
+    """Return once some backend waits for a lock that backend ``pid`` holds (a condition,
+    polled; not a timed wait)."""
+    import time
+
+    blocked = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+    deadline = time.monotonic() + 60
+    while not conn.exec_driver_sql(blocked, (pid,)).scalar():
+        assert time.monotonic() < deadline, "the cancel never waited for the charge"
+        time.sleep(0.01)
+
+
+def test_postgres_a_cancel_during_a_charge_that_fires_the_plan_waits_for_it(
+        pg_schema_url: str, monkeypatch: Any) -> None:
+    """The charge holds the account's row when its threshold plan fires; a cancel committed
+    meanwhile queues behind it instead of deadlocking with it (it took the plan's row first,
+    then waited for the account's: Postgres then aborted one of the two)."""
+    import threading
+
+    from smscredits import ledger, pricing, refills, verify
+    from smscredits.charging import Charger, ChargeRequest
+    from smscredits.storage.engine import open_db
+    from smscredits.storage.migrate import upgrade
+
+    db = open_db(pg_schema_url, check=False, actor="tester")
+    upgrade(db)
+    other = open_db(pg_schema_url, actor="ops")
+    pricing.set_price(db, "default", "1")
+    ledger.add_user(db, "alice")
+    ledger.create_power(db, "alice", initial=5_500)
+    plan = refills.schedule_plan(db, "alice", below=5_000, add=10_000).id
+    cancelled: list[Any] = []
+    cancel = threading.Thread(target=lambda: cancelled.append(
+        refills.set_status(other, plan, "cancelled")))
+    real = refills.fire_thresholds
+
+    def fire(conn: Any, *args: Any) -> int:
+        cancel.start()
+        with db.engine.connect() as watcher:
+            wait_blocked_by(watcher, conn.exec_driver_sql("SELECT pg_backend_pid()").scalar())
+        return real(conn, *args)
+
+    monkeypatch.setattr(refills, "fire_thresholds", fire)
+    try:
+        result = Charger(db).charge(ChargeRequest("alice", TO, parts=1))
+    finally:
+        cancel.join(120)
+    assert (result.status, result.balance) == ("charged", D("14.5"))
+    assert [p.status for p in cancelled] == ["cancelled"]
+    kinds = [e.kind for e in reversed(ledger.query_events(db, "alice"))]
+    assert kinds[-3:] == ["message.charged", "refill.applied", "refill.cancelled"]
+    assert verify.verify(db).ok
+    other.dispose()
+    db.dispose()
+
+
 # -- threshold plans ---------------------------------------------------------------------
 
 
