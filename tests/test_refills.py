@@ -548,6 +548,122 @@ def test_postgres_a_cancel_during_a_charge_that_fires_the_plan_waits_for_it(
     db.dispose()
 
 
+# -- refills past the maximum balance ----------------------------------------------------
+
+HUGE = "999999999999999"  # credits: one refill of it fits, a second would pass the maximum
+BOUND = "999999999999999.999"
+
+
+def skipped_events(db: Any, plan: int) -> list[dict[str, Any]]:
+    """The plan's refill.skipped events: detail, amount and balance_after, oldest first."""
+    with db.read() as conn:
+        rows = conn.execute(
+            select(events.c.detail, events.c.amount, events.c.balance_after)
+            .where(events.c.kind == "refill.skipped", events.c.ref == f"plan:{plan}")
+            .order_by(events.c.id)
+        ).all()
+    return [{**json.loads(d), "amount": a, "balance_after": b} for d, a, b in rows]
+
+
+@pytest.mark.parametrize("quiet", [[], ["--quiet"]])
+def test_a_refill_past_the_maximum_is_skipped_and_the_other_plans_run(
+        cli: Any, db: Any, quiet: list[str]) -> None:
+    """Was: the balance reached 8999999999999991, past the documented maximum, and every
+    later run crashed."""
+    setup_user(cli, "0")
+    setup_user(cli, "0", name="bob")
+    with freeze_time(local(2026, 1, 1, 12, 0)) as clock:
+        huge = schedule(cli, "--every", "day", "--add", HUGE)
+        small = schedule(cli, "--every", "day", "--add", "5", user="bob")
+        clock.move_to(local(2026, 1, 13, 12, 0))
+        first = cli("refill", "run", *quiet)
+        assert first.exit_code == 1, first.stderr
+        lines = first.stderr.splitlines()
+        assert len(lines) == 11
+        assert lines[0] == (f"Error: refill plan {huge} of 'alice' skipped for 2026-01-03: "
+                            f"adding {HUGE} to the balance {HUGE} would exceed {BOUND} "
+                            "(amount_out_of_range)")
+        again = cli("refill", "run", "--json")  # each skipped period is decided once
+        assert (again.exit_code, doc(again), again.stderr) == (0, [], "")
+    assert balance(cli) == D(HUGE)
+    assert balance(cli, "bob") == D(60)
+    assert len(refill_events(cli, small, "bob")) == 12
+    assert [e["period"] for e in skipped_events(db, huge)] == [
+        f"2026-01-{d:02d}" for d in range(3, 14)]
+    assert skipped_events(db, huge)[0] == {
+        "plan": huge, "period": "2026-01-03", "reason": "amount_out_of_range",
+        "amount": None, "balance_after": None}
+    assert "refill.skipped" in {e["kind"] for e in journal(cli)}
+    assert doc(ok(cli("verify", "--json")))["ok"] is True
+
+
+def test_a_skipped_refill_is_in_the_json_and_a_dry_run_shows_it(cli: Any) -> None:
+    setup_user(cli, HUGE)
+    with freeze_time(local(2026, 1, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--add", "1")
+        clock.move_to(local(2026, 1, 2, 12, 0))
+        dry = cli("refill", "run", "--dry-run", "--json")
+        assert dry.exit_code == 1
+        assert json.loads(dry.stderr)["error"]["code"] == "amount_out_of_range"
+        assert "would be skipped" in json.loads(dry.stderr)["error"]["message"]
+        before = journal(cli)
+        done = cli("refill", "run", "--json")
+        assert done.exit_code == 1
+        assert [(a["plan"], a["amount"], a["balance"], a["applied"], a["skipped"])
+                for a in doc(done)] == [(plan, D(1), D(HUGE), False, "amount_out_of_range")]
+    assert len(journal(cli)) == len(before) + 1
+    assert balance(cli) == D(HUGE)
+
+
+def test_a_top_up_from_a_huge_debt_is_skipped(cli: Any, db: Any) -> None:
+    """Topping up from -999999999999999 to 999999999999999 would add twice the maximum."""
+    ok(cli("user", "add", "alice", "--tz", "Europe/Budapest"))
+    ok(cli("power", "create", "alice", "credits", "--overdraft", "unlimited"))
+    ok(cli("credits", "set", "alice", "-" + HUGE))
+    with freeze_time(local(2026, 1, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--top-up-to", HUGE)
+        clock.move_to(local(2026, 1, 2, 12, 0))
+        done = cli("refill", "run")
+    assert done.exit_code == 1
+    assert done.stderr == (f"Error: refill plan {plan} of 'alice' skipped for 2026-01-02: the "
+                           f"refill 1999999999999998 is out of range (at most {BOUND}) "
+                           "(amount_out_of_range)\n")
+    assert balance(cli) == D("-" + HUGE)
+    assert len(skipped_events(db, plan)) == 1
+    assert doc(ok(cli("verify", "--json")))["ok"] is True
+
+
+def test_a_threshold_refill_past_the_maximum_is_skipped_and_the_charge_goes_through(
+        cli: Any, db: Any) -> None:
+    ok(cli("price", "set", "default", "1"))
+    setup_user(cli, "999999999999998.999")
+    plan = schedule(cli, "--when-below", HUGE, "--add", "10")
+    assert charge(cli)["balance"] == D("999999999999997.999")  # below: fires, skipped
+    assert charge(cli)["balance"] == D("999999999999996.999")  # disarmed: not again
+    assert [e["period"] for e in skipped_events(db, plan)] == ["crossing 1"]
+    assert plans(cli)[plan]["armed"] is False
+    assert run(cli) == []
+    assert doc(ok(cli("verify", "--json")))["ok"] is True
+
+
+@pytest.mark.parametrize("option", ["add", "top_up_to", "below"])
+def test_schedule_refuses_an_amount_out_of_range(db: Any, option: str) -> None:
+    """Through the Python API (the CLI's parser refuses it first): was an OverflowError on
+    SQLite, a bigint error on Postgres."""
+    from smscredits import ledger, refills
+    from smscredits.errors import BadInput
+
+    ledger.add_user(db, "alice")
+    ledger.create_power(db, "alice")
+    rule: dict[str, Any] = {"below": 5_000} if option != "below" else {}
+    action: dict[str, Any] = {"add": 1_000} if option == "below" else {}
+    with pytest.raises(BadInput) as e:
+        refills.schedule_plan(db, "alice", **rule, **action, **{option: 10**19})
+    assert e.value.code == "amount_out_of_range"
+    assert "999999999999999.999" in e.value.message
+    assert refills.list_plans(db, all_=True) == []
+
+
 # -- threshold plans ---------------------------------------------------------------------
 
 
@@ -724,6 +840,9 @@ def journal(cli: Any) -> list[dict[str, Any]]:
     (["alice", "--every", "day", "--add", "-1"], 2),
     (["alice", "--every", "day", "--add", "abc"], 2),
     (["alice", "--when-below", "5", "--top-up-to", "3"], 2),
+    (["alice", "--every", "day", "--add", "1000000000000000"], 2),
+    (["alice", "--every", "day", "--top-up-to", "1000000000000000"], 2),
+    (["alice", "--when-below", "1000000000000000", "--add", "1"], 2),
     (["nobody", "--every", "day", "--add", "1"], 3),
     (["bob", "--every", "day", "--add", "1"], 3),
 ])
