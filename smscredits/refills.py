@@ -5,6 +5,12 @@ with ON CONFLICT DO NOTHING in the same transaction as the balance change and it
 a second run, an overlapping run on another host, or a re-run after a crash finds the key
 taken and applies nothing. Missed periods are caught up: ``--add`` once per missed period,
 ``--top-up-to`` once (for the latest).
+
+A period is applied only if the plan, read again under its row lock in that transaction, is
+still active and the period still due: a cancel, pause or resume committed while a run goes
+on stops it at the next period. Every writer takes the account's power row before the plan's
+row, so these transactions queue instead of deadlocking. A period whose refill would take
+the balance past ``MAX_MILLIS`` is skipped once, with a ``refill.skipped`` event.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, func, select, update
 
 from smscredits import clock, journal, schedule
-from smscredits.amounts import format_amount, to_decimal
+from smscredits.amounts import MAX_MILLIS, format_amount, to_decimal
 from smscredits.errors import BadInput, Conflict, NotFound
 from smscredits.ledger import _power_row, _user_row
 
@@ -26,7 +32,9 @@ from smscredits.reads import ACTIVE, CANCELLED, PAUSED, Plan, plan_of, rule_of
 from smscredits.reads import list_plans as list_plans
 from smscredits.storage.engine import Db
 from smscredits.storage.queries import plan_rows_where
-from smscredits.storage.tables import powers, refill_applications, refill_plans
+from smscredits.storage.tables import powers, refill_applications, refill_plans, users
+
+OUT_OF_RANGE = "amount_out_of_range"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +44,17 @@ class Application:
     period: str
     amount: Decimal
     balance: Decimal | None
-    applied: bool  # False in a dry run, or when a top-up found the balance at target
+    applied: bool  # False in a dry run, when a top-up found the balance at target, or skipped
+    skipped: str | None = None  # why nothing was added (amount_out_of_range)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one period did to the balance: ``amount`` added (or, skipped, not added)."""
+
+    amount: int
+    balance: int
+    skipped: str | None = None
 
 
 # -- scheduling --------------------------------------------------------------------------
@@ -57,6 +75,10 @@ def schedule_plan(
         raise BadInput("give exactly one of --add and --top-up-to")
     if (every is None) == (below is None):
         raise BadInput("give exactly one of --every and --when-below")
+    for what, value in (("--add", add), ("--top-up-to", top_up_to), ("--when-below", below)):
+        if value is not None and abs(value) > MAX_MILLIS:
+            raise BadInput(f"bad {what} {format_amount(value)}: out of range (at most "
+                           f"{format_amount(MAX_MILLIS)})", code=OUT_OF_RANGE)
     if add is not None and add <= 0:
         raise BadInput(f"bad --add {format_amount(add)}: must be more than 0")
     if top_up_to is not None and below is not None and top_up_to < below:
@@ -123,10 +145,13 @@ def get_plan(db: Db, plan_id: int) -> Plan:
 def set_status(db: Db, plan_id: int, status: str) -> Plan:
     """Pause, resume or cancel a plan. A resumed plan does not catch up the paused time."""
     with db.write() as conn:
-        rows = plan_rows_where(conn, refill_plans.c.id == plan_id)
-        if not rows:
+        user_id = conn.execute(
+            select(refill_plans.c.user_id).where(refill_plans.c.id == plan_id)).scalar()
+        if user_id is not None:
+            _lock_power(conn, user_id)  # first, as every writer does: see the module's doc
+        row = _locked_plan(conn, plan_id)
+        if row is None:
             raise NotFound(f"no refill plan {plan_id}", code="unknown_plan")
-        row = rows[0]
         if row["status"] == CANCELLED:
             raise Conflict(f"refill plan {plan_id} is cancelled")
         now = clock.now_us()
@@ -165,38 +190,84 @@ def _lock_power(conn: Connection, user_id: int) -> RowMapping | None:
     return conn.execute(stmt).mappings().first()
 
 
-def apply(conn: Connection, plan: RowMapping, period: int, *, actor: str,
-          label: str) -> tuple[int, int] | None:
-    """Apply one period of a plan in the caller's transaction: (amount, balance after), or None
-    if this period was already applied."""
-    power = _lock_power(conn, plan["user_id"])
-    if power is None:
-        return None
-    if plan["add_amount"] is not None:
-        amount = plan["add_amount"]
-    else:
-        amount = max(plan["top_up_to"] - power["balance"], 0)
-    now = clock.now_us()
-    if not _claim(conn, plan["id"], period, now, amount):
-        return None
-    balance = power["balance"] + amount
-    values: dict[str, Any] = {"last_period": period, "last_applied_at": now}
+def _locked_plan(conn: Connection, plan_id: int) -> RowMapping | None:
+    """The plan as committed now, with its user's name and zone, its row locked until the
+    transaction ends (on Postgres; SQLite's write transaction holds the whole database).
+    A cancel or pause committed meanwhile is seen here, or waits for this transaction."""
+    stmt = (select(refill_plans, users.c.name, users.c.tz)
+            .join(users, users.c.id == refill_plans.c.user_id)
+            .where(refill_plans.c.id == plan_id))
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(of=refill_plans)
+    return conn.execute(stmt).mappings().first()
+
+
+def _still_due(plan: RowMapping, period: int, balance: int, default_tz: str) -> bool:
+    """Whether ``period`` is due for the plan as it is now (read under its lock)."""
+    if plan["status"] != ACTIVE:
+        return False
     if plan["every"] is None:
-        values["armed"] = False
-    conn.execute(update(refill_plans).where(refill_plans.c.id == plan["id"]).values(**values))
-    if amount:
+        return (bool(plan["armed"]) and balance < plan["below"]
+                and period == (plan["last_period"] or 0) + 1)
+    if plan["last_period"] is not None and period <= plan["last_period"]:
+        return False  # another run went past it
+    # A resume moves start_after on: what came due while paused is skipped.
+    return schedule.occurrence(rule_of(plan, default_tz), period) > clock.from_us(
+        plan["start_after"])
+
+
+def _amount(plan: RowMapping, balance: int) -> int:
+    if plan["add_amount"] is not None:
+        return int(plan["add_amount"])
+    return max(plan["top_up_to"] - balance, 0)
+
+
+def _out_of_range(amount: int, balance: int) -> bool:
+    return amount > MAX_MILLIS or balance + amount > MAX_MILLIS
+
+
+def apply(conn: Connection, seen: RowMapping, period: int, *, actor: str, label: str,
+          default_tz: str = "UTC") -> Outcome | None:
+    """Apply one period of a plan (``seen``: its row as read before) in the caller's
+    transaction; None if the plan is no longer active, the period no longer due or already
+    applied."""
+    plan_id = seen["id"]
+    power = _lock_power(conn, seen["user_id"])
+    plan = _locked_plan(conn, plan_id)
+    if power is None or plan is None or not _still_due(plan, period, power["balance"],
+                                                       default_tz):
+        return None
+    amount = _amount(plan, power["balance"])
+    skipped = OUT_OF_RANGE if _out_of_range(amount, power["balance"]) else None
+    now = clock.now_us()
+    if not _claim(conn, plan_id, period, now, 0 if skipped else amount):
+        return None
+    balance = power["balance"] if skipped else power["balance"] + amount
+    values: dict[str, Any] = {"last_period": period}
+    if not skipped:
+        values["last_applied_at"] = now
+    if plan["every"] is None:
+        values["armed"] = False  # once per crossing, applied or skipped
+    conn.execute(update(refill_plans).where(refill_plans.c.id == plan_id).values(**values))
+    if skipped:
+        journal.record(
+            conn, at=now, kind="refill.skipped", actor=actor, user_id=plan["user_id"],
+            power_id=power["id"], prev_hash=power["last_hash"], ref=f"plan:{plan_id}",
+            detail={"plan": plan_id, "period": label, "reason": skipped},
+        )
+    elif amount:
         conn.execute(update(powers).where(powers.c.id == power["id"])
                      .values(balance=powers.c.balance + amount))
         journal.record(
             conn, at=now, kind="refill.applied", actor=actor, user_id=plan["user_id"],
             power_id=power["id"], amount=amount,
-            balance_after=balance, ref=f"plan:{plan['id']}",
-            detail={"plan": plan["id"], "period": label},
+            balance_after=balance, ref=f"plan:{plan_id}",
+            detail={"plan": plan_id, "period": label},
         )
     if plan["every"] is None:
         sync_threshold(conn, plan["user_id"])
     rearm(conn, plan["user_id"], balance)
-    return amount, balance
+    return Outcome(amount, balance, skipped)
 
 
 def fire_thresholds(conn: Connection, user_id: int, balance: int, actor: str) -> int:
@@ -212,7 +283,7 @@ def fire_thresholds(conn: Connection, user_id: int, balance: int, actor: str) ->
         period = (plan["last_period"] or 0) + 1
         done = apply(conn, plan, period, actor=actor, label=f"crossing {period}")
         if done is not None:
-            balance = done[1]
+            balance = done.balance
     return balance
 
 
@@ -234,8 +305,11 @@ def run(db: Db, *, dry_run: bool = False) -> list[Application]:
             continue  # no credits power: nothing to refill
         for period, label in _due(plan, db.default_tz, now, balances[plan["user_id"]]):
             done = _run_one(db, plan, period, label, dry_run, balances)
-            if done is not None:
-                results.append(done)
+            if done is None:
+                # Cancelled, paused or resumed since the plans were read (its later periods
+                # are not due either), or another run is ahead: it applies the rest.
+                break
+            results.append(done)
     return results
 
 
@@ -257,18 +331,21 @@ def _due(plan: RowMapping, default_tz: str, now: datetime, balance: int) -> list
 
 def _run_one(db: Db, plan: RowMapping, period: int, label: str, dry_run: bool,
              balances: dict[int, int]) -> Application | None:
-    """One due period; None when another run applied it first."""
-    balance = balances[plan["user_id"]]
+    """One due period, in a transaction of its own; None when the plan is no longer active,
+    the period no longer due, or another run applied it first."""
+    user_id, balance = plan["user_id"], balances[plan["user_id"]]
     if dry_run:
-        amount = plan["add_amount"] if plan["add_amount"] is not None else max(
-            plan["top_up_to"] - balance, 0)
-        balances[plan["user_id"]] = balance + amount
-        return Application(plan["id"], plan["name"], label, to_decimal(amount),
-                           to_decimal(balance + amount), False)
-    with db.write() as conn:
-        done = apply(conn, plan, period, actor=db.actor, label=label)
-    if done is None:
-        return None
-    balances[plan["user_id"]] = done[1]
-    return Application(plan["id"], plan["name"], label, to_decimal(done[0]),
-                       to_decimal(done[1]), done[0] > 0)
+        amount = _amount(plan, balance)
+        done = Outcome(amount, balance, OUT_OF_RANGE) if _out_of_range(amount, balance) else (
+            Outcome(amount, balance + amount))
+    else:
+        with db.write() as conn:
+            found = apply(conn, plan, period, actor=db.actor, label=label,
+                          default_tz=db.default_tz)
+        if found is None:
+            return None
+        done = found
+    balances[user_id] = done.balance
+    return Application(plan["id"], plan["name"], label, to_decimal(done.amount),
+                       to_decimal(done.balance),
+                       not dry_run and done.skipped is None and done.amount > 0, done.skipped)

@@ -387,6 +387,283 @@ def test_concurrent_runs_apply_each_period_once(cli: Any, db_url: str) -> None:
         assert len(evs) == 5 and all(e["amount"] == D(7) for e in evs)
 
 
+# -- plans changed while a run goes on ---------------------------------------------------
+
+
+def hook_after(monkeypatch: Any, k: int, action: Any) -> list[int]:
+    """Run ``action()`` right after the k-th period a `refill run` handles has committed, as
+    another connection would (the hook wraps the function that handles one period). The
+    returned list counts the periods handled."""
+    from smscredits import refills
+
+    real, seen = refills._run_one, []
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        done = real(*args, **kwargs)
+        seen.append(1)
+        if len(seen) == k:
+            action()
+        return done
+
+    monkeypatch.setattr(refills, "_run_one", hooked)
+    return seen
+
+
+def kinds_after(cli: Any, kind: str, ref: str) -> list[str]:
+    """The kinds of the journal's events of ``ref`` that come after its first ``kind``."""
+    mine = sorted((e for e in journal(cli) if e["ref"] == ref), key=lambda e: e["id"])
+    first = next(i for i, e in enumerate(mine) if e["kind"] == kind)
+    return [e["kind"] for e in mine[first + 1:]]
+
+
+@pytest.mark.parametrize("changes", [["cancelled"], ["paused"], ["paused", "active"]])
+def test_a_plan_cancelled_or_paused_during_a_run_gets_nothing_after(
+        cli: Any, db_url: str, monkeypatch: Any, changes: list[str]) -> None:
+    """A catch-up run over 30 days; after its 3rd day another connection cancels, pauses,
+    or pauses and resumes the plan (a resumed plan skips what came due while paused: here,
+    everything up to now)."""
+    from smscredits import refills
+    from smscredits.storage.engine import open_db
+
+    setup_user(cli, "0")
+    other = open_db(db_url, actor="ops")
+    with freeze_time(local(2026, 1, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--add", "5")
+        clock.move_to(local(2026, 1, 31, 12, 0))
+
+        def change() -> None:
+            for status in changes:
+                refills.set_status(other, plan, status)
+
+        hook_after(monkeypatch, 3, change)
+        done = run(cli)
+        assert [a["period"] for a in done] == ["2026-01-02", "2026-01-03", "2026-01-04"]
+        assert run(cli) == []
+    other.dispose()
+    kind = "refill.paused" if changes[0] == "paused" else "refill.cancelled"
+    assert "refill.applied" not in kinds_after(cli, kind, f"plan:{plan}")
+    assert balance(cli) == D(15)
+    assert len(refill_events(cli, plan)) == 3
+    assert doc(ok(cli("verify", "--json")))["ok"] is True
+
+
+def test_a_threshold_plan_cancelled_during_a_run_does_not_fire(
+        alice7: Any, db_url: str, monkeypatch: Any) -> None:
+    from smscredits import refills
+    from smscredits.storage.engine import open_db
+
+    cli = alice7
+    with freeze_time(local(2026, 5, 1, 12, 0)) as clock:
+        daily = schedule(cli, "--every", "day", "--add", "1")
+        low = schedule(cli, "--when-below", "20", "--add", "10")  # 7: below it, armed
+        clock.move_to(local(2026, 5, 3, 12, 0))
+        other = open_db(db_url, actor="ops")
+        hook_after(monkeypatch, 1, lambda: refills.set_status(other, low, "cancelled"))
+        done = run(cli)
+        other.dispose()
+    assert [a["plan"] for a in done] == [daily, daily]
+    assert refill_events(cli, low) == []
+    assert balance(cli) == D(9)
+    assert doc(ok(cli("verify", "--json")))["ok"] is True
+
+
+def test_a_plan_whose_power_was_deleted_and_created_again_during_a_run_stops(
+        cli: Any, db_url: str, monkeypatch: Any) -> None:
+    """Deleting a power cancels its plans; the new power starts with no plan."""
+    from smscredits import ledger
+    from smscredits.storage.engine import open_db
+
+    setup_user(cli, "0")
+    setup_user(cli, "0", name="bob")  # alice's power is not the newest: its id is not reused
+    other = open_db(db_url, actor="ops")
+    with freeze_time(local(2026, 1, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--add", "5")
+        clock.move_to(local(2026, 1, 11, 12, 0))
+
+        def replace_power() -> None:
+            ledger.delete_power(other, "alice", force=True)
+            ledger.create_power(other, "alice", initial=0)
+
+        hook_after(monkeypatch, 2, replace_power)
+        assert len(run(cli)) == 2
+    other.dispose()
+    assert balance(cli) == D(0)
+    assert plans(cli, "--all")[plan]["status"] == "cancelled"
+    assert doc(ok(cli("verify", "--json")))["ok"] is True
+
+
+def wait_blocked_by(conn: Any, pid: int) -> None:
+    """Return once some backend waits for a lock that backend ``pid`` holds (a condition,
+    polled; not a timed wait)."""
+    import time
+
+    blocked = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+    deadline = time.monotonic() + 60
+    while not conn.exec_driver_sql(blocked, (pid,)).scalar():
+        assert time.monotonic() < deadline, "the cancel never waited for the charge"
+        time.sleep(0.01)
+
+
+def test_postgres_a_cancel_during_a_charge_that_fires_the_plan_waits_for_it(
+        pg_schema_url: str, monkeypatch: Any) -> None:
+    """The charge holds the account's row when its threshold plan fires; a cancel committed
+    meanwhile queues behind it instead of deadlocking with it (it took the plan's row first,
+    then waited for the account's: Postgres then aborted one of the two)."""
+    import threading
+
+    from smscredits import ledger, pricing, refills, verify
+    from smscredits.charging import Charger, ChargeRequest
+    from smscredits.storage.engine import open_db
+    from smscredits.storage.migrate import upgrade
+
+    db = open_db(pg_schema_url, check=False, actor="tester")
+    upgrade(db)
+    other = open_db(pg_schema_url, actor="ops")
+    pricing.set_price(db, "default", "1")
+    ledger.add_user(db, "alice")
+    ledger.create_power(db, "alice", initial=5_500)
+    plan = refills.schedule_plan(db, "alice", below=5_000, add=10_000).id
+    cancelled: list[Any] = []
+    cancel = threading.Thread(target=lambda: cancelled.append(
+        refills.set_status(other, plan, "cancelled")))
+    real = refills.fire_thresholds
+
+    def fire(conn: Any, *args: Any) -> int:
+        cancel.start()
+        with db.engine.connect() as watcher:
+            wait_blocked_by(watcher, conn.exec_driver_sql("SELECT pg_backend_pid()").scalar())
+        return real(conn, *args)
+
+    monkeypatch.setattr(refills, "fire_thresholds", fire)
+    try:
+        result = Charger(db).charge(ChargeRequest("alice", TO, parts=1))
+    finally:
+        cancel.join(120)
+    assert (result.status, result.balance) == ("charged", D("14.5"))
+    assert [p.status for p in cancelled] == ["cancelled"]
+    kinds = [e.kind for e in reversed(ledger.query_events(db, "alice"))]
+    assert kinds[-3:] == ["message.charged", "refill.applied", "refill.cancelled"]
+    assert verify.verify(db).ok
+    other.dispose()
+    db.dispose()
+
+
+# -- refills past the maximum balance ----------------------------------------------------
+
+HUGE = "999999999999999"  # credits: one refill of it fits, a second would pass the maximum
+BOUND = "999999999999999.999"
+
+
+def skipped_events(db: Any, plan: int) -> list[dict[str, Any]]:
+    """The plan's refill.skipped events: detail, amount and balance_after, oldest first."""
+    with db.read() as conn:
+        rows = conn.execute(
+            select(events.c.detail, events.c.amount, events.c.balance_after)
+            .where(events.c.kind == "refill.skipped", events.c.ref == f"plan:{plan}")
+            .order_by(events.c.id)
+        ).all()
+    return [{**json.loads(d), "amount": a, "balance_after": b} for d, a, b in rows]
+
+
+@pytest.mark.parametrize("quiet", [[], ["--quiet"]])
+def test_a_refill_past_the_maximum_is_skipped_and_the_other_plans_run(
+        cli: Any, db: Any, quiet: list[str]) -> None:
+    """Was: the balance reached 8999999999999991, past the documented maximum, and every
+    later run crashed."""
+    setup_user(cli, "0")
+    setup_user(cli, "0", name="bob")
+    with freeze_time(local(2026, 1, 1, 12, 0)) as clock:
+        huge = schedule(cli, "--every", "day", "--add", HUGE)
+        small = schedule(cli, "--every", "day", "--add", "5", user="bob")
+        clock.move_to(local(2026, 1, 13, 12, 0))
+        first = cli("refill", "run", *quiet)
+        assert first.exit_code == 1, first.stderr
+        lines = first.stderr.splitlines()
+        assert len(lines) == 11
+        assert lines[0] == (f"Error: refill plan {huge} of 'alice' skipped for 2026-01-03: "
+                            f"adding {HUGE} to the balance {HUGE} would exceed {BOUND} "
+                            "(amount_out_of_range)")
+        again = cli("refill", "run", "--json")  # each skipped period is decided once
+        assert (again.exit_code, doc(again), again.stderr) == (0, [], "")
+    assert balance(cli) == D(HUGE)
+    assert balance(cli, "bob") == D(60)
+    assert len(refill_events(cli, small, "bob")) == 12
+    assert [e["period"] for e in skipped_events(db, huge)] == [
+        f"2026-01-{d:02d}" for d in range(3, 14)]
+    assert skipped_events(db, huge)[0] == {
+        "plan": huge, "period": "2026-01-03", "reason": "amount_out_of_range",
+        "amount": None, "balance_after": None}
+    assert "refill.skipped" in {e["kind"] for e in journal(cli)}
+    assert doc(ok(cli("verify", "--json")))["ok"] is True
+
+
+def test_a_skipped_refill_is_in_the_json_and_a_dry_run_shows_it(cli: Any) -> None:
+    setup_user(cli, HUGE)
+    with freeze_time(local(2026, 1, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--add", "1")
+        clock.move_to(local(2026, 1, 2, 12, 0))
+        dry = cli("refill", "run", "--dry-run", "--json")
+        assert dry.exit_code == 1
+        assert json.loads(dry.stderr)["error"]["code"] == "amount_out_of_range"
+        assert "would be skipped" in json.loads(dry.stderr)["error"]["message"]
+        before = journal(cli)
+        done = cli("refill", "run", "--json")
+        assert done.exit_code == 1
+        assert [(a["plan"], a["amount"], a["balance"], a["applied"], a["skipped"])
+                for a in doc(done)] == [(plan, D(1), D(HUGE), False, "amount_out_of_range")]
+    assert len(journal(cli)) == len(before) + 1
+    assert balance(cli) == D(HUGE)
+
+
+def test_a_top_up_from_a_huge_debt_is_skipped(cli: Any, db: Any) -> None:
+    """Topping up from -999999999999999 to 999999999999999 would add twice the maximum."""
+    ok(cli("user", "add", "alice", "--tz", "Europe/Budapest"))
+    ok(cli("power", "create", "alice", "credits", "--overdraft", "unlimited"))
+    ok(cli("credits", "set", "alice", "-" + HUGE))
+    with freeze_time(local(2026, 1, 1, 12, 0)) as clock:
+        plan = schedule(cli, "--every", "day", "--top-up-to", HUGE)
+        clock.move_to(local(2026, 1, 2, 12, 0))
+        done = cli("refill", "run")
+    assert done.exit_code == 1
+    assert done.stderr == (f"Error: refill plan {plan} of 'alice' skipped for 2026-01-02: the "
+                           f"refill 1999999999999998 is out of range (at most {BOUND}) "
+                           "(amount_out_of_range)\n")
+    assert balance(cli) == D("-" + HUGE)
+    assert len(skipped_events(db, plan)) == 1
+    assert doc(ok(cli("verify", "--json")))["ok"] is True
+
+
+def test_a_threshold_refill_past_the_maximum_is_skipped_and_the_charge_goes_through(
+        cli: Any, db: Any) -> None:
+    ok(cli("price", "set", "default", "1"))
+    setup_user(cli, "999999999999998.999")
+    plan = schedule(cli, "--when-below", HUGE, "--add", "10")
+    assert charge(cli)["balance"] == D("999999999999997.999")  # below: fires, skipped
+    assert charge(cli)["balance"] == D("999999999999996.999")  # disarmed: not again
+    assert [e["period"] for e in skipped_events(db, plan)] == ["crossing 1"]
+    assert plans(cli)[plan]["armed"] is False
+    assert run(cli) == []
+    assert doc(ok(cli("verify", "--json")))["ok"] is True
+
+
+@pytest.mark.parametrize("option", ["add", "top_up_to", "below"])
+def test_schedule_refuses_an_amount_out_of_range(db: Any, option: str) -> None:
+    """Through the Python API (the CLI's parser refuses it first): was an OverflowError on
+    SQLite, a bigint error on Postgres."""
+    from smscredits import ledger, refills
+    from smscredits.errors import BadInput
+
+    ledger.add_user(db, "alice")
+    ledger.create_power(db, "alice")
+    rule: dict[str, Any] = {"below": 5_000} if option != "below" else {}
+    action: dict[str, Any] = {"add": 1_000} if option == "below" else {}
+    with pytest.raises(BadInput) as e:
+        refills.schedule_plan(db, "alice", **rule, **action, **{option: 10**19})
+    assert e.value.code == "amount_out_of_range"
+    assert "999999999999999.999" in e.value.message
+    assert refills.list_plans(db, all_=True) == []
+
+
 # -- threshold plans ---------------------------------------------------------------------
 
 
@@ -563,6 +840,9 @@ def journal(cli: Any) -> list[dict[str, Any]]:
     (["alice", "--every", "day", "--add", "-1"], 2),
     (["alice", "--every", "day", "--add", "abc"], 2),
     (["alice", "--when-below", "5", "--top-up-to", "3"], 2),
+    (["alice", "--every", "day", "--add", "1000000000000000"], 2),
+    (["alice", "--every", "day", "--top-up-to", "1000000000000000"], 2),
+    (["alice", "--when-below", "1000000000000000", "--add", "1"], 2),
     (["nobody", "--every", "day", "--add", "1"], 3),
     (["bob", "--every", "day", "--add", "1"], 3),
 ])

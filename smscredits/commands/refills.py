@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from smscredits.commands.base import amount, app, command, db, output
 from smscredits.commands.users import OptionalUser, UserArg
+from smscredits.errors import Exit
 
 refill_app = app("refill", "Automatic refill plans, applied exactly once by `refill run`.",
                  "smscredits refill schedule alice --every month --on 1 --add 100")
@@ -91,18 +92,39 @@ def refill_run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what is due; change "
                                           "nothing.")] = False,
 ) -> None:
-    """Apply every due refill exactly once (the cron entry point); missed periods catch up."""
+    """Apply every due refill exactly once (the cron entry point); missed periods catch up.
+
+    A refill that would take a balance past the maximum is skipped (one line on stderr each,
+    even with --quiet) and the run exits 1."""
     from smscredits import refills
 
     done = refills.run(db(), dry_run=dry_run)
     out = output()
+    shown = done if out.machine else [a for a in done if a.skipped is None]
     if out.machine:
         out.rows(done, [])
-        return
-    if not done:
+    elif not done:
         out.message("nothing due")
-        return
-    title = "Refills due (dry run: nothing applied)" if dry_run else "Refills applied"
-    out.rows(done, [("plan", "Plan"), ("user", "User"), ("period", "Period"),
-                    ("amount", "Added"), ("balance", "Balance")], title=title)
+    elif shown:
+        title = "Refills due (dry run: nothing applied)" if dry_run else "Refills applied"
+        out.rows(shown, [("plan", "Plan"), ("user", "User"), ("period", "Period"),
+                         ("amount", "Added"), ("balance", "Balance")], title=title)
+    _report_skipped([a for a in done if a.skipped is not None], dry_run)
 
+
+def _report_skipped(skipped: list[Any], dry_run: bool) -> None:
+    """A skipped refill needs a person: one error line each (whatever --quiet says, so that
+    cron mails it) and exit 1."""
+    from smscredits.amounts import MAX_MILLIS, format_amount, to_decimal
+
+    if not skipped:
+        return
+    out, bound = output(), format_amount(MAX_MILLIS)
+    for a in skipped:
+        why = (f"the refill {a.amount} is out of range (at most {bound})"
+               if a.amount > to_decimal(MAX_MILLIS)
+               else f"adding {a.amount} to the balance {a.balance} would exceed {bound}")
+        out.error(a.skipped, f"refill plan {a.plan} of {a.user!r} "
+                  f"{'would be skipped' if dry_run else 'skipped'} for {a.period}: {why} "
+                  f"({a.skipped})")
+    raise typer.Exit(int(Exit.FAILURE))
