@@ -63,6 +63,7 @@ from smscredits.storage.hot import (
     prepared_update,
 )
 from smscredits.storage.tables import events, messages, powers, users
+from smscredits.validate import is_message_id
 
 # A batch at least this big is part of a bulk run (see ``set_checkpoint_pages``).
 BULK_BATCH = 100
@@ -113,6 +114,49 @@ class ChargeResult:
 
 
 _RESULT_FIELDS = tuple(f.name for f in fields(ChargeResult))
+
+
+def request_problem(req: ChargeRequest) -> str | None:
+    """Why a request can be neither charged nor recorded as it is, or None (it can).
+
+    A NUL, a lone surrogate, an over-long id or a value of the wrong type would fail the
+    database driver, or the writing of the result, and with it the whole batch: such a
+    request is bad input, answered on its own. Called once or twice per charge, so the usual
+    request (ASCII strings) is let through by one expression.
+    """
+    user, to, text, parts, msg_id = req.user, req.to, req.text, req.parts, req.id
+    if (type(user) is str and user.isascii() and "\x00" not in user
+            and type(to) is str and to.isascii() and "\x00" not in to
+            and (text is None or (type(text) is str and text.isascii()))
+            and (parts is None or type(parts) is int)
+            and (msg_id is None or (type(msg_id) is str and is_message_id(msg_id)))):
+        return None
+    return (_string_problem("user", user, nul=True) or _string_problem("to", to, nul=True)
+            or (None if text is None else _string_problem("text", text, nul=False))
+            or (None if parts is None or (type(parts) is int)
+                else "parts must be a whole number")
+            or (None if msg_id is None or (type(msg_id) is str and is_message_id(msg_id))
+                else f"bad message id {_shown(msg_id)}: 1-128 printable ASCII characters, "
+                     "no spaces"))
+
+
+def _string_problem(name: str, value: object, *, nul: bool) -> str | None:
+    if type(value) is not str:
+        return f"{name} must be a string"
+    if nul and "\x00" in value:
+        return f"bad {name} {_shown(value)}: it contains a NUL character"
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return f"bad {name} {_shown(value)}: not valid Unicode (a lone surrogate)"
+    return None
+
+
+def _shown(value: object) -> str:
+    """A bad value as its message quotes it: escaped, and cut short if long."""
+    if type(value) is not str:
+        return type(value).__name__
+    return repr(value[:40]) + ("..." if len(value) > 40 else "")
 
 
 @dataclass
@@ -367,6 +411,9 @@ class _Batch:
         return [self.charge(r) for r in reqs]
 
     def charge(self, req: ChargeRequest) -> ChargeResult:
+        problem = request_problem(req)
+        if problem is not None:  # nothing of it can be recorded: no id, user or number either
+            return ChargeResult("error", None, None, None, reason="bad_input", message=problem)
         try:
             quote: Quote | None = self.book.quote(req.to, parts_of(req))
             rejection = None
@@ -706,7 +753,10 @@ class Charger:
                     batch = _Batch(conn, self.db, self._still_true(conn, carried), self._book)
                     self._book = batch.book
                     try:
-                        batch.prefetch(reqs, recall=self._recall)
+                        # A bad request's name or id is not sent to the database: it
+                        # could fail the lookup, and the batch with it.
+                        batch.prefetch([r for r in reqs if request_problem(r) is None],
+                                       recall=self._recall)
                         results = batch.charge_all(reqs)
                         batch.flush(deferred if behind and batch.postgres else None)
                     except BaseException as e:

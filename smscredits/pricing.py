@@ -69,7 +69,7 @@ def destination(text: str) -> Destination:
     import phonenumbers
 
     if not _NUMBER.match(text):
-        raise Rejected("invalid_number", f"invalid number {text!r}")
+        raise _invalid_number(text)
     digits = _PUNCTUATION.sub("", text)
     if digits.startswith("00"):
         digits = "+" + digits[2:]
@@ -80,11 +80,16 @@ def destination(text: str) -> Destination:
         try:
             parsed = phonenumbers.parse(digits, None)
         except phonenumbers.NumberParseException:
-            raise Rejected("invalid_number", f"invalid number {text!r}") from None
+            raise _invalid_number(text) from None
     if not phonenumbers.is_valid_number(parsed):
-        raise Rejected("invalid_number", f"invalid number {text!r}")
+        raise _invalid_number(text)
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     return Destination(e164, phonenumbers.region_code_for_number(parsed))
+
+
+def _invalid_number(text: str) -> Rejected:
+    shown = repr(text[:40]) + ("..." if len(text) > 40 else "")  # a hostile one can be huge
+    return Rejected("invalid_number", f"invalid number {shown}")
 
 
 def _e164_fast(digits: str) -> object | None:
