@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.sql import Executable
 
 from smscredits import clock, journal
-from smscredits.amounts import to_decimal
+from smscredits.amounts import MAX_MILLIS, format_amount, to_decimal
 from smscredits.errors import (
     BadInput,
     Conflict,
@@ -74,6 +74,7 @@ EXIT_FOR = {
     "no_price": Exit.NOT_FOUND, "unknown_user": Exit.NOT_FOUND,
     "invalid_number": Exit.USAGE, "bad_input": Exit.USAGE,
     "user_disabled": Exit.CONFLICT, "conflict": Exit.CONFLICT,
+    "amount_out_of_range": Exit.USAGE,
 }
 
 
@@ -200,23 +201,28 @@ class _Power:
 
     def take(self, cost: int, keys: tuple[int, int, int]) -> Rejected | None:
         """Debit ``cost`` in these windows if balance, overdraft and every limit allow it;
-        else say why not and change nothing. (One charge each: written out flat.)"""
-        if self.overdraft is not None and self.balance - cost < -self.overdraft:
-            return _REFUSED[0]
+        else say why not and change nothing. (One charge each: written out flat.)
+
+        No overdraft and no limit lets an amount leave the documented range: an unlimited
+        overdraft ends at -MAX_MILLIS and a window without a limit at MAX_MILLIS, so each
+        bound is still one comparison."""
+        after, floor = self.balance - cost, self.overdraft
+        if after < (-floor if floor is not None else -MAX_MILLIS):
+            return _REFUSED[0] if floor is not None else _out_of_range("balance", after)
         (k0, k1, k2), held, spent = keys, self.keys, self.spent
         s0 = spent[0] + cost if held[0] == k0 else cost
         s1 = spent[1] + cost if held[1] == k1 else cost
         s2 = spent[2] + cost if held[2] == k2 else cost
         day, week, month = self.limits
-        if day is not None and s0 > day:
-            return _REFUSED[1]
-        if week is not None and s1 > week:
-            return _REFUSED[2]
-        if month is not None and s2 > month:
-            return _REFUSED[3]
+        if s0 > (day if day is not None else MAX_MILLIS):
+            return _REFUSED[1] if day is not None else _out_of_range("day's spending", s0)
+        if s1 > (week if week is not None else MAX_MILLIS):
+            return _REFUSED[2] if week is not None else _out_of_range("week's spending", s1)
+        if s2 > (month if month is not None else MAX_MILLIS):
+            return _REFUSED[3] if month is not None else _out_of_range("month's spending", s2)
         if held[0] != k0 or held[1] != k1 or held[2] != k2:
             self.keys, self.rolled = [k0, k1, k2], True
-        self.balance -= cost
+        self.balance = after
         self.spent = [s0, s1, s2]
         return None
 
@@ -234,6 +240,14 @@ class _Power:
 # Why a take is refused: insufficient credits, then each window's limit, in this order.
 _REFUSED = (Rejected("insufficient_credits", "insufficient credits"),
             *(Rejected(REASON[w], f"{REASON[w].replace('_', ' ')} reached") for w in WINDOWS))
+
+
+def _out_of_range(what: str, amount: int) -> Rejected:
+    """A charge that would take an amount past the documented range (rare: made each time)."""
+    bound = -MAX_MILLIS if amount < 0 else MAX_MILLIS
+    return Rejected("amount_out_of_range",
+                    f"the {what} after this charge, {format_amount(amount)}, would be "
+                    f"{'below' if amount < 0 else 'above'} {format_amount(bound)}")
 
 
 _state = [powers.c[name] for name in STATE_COLUMNS]

@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import Connection, delete, select
 
 from smscredits import clock, journal
-from smscredits.amounts import parse_amount, to_decimal
+from smscredits.amounts import MAX_MILLIS, format_amount, parse_amount, to_decimal
 from smscredits.errors import BadInput, NotFound
 from smscredits.parts import Parts
 from smscredits.storage.engine import Db
@@ -164,6 +164,10 @@ class PriceBook:
         rule, price = self.rule_for(dest)
         encoding = parts.encoding if parts.units or parts.encoding != "-" else None
         cost = price * parts.parts
+        if cost > MAX_MILLIS:  # a huge price: refused before any write, never stored
+            raise Rejected("amount_out_of_range",
+                           f"cost {format_amount(cost)} ({parts.parts} part(s) at "
+                           f"{format_amount(price)}) is above {format_amount(MAX_MILLIS)}")
         made = Quote(dest.number, dest.country, rule, price, encoding, parts.parts, cost,
                      journal.message_detail(dest.number, parts.parts, rule), to_decimal(cost),
                      to_decimal(price))
