@@ -128,9 +128,13 @@ def request_problem(req: ChargeRequest) -> str | None:
     user, to, text, parts, msg_id = req.user, req.to, req.text, req.parts, req.id
     if (type(user) is str and user.isascii() and "\x00" not in user
             and type(to) is str and to.isascii() and "\x00" not in to
-            and (text is None or (type(text) is str and text.isascii()))
+            and (text is None or (type(text) is str and (text.isascii() or _encodes(text))))
             and (parts is None or type(parts) is int)
-            and (msg_id is None or (type(msg_id) is str and is_message_id(msg_id)))):
+            # ``is_message_id`` without its regex (a third of the check's time):
+            # 1-128 characters, each printable ASCII but a space.
+            and (msg_id is None or (type(msg_id) is str and 0 < len(msg_id) <= 128
+                                    and msg_id.isascii() and msg_id.isprintable()
+                                    and " " not in msg_id))):
         return None
     return (_string_problem("user", user, nul=True) or _string_problem("to", to, nul=True)
             or (None if text is None else _string_problem("text", text, nul=False))
@@ -141,14 +145,38 @@ def request_problem(req: ChargeRequest) -> str | None:
                      "no spaces"))
 
 
+def _fit_to_look_up(reqs: list[ChargeRequest]) -> list[ChargeRequest]:
+    """The requests whose names and ids a batch may send to the database before charging
+    them (a NUL or a lone surrogate would fail the lookup, and the batch with it; the charge
+    answers such a request as bad input): all of them when the batch's names and ids are
+    ASCII text without a NUL, checked for the whole batch at once (a fraction of the
+    per-request check, which this spares the usual batch), else those found fine."""
+    try:
+        names = "".join([r.user for r in reqs])
+        ids = "".join([r.id for r in reqs if r.id is not None])
+    except TypeError:  # a value that is not a string
+        pass
+    else:
+        if names.isascii() and ids.isascii() and "\x00" not in names and "\x00" not in ids:
+            return reqs
+    return [r for r in reqs if request_problem(r) is None]
+
+
+def _encodes(text: str) -> bool:
+    """Whether a text is valid Unicode: it has no lone surrogate (only a str can)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _string_problem(name: str, value: object, *, nul: bool) -> str | None:
     if type(value) is not str:
         return f"{name} must be a string"
     if nul and "\x00" in value:
         return f"bad {name} {_shown(value)}: it contains a NUL character"
-    try:
-        value.encode()
-    except UnicodeEncodeError:
+    if not _encodes(value):
         return f"bad {name} {_shown(value)}: not valid Unicode (a lone surrogate)"
     return None
 
@@ -767,10 +795,7 @@ class Charger:
                     batch = _Batch(conn, self.db, self._still_true(conn, carried), self._book)
                     self._book = batch.book
                     try:
-                        # A bad request's name or id is not sent to the database: it
-                        # could fail the lookup, and the batch with it.
-                        batch.prefetch([r for r in reqs if request_problem(r) is None],
-                                       recall=self._recall)
+                        batch.prefetch(_fit_to_look_up(reqs), recall=self._recall)
                         results = batch.charge_all(reqs)
                         batch.flush(deferred if behind and batch.postgres else None)
                     except BaseException as e:

@@ -237,3 +237,17 @@ def test_arbitrary_bytes_never_break_a_batch(alice: Any, lines: list[tuple[bool,
     malformed = any(r["reason"] == "bad_input" for r in out)
     assert run.exit_code == (2 if malformed else 0), run.stderr
     assert verified(alice)
+
+
+def test_a_well_formed_name_that_is_not_ascii_is_an_unknown_user(db: Any) -> None:
+    from smscredits import ledger, pricing
+
+    ledger.add_user(db, "alice")
+    ledger.create_power(db, "alice", initial=10_000)
+    pricing.set_price(db, "default", "1")
+    with Charger(db) as charger:
+        out = charger.charge_batch([req(id="j-1"), req(user="José", id="j-2"), req(id="j-3")])
+        again = charger.charge(req(user="José", id="j-2"))
+    assert [(r.status, r.reason) for r in out] == [
+        ("charged", None), ("rejected", "unknown_user"), ("charged", None)]
+    assert (again.reason, again.replayed) == ("unknown_user", True)
