@@ -122,8 +122,8 @@ def request_problem(req: ChargeRequest) -> str | None:
 
     A NUL, a lone surrogate, an over-long id or a value of the wrong type would fail the
     database driver, or the writing of the result, and with it the whole batch: such a
-    request is bad input, answered on its own. Called once or twice per charge, so the usual
-    request (ASCII strings) is let through by one expression.
+    request is bad input, answered on its own. Called for every charge, so the usual request
+    (ASCII strings) is let through by one expression.
     """
     user, to, text, parts, msg_id = req.user, req.to, req.text, req.parts, req.id
     if (type(user) is str and user.isascii() and "\x00" not in user
@@ -136,7 +136,8 @@ def request_problem(req: ChargeRequest) -> str | None:
                                     and msg_id.isascii() and msg_id.isprintable()
                                     and " " not in msg_id))):
         return None
-    return (_string_problem("user", user, nul=True) or _string_problem("to", to, nul=True)
+    return (_string_problem("user", user, nul=True)
+            or _string_problem("number (to)", to, nul=True)
             or (None if text is None else _string_problem("text", text, nul=False))
             or (None if parts is None or (type(parts) is int)
                 else "parts must be a whole number")
