@@ -32,7 +32,8 @@ def parse_amount(text: str, *, what: str = "amount", signed: bool = False) -> in
     sign, whole, frac = m.groups()
     millis = int(whole) * SCALE + int((frac or "").ljust(3, "0"))
     if millis > MAX_MILLIS:
-        raise BadInput(f"bad {what} {text!r}: too large (at most {format_amount(MAX_MILLIS)})")
+        raise BadInput(f"bad {what} {text!r}: too large (at most {format_amount(MAX_MILLIS)})",
+                       code="amount_out_of_range")
     if sign == "-":
         if not signed:
             raise BadInput(f"bad {what} {text!r}: must not be negative")

@@ -249,19 +249,19 @@ def add_credits(db: Db, user: str, amount: int, *, note: str | None = None) -> C
             .returning(powers.c.id, powers.c.balance, powers.c.last_hash)
         )
         if amount < 0:
+            # An unlimited overdraft still ends at the documented range.
             stmt = stmt.where(
-                or_(powers.c.overdraft.is_(None), powers.c.balance + amount >= -powers.c.overdraft)
+                or_(powers.c.overdraft.is_(None), powers.c.balance + amount >= -powers.c.overdraft),
+                powers.c.balance >= -MAX_MILLIS - amount,
             )
         else:
             stmt = stmt.where(powers.c.balance <= MAX_MILLIS - amount)
         row = conn.execute(stmt).first()
         if row is None:
             prow = _power_row(conn, urow["id"], user)
-            if amount > 0:
-                raise BadInput(
-                    f"cannot add {format_amount(amount)} to {user!r}: the balance would exceed "
-                    f"{format_amount(MAX_MILLIS)}"
-                )
+            after, floor = prow["balance"] + amount, prow["overdraft"]
+            if amount > 0 or floor is None or after >= -floor:
+                raise _out_of_range(f"cannot add {format_amount(amount)} to {user!r}", after)
             raise InsufficientCredits(
                 f"cannot subtract {format_amount(-amount)} from {user!r}: balance "
                 f"{format_amount(prow['balance'])}, overdraft {format_amount(prow['overdraft'])}"
@@ -292,6 +292,11 @@ def set_credits(db: Db, user: str, target: int, *, note: str | None = None) -> C
                 f"{format_amount(prow['overdraft'])}"
             )
         diff = target - prow["balance"]
+        if not -MAX_MILLIS <= diff <= MAX_MILLIS:  # the journaled change is an amount too
+            raise BadInput(
+                f"cannot set {user!r} to {format_amount(target)}: the change "
+                f"{format_amount(diff)} is beyond {format_amount(MAX_MILLIS)} either way; "
+                "set it in two steps", code="amount_out_of_range")
         conn.execute(update(powers).where(powers.c.id == prow["id"]).values(balance=target))
         event_id = journal.record(
             conn, at=clock.now_us(), kind="credits.set", actor=db.actor, user_id=urow["id"],
@@ -300,6 +305,12 @@ def set_credits(db: Db, user: str, target: int, *, note: str | None = None) -> C
         )
         _balance_rose(conn, urow["id"], target, diff)
     return Change(user, to_decimal(diff), to_decimal(target), event_id)
+
+
+def _out_of_range(what: str, balance: int) -> BadInput:
+    bound = "below -" if balance < 0 else "above "
+    return BadInput(f"{what}: the balance would be {format_amount(balance)}, "
+                    f"{bound}{format_amount(MAX_MILLIS)}", code="amount_out_of_range")
 
 
 def _balance_rose(conn: Connection, user_id: int, balance: int, change: int) -> None:

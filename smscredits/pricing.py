@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import Connection, delete, select
 
 from smscredits import clock, journal
-from smscredits.amounts import parse_amount, to_decimal
+from smscredits.amounts import MAX_MILLIS, format_amount, parse_amount, to_decimal
 from smscredits.errors import BadInput, NotFound
 from smscredits.parts import Parts
 from smscredits.storage.engine import Db
@@ -69,7 +69,7 @@ def destination(text: str) -> Destination:
     import phonenumbers
 
     if not _NUMBER.match(text):
-        raise Rejected("invalid_number", f"invalid number {text!r}")
+        raise _invalid_number(text)
     digits = _PUNCTUATION.sub("", text)
     if digits.startswith("00"):
         digits = "+" + digits[2:]
@@ -80,11 +80,16 @@ def destination(text: str) -> Destination:
         try:
             parsed = phonenumbers.parse(digits, None)
         except phonenumbers.NumberParseException:
-            raise Rejected("invalid_number", f"invalid number {text!r}") from None
+            raise _invalid_number(text) from None
     if not phonenumbers.is_valid_number(parsed):
-        raise Rejected("invalid_number", f"invalid number {text!r}")
+        raise _invalid_number(text)
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     return Destination(e164, phonenumbers.region_code_for_number(parsed))
+
+
+def _invalid_number(text: str) -> Rejected:
+    shown = repr(text[:40]) + ("..." if len(text) > 40 else "")  # a hostile one can be huge
+    return Rejected("invalid_number", f"invalid number {shown}")
 
 
 def _e164_fast(digits: str) -> object | None:
@@ -159,6 +164,10 @@ class PriceBook:
         rule, price = self.rule_for(dest)
         encoding = parts.encoding if parts.units or parts.encoding != "-" else None
         cost = price * parts.parts
+        if cost > MAX_MILLIS:  # a huge price: refused before any write, never stored
+            raise Rejected("amount_out_of_range",
+                           f"cost {format_amount(cost)} ({parts.parts} part(s) at "
+                           f"{format_amount(price)}) is above {format_amount(MAX_MILLIS)}")
         made = Quote(dest.number, dest.country, rule, price, encoding, parts.parts, cost,
                      journal.message_detail(dest.number, parts.parts, rule), to_decimal(cost),
                      to_decimal(price))

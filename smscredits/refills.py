@@ -252,7 +252,7 @@ def apply(conn: Connection, seen: RowMapping, period: int, *, actor: str, label:
     if skipped:
         journal.record(
             conn, at=now, kind="refill.skipped", actor=actor, user_id=plan["user_id"],
-            power_id=power["id"], prev_hash=power["last_hash"], ref=f"plan:{plan_id}",
+            power_id=power["id"], ref=f"plan:{plan_id}",
             detail={"plan": plan_id, "period": label, "reason": skipped},
         )
     elif amount:

@@ -186,6 +186,9 @@ ODD_LINES = [
     b'{"user":"alice","to":"+36301234567","parts":2.0,"id":"o-7"}',
     b'{"user":"alice","to":"+36301234567","parts":true,"id":"o-8"}',
     b'{"user":"alice","to":"+36301234567","text":"caf\\u00e9","id":"o-9"}',
+    b'{"user":"alice\\u0000","to":"+36301234567","parts":1,"id":"o-10"}',  # NUL
+    b"[" * 5000,  # deeper than orjson goes
+    b"",  # a blank line gets its answer too
 ]
 
 
@@ -209,6 +212,7 @@ def test_the_fast_line_decoder_answers_as_json_does(plain_cli: Any, tmp_path: An
         outputs.append((done.exit_code, done.stdout))
     assert outputs[0] == outputs[1]
     lines = [json.loads(line) for line in outputs[0][1].splitlines()]
-    assert [r["status"] for r in lines] == ["charged", "error", "charged", "error", "error",
-                                            "charged", "error", "error", "charged"]
-    assert lines[-1]["balance"] == 5
+    assert [r["status"] for r in lines] == ["error", "error", "charged", "error", "error",
+                                            "charged", "error", "error", "charged", "error",
+                                            "error", "error"]
+    assert lines[8]["balance"] == 6

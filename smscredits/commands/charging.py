@@ -321,37 +321,59 @@ _FIELDS = frozenset(("user", "to", "text", "parts", "id"))
 
 
 def _parse_line(raw: bytes, lineno: int) -> Any:
-    """A ChargeRequest, or an error result naming the line."""
+    """A ChargeRequest, or an error result naming the line: whatever the bytes, never an
+    exception (a co-process's one bad line must not end it)."""
+    try:
+        return _request(raw)
+    except (ValueError, BadInput, RecursionError) as e:
+        message = (e.message if isinstance(e, BadInput)
+                   else "bad JSON: nested too deeply" if isinstance(e, RecursionError)
+                   else f"bad JSON: {e}")
+    from smscredits.charging import ChargeResult
+
+    return ChargeResult("error", None, None, None, reason="bad_input",
+                        message=f"line {lineno}: {message}", line=lineno)
+
+
+def _request(raw: bytes) -> Any:
+    """The ChargeRequest of a line, or BadInput (or json's ValueError) saying what is wrong."""
     import json
 
-    from smscredits import validate
-    from smscredits.charging import ChargeRequest, ChargeResult
+    from smscredits.charging import ChargeRequest, request_problem
+    from smscredits.pricing import MAX_PARTS
 
-    try:
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise BadInput("expected a JSON object")
-        unknown = set(data) - _FIELDS
-        if unknown:
-            raise BadInput(f"unknown field(s) {', '.join(sorted(unknown))}")
-        user, to, text, parts, msg_id = (data.get(k) for k in ("user", "to", "text", "parts",
-                                                                "id"))
-        if not isinstance(user, str) or not isinstance(to, str):
-            raise BadInput("user and to must be strings")
-        if (text is None) == (parts is None):
-            raise BadInput("give exactly one of text and parts")
-        if text is not None and not isinstance(text, str):
-            raise BadInput("text must be a string")
-        if parts is not None and (not isinstance(parts, int) or isinstance(parts, bool)):
-            raise BadInput("parts must be a whole number")
-        if msg_id is not None and not isinstance(msg_id, str):
-            raise BadInput("id must be a string")
-        return ChargeRequest(user, to, text, parts,
-                             validate.message_id(msg_id) if msg_id is not None else None)
-    except (ValueError, BadInput) as e:
-        message = e.message if isinstance(e, BadInput) else f"bad JSON: {e}"
-        return ChargeResult("error", None, None, None, reason="bad_input",
-                            message=f"line {lineno}: {message}", line=lineno)
+    if not raw.strip():
+        raise BadInput("empty line: expected a JSON object")
+    try:  # UTF-8 only (a BOM is let be): not json's guess at UTF-16 or encoded surrogates
+        line = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"not UTF-8 text: byte {e.object[e.start]:#04x} at {e.start}") from None
+    data = json.loads(line)
+    if not isinstance(data, dict):
+        raise BadInput("expected a JSON object")
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        shown = ", ".join(repr(k[:40]) for k in unknown[:5]) + (", ..." if unknown[5:] else "")
+        raise BadInput(f"unknown field(s) {shown}")
+    user, to, text, parts, msg_id = (data.get(k) for k in ("user", "to", "text", "parts", "id"))
+    if not isinstance(user, str) or not isinstance(to, str):
+        raise BadInput("user and to must be strings")
+    if (text is None) == (parts is None):
+        raise BadInput("give exactly one of text and parts")
+    if text is not None and not isinstance(text, str):
+        raise BadInput("text must be a string")
+    if parts is not None and (not isinstance(parts, int) or isinstance(parts, bool)):
+        raise BadInput("parts must be a whole number")
+    if parts is not None and not 1 <= parts <= MAX_PARTS:
+        raise BadInput(f"bad parts {parts if abs(parts) < 10**6 else 'beyond a million'}: "
+                       f"must be 1-{MAX_PARTS}")
+    if msg_id is not None and not isinstance(msg_id, str):
+        raise BadInput("id must be a string")
+    req = ChargeRequest(user, to, text, parts, msg_id)
+    problem = request_problem(req)  # what the charger would refuse as bad input
+    if problem is not None:
+        raise BadInput(problem)
+    return req
 
 
 # The cyclic collector's thresholds while a file is charged. Each line allocates a score of
@@ -367,6 +389,7 @@ def _charge_file(name: str) -> int:
     from orjson import loads
 
     from smscredits.charging import BatchSummary, Charger, ChargeRequest, Pending
+    from smscredits.pricing import MAX_PARTS
     from smscredits.render import Progress, charge_line
     from smscredits.validate import is_message_id
 
@@ -379,18 +402,20 @@ def _charge_file(name: str) -> int:
     def parse(raw: bytes, lineno: int) -> Any:
         """``_parse_line``, with a well-formed line decoded by orjson and checked in one
         expression first. Whatever orjson refuses or decodes otherwise than ``json`` would
-        (lone surrogates, NaN, a BOM, huge numbers: never a well-formed line) is left to
-        ``_parse_line``, so every line gets the answer and the message ``json`` gives."""
+        (lone surrogates, NaN, a BOM, huge numbers, deep nesting: never a well-formed line) is
+        left to ``_parse_line``, so every line gets the answer and the message ``json`` gives.
+        orjson's strings are valid Unicode; a NUL (escaped: JSON has no raw one) in any of
+        them sends the line the long way too, which refuses it where the charger would."""
         try:
             data = loads(raw)
         except ValueError:
             return _parse_line(raw, lineno)
-        if type(data) is dict and data.keys() <= fields:
+        if type(data) is dict and data.keys() <= fields and b"\\u0000" not in raw:
             user, to, text, parts, msg_id = (data.get("user"), data.get("to"),
                                              data.get("text"), data.get("parts"), data.get("id"))
             if (type(user) is str and type(to) is str
                     and ((type(text) is str and parts is None)
-                         or (text is None and type(parts) is int))
+                         or (text is None and type(parts) is int and 0 < parts <= MAX_PARTS))
                     and (msg_id is None or (type(msg_id) is str and is_message_id(msg_id)))):
                 return ChargeRequest(user, to, text, parts, msg_id)
         return _parse_line(raw, lineno)
@@ -419,10 +444,9 @@ def _charge_file(name: str) -> int:
             for lines in _read_batches(stream, before_read=write_in_flight):
                 progress.advance(sum(len(raw) + 1 for raw in lines))
                 parsed = []
-                for raw in lines:
+                for raw in lines:  # every line gets its result, a blank one too
                     lineno += 1
-                    if raw.strip():
-                        parsed.append((lineno, parse(raw, lineno)))
+                    parsed.append((lineno, parse(raw, lineno)))
                 reqs = [p for _, p in parsed if type(p) is ChargeRequest]
                 write_in_flight()  # the batch before commits while this one is read
                 pending = charger.begin(reqs) if reqs else None
