@@ -65,9 +65,13 @@ def _user_row(conn: Connection, name: str, *, lock: bool = False) -> RowMapping:
 
 
 def _power_row(conn: Connection, user_id: int, name: str, kind: str = "credits") -> RowMapping:
-    row = conn.execute(
-        select(powers).where(powers.c.user_id == user_id, powers.c.kind == kind)
-    ).mappings().first()
+    """The user's power row, held for the rest of the write transaction (Postgres; SQLite's
+    write transaction holds the whole database). Writers take the power row before any plan
+    row, as charges and refills do, so that none waits for another in the opposite order."""
+    stmt = select(powers).where(powers.c.user_id == user_id, powers.c.kind == kind)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).mappings().first()
     if row is None:
         raise no_power(name, kind)
     return row
