@@ -8,9 +8,10 @@ taken and applies nothing. Missed periods are caught up: ``--add`` once per miss
 
 A period is applied only if the plan, read again under its row lock in that transaction, is
 still active and the period still due: a cancel, pause or resume committed while a run goes
-on stops it at the next period. Every writer takes the account's power row before the plan's
-row, so these transactions queue instead of deadlocking. A period whose refill would take
-the balance past ``MAX_MILLIS`` is skipped once, with a ``refill.skipped`` event.
+on stops it at the next period. Both take the account's power row before the plan's row, as
+a charge that fires a plan does, so these transactions queue instead of deadlocking. A
+period whose refill would take the balance past ``MAX_MILLIS`` is skipped once, with a
+``refill.skipped`` event.
 """
 
 from __future__ import annotations
