@@ -905,6 +905,17 @@ class Refund:
     event_id: int
 
 
+def _refund_refused(conn: Connection, msg_id: str, power_id: int, cost: int) -> None:
+    """Why a refund's UPDATE found no row: its power was deleted, or the refund would take
+    the balance past the documented maximum."""
+    balance = conn.execute(select(powers.c.balance).where(powers.c.id == power_id)).scalar()
+    if balance is None:
+        raise Conflict(f"the credits power of message {msg_id!r} was deleted", code="no_power")
+    raise BadInput(f"refund of {msg_id!r} refused: the balance after it, "
+                   f"{format_amount(balance + cost)}, would be above {format_amount(MAX_MILLIS)}",
+                   code="amount_out_of_range")
+
+
 def refund(db: Db, msg_id: str, *, note: str | None = None) -> Refund:
     """Give a charged message's credits back, once, and free the windows it was charged in."""
     with db.write() as conn:
@@ -931,12 +942,12 @@ def refund(db: Db, msg_id: str, *, note: str | None = None) -> Refund:
                 f"ELSE {col.name} END"
             ).bindparams(**{f"{window}_mkey": msg[f"{window}_key"], "refund": cost})
         row = conn.execute(
-            update(powers).where(powers.c.id == msg["power_id"]).values(**values)
+            update(powers).where(powers.c.id == msg["power_id"],
+                                 powers.c.balance <= MAX_MILLIS - cost).values(**values)
             .returning(powers.c.balance, powers.c.last_hash)
         ).first()
         if row is None:
-            raise Conflict(f"the credits power of message {msg_id!r} was deleted",
-                           code="no_power")
+            _refund_refused(conn, msg_id, msg["power_id"], cost)
         from smscredits.refills import rearm
 
         rearm(conn, msg["user_id"], row.balance)
