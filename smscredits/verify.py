@@ -40,6 +40,7 @@ from sqlalchemy import (
 
 from smscredits import clock, schedule
 from smscredits.amounts import parse_optional, to_decimal
+from smscredits.errors import BadInput
 from smscredits.journal import HASHED_COLUMNS, hash_of
 from smscredits.limits import WINDOWS, window_keys
 from smscredits.reads import ACTIVE, CANCELLED, LIMIT_COLUMN, PAUSED
@@ -258,7 +259,8 @@ class _Replay:
                 (event_id, hash_, at, user_id, power_id, kind, amount, after, ref, *_,
                  detail) = row
                 if power_id is None:
-                    self.unchained(event_id, user_id, kind, amount, after, ref, detail)
+                    self.guarded(self.unchained, event_id, user_id, event_id, user_id, kind,
+                                 amount, after, ref, detail)
                     continue
                 acc = accounts.get(power_id) or self.deleted_account(power_id, user_id)
                 acc.follow(event_id, hash_, row[2:])
@@ -271,9 +273,18 @@ class _Replay:
                 elif kind == "message.refunded":
                     acc.refund(ref, amount)
                 elif kind in _STATE_KINDS:
-                    acc.state(kind, user_id, detail)
+                    self.guarded(acc.state, event_id, user_id, kind, user_id, detail)
                 elif kind == "power.deleted":
                     self.cancel_plans(user_id, event_id)
+
+    def guarded(self, replay: Any, event_id: int, user_id: int | None, *args: Any) -> None:
+        """Replay one event; a detail that does not read as its kind's (an edited event,
+        whose chain is then broken too) is a problem, not a crash."""
+        try:
+            replay(*args)
+        except (ValueError, KeyError, TypeError, AttributeError, BadInput):
+            self.stray.append(Problem("event", self.names.get(user_id or 0, ""),
+                                      "event detail unreadable", event_id=event_id))
 
     def read_refunds(self, conn: Connection) -> None:
         """Which messages of each account were refunded within its windows (a scan the
@@ -301,8 +312,7 @@ class _Replay:
                 "event without an account carries an amount", None,
                 to_decimal(amount if amount is not None else after or 0), event_id))
         if kind == "user.added":
-            tz = json.loads(detail).get("tz") if detail else None
-            self.users[user_id or 0] = [False, tz]
+            self.users[user_id or 0] = [False, json.loads(detail).get("tz") if detail else None]
         elif kind in ("user.disabled", "user.enabled") and user_id in self.users:
             self.users[user_id][0] = kind == "user.disabled"
         elif kind in _PLAN_STATUS and ref is not None and ref.startswith("plan:"):

@@ -256,3 +256,11 @@ def test_a_ledger_that_went_through_every_operation_verifies(alice: Db, cli: Any
         report = verify(alice)
     assert report.problems == []
     assert cli("verify").exit_code == 0
+
+
+@pytest.mark.parametrize("kind", ["power.created", "limits.set", "user.added"])
+def test_an_unreadable_detail_is_a_problem_not_a_crash(alice: Db, cli: Any, kind: str) -> None:
+    _sql(alice, "UPDATE events SET detail = '[' WHERE kind = :kind", kind=kind)
+    problems = _verify_cli(cli)
+    assert ("event", "alice", "event detail unreadable") in {
+        (p["check"], p["user"], p["detail"]) for p in problems}
