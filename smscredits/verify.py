@@ -101,14 +101,15 @@ _UNKNOWN: Any = object()  # a state the journal never set
 class _Account:
     """One account's chain and states, replayed event by event."""
 
-    __slots__ = ("balance", "broken", "charged", "keys", "last_id", "last_kind", "limits",
-                 "overdraft", "owner", "prev", "refunded", "since", "spent", "tz")
+    __slots__ = ("balance", "broken", "charged", "keys", "last_at", "last_id", "last_kind",
+                 "limits", "overdraft", "owner", "prev", "refunded", "since", "spent", "tz")
 
     def __init__(self, row: Any, default_tz: str) -> None:
         self.prev: str | None = None
         self.last_id: int | None = None
         self.broken: int | None = None  # the first event whose hash does not follow
         self.last_kind: str | None = None
+        self.last_at = 0  # the latest instant of its events
         self.balance = 0
         self.owner: int | None = None  # the user of its power.created
         self.overdraft: Any = _UNKNOWN
@@ -131,6 +132,8 @@ class _Account:
             self.broken = event_id
         else:
             self.prev, self.last_id = hash_, event_id
+            if fields[0] > self.last_at:
+                self.last_at = fields[0]
 
     def charge(self, ref: str, at: int, amount: int) -> None:
         keys = window_keys(at, self.tz)
@@ -195,6 +198,9 @@ def _account_problems(row: Any, acc: _Account) -> list[Problem]:
     elif acc.prev != row["last_hash"]:
         found.append(Problem("chain", name, "latest events missing from the journal",
                              event_id=acc.last_id))
+    elif acc.last_at != row["last_at"]:  # the instant no later event may be stamped before
+        found.append(Problem("time", name, "latest event time differs from its journal",
+                             clock.iso(acc.last_at), clock.iso(row["last_at"])))
     if acc.overdraft is _UNKNOWN:
         found.append(Problem("overdraft", name, "account has no power.created event",
                              None, _shown(row["overdraft"])))

@@ -187,3 +187,27 @@ def test_a_refusal_of_an_unknown_user_replays_after_the_user_is_created(cli: Any
     doc(cli("user", "add", "carol", "--json"))
     other = cli("charge", "carol", "--to", TO, "--parts", "1", "--id", "x1", "--json")
     assert other.exit_code == 6
+
+
+def test_verify_reports_a_latest_event_time_edited_in_the_database(cli: Any,
+                                                                   db_url: str) -> None:
+    """``powers.last_at`` decides the earliest instant of the next charge: set back, it would
+    let a late stamp reopen an old window; verify finds it differing from the journal."""
+    from smscredits.storage.engine import open_db
+
+    doc(cli("price", "set", "default", "1", "--json"))
+    doc(cli("user", "add", "alice", "--json"))
+    doc(cli("power", "create", "alice", "credits", "--initial", "10", "--json"))
+    doc(cli("charge", "alice", "--to", TO, "--parts", "1", "--json"))
+    assert doc(cli("verify", "--json"))["ok"] is True
+    handle = open_db(db_url)
+    try:
+        with handle.write() as conn:
+            conn.exec_driver_sql("UPDATE powers SET last_at = last_at - 86400000000")
+    finally:
+        handle.dispose()
+    run = cli("verify", "--json")
+    assert run.exit_code == 1
+    problems = json.loads(run.stdout)["problems"]
+    assert [(p["check"], p["detail"]) for p in problems] == [
+        ("time", "latest event time differs from its journal")]

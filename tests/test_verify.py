@@ -6,7 +6,7 @@ against the journal, so that a direct edit of the database is found. Both engine
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -226,7 +226,8 @@ def test_deleting_a_power_journals_the_plans_it_cancels(alice: Db, cli: Any) -> 
 
 def test_a_ledger_that_went_through_every_operation_verifies(alice: Db, cli: Any) -> None:
     """No false alarm: every command that moves a state leaves a journal that replays to it."""
-    with freeze_time("2026-03-30 10:00:00") as frozen:
+    # The day after the fixture's charge (an account's events never go back in time).
+    with freeze_time(datetime.now(UTC) + timedelta(days=1)) as frozen:
         ledger.set_overdraft(alice, "alice", 5_000)
         ledger.set_overdraft(alice, "alice", None)
         limits.set_limits(alice, "alice", {"week": 3_000, "month": 10_000})
