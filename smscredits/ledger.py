@@ -185,6 +185,9 @@ def create_power(
 
 
 def set_overdraft(db: Db, user: str, overdraft: int | None) -> Account:
+    if overdraft is not None and not 0 <= overdraft <= MAX_MILLIS:
+        raise BadInput(f"bad overdraft {format_amount(overdraft)}: expected 0 to "
+                       f"{format_amount(MAX_MILLIS)} or unlimited", code="amount_out_of_range")
     with db.write() as conn:
         urow = _user_row(conn, user)
         prow = _power_row(conn, urow["id"], user)
@@ -282,6 +285,8 @@ def add_credits(db: Db, user: str, amount: int, *, note: str | None = None) -> C
 def set_credits(db: Db, user: str, target: int, *, note: str | None = None) -> Change:
     """Set the balance; the difference is journaled as an adjustment."""
     validate.note(note)
+    if not -MAX_MILLIS <= target <= MAX_MILLIS:
+        raise _out_of_range(f"cannot set {user!r} to {format_amount(target)}", target)
     with db.write() as conn:
         urow = _user_row(conn, user)
         stmt = select(powers).where(powers.c.user_id == urow["id"], powers.c.kind == "credits")
