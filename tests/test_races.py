@@ -403,9 +403,10 @@ def midnight_round(cli: Cli, url: str, user: str, midnight: datetime, chargers: 
     behind and the ahead co-processes, which are ``skew`` apart."""
     setup(cli, f"user add {user} --tz Europe/Budapest",
           f"power create {user} credits --initial 100000", f"limits set {user} --daily {DAILY}")
-    # The old day all but full beforehand, so that it is full before midnight however fast
-    # the machine: what a late stamp then gets past its limit is over it.
-    precharge(cli, user, us(midnight - LEAD - skew - timedelta(seconds=1) - clock.now()))
+    # The old day all but full beforehand (a few seconds before the round), so that it is
+    # full before midnight however slow the machine: what a late stamp then gets past its
+    # limit is over it.
+    precharge(cli, user, us(midnight - LEAD - skew - timedelta(seconds=5) - clock.now()))
     for c in chargers:
         c.lines = lambda: charge_line(user)
         c.answers.clear()
