@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -333,7 +333,7 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
     started.kill()
 
 
-def finish(processes: list[Charger] | list[LineProcess]) -> list[int]:
+def finish(processes: Sequence[LineProcess]) -> list[int]:
     """End every one's input (they wind down together); their exit codes."""
     for p in processes:
         p.end_input()
