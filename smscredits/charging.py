@@ -483,7 +483,7 @@ class _Batch:
             account = self.account(req.user)
         if req.id is not None and (
                 req.id in self.pending or req.id in self.written or req.id in self.known):
-            return self.first_result(req, account, quote)
+            return self.first_result(req, account, quote, rejection)
         # Precedence (documented): number, price, then the user.
         if rejection is None and account is None:
             rejection = Rejected("unknown_user", f"unknown user {req.user!r}")
@@ -571,7 +571,7 @@ class _Batch:
         )
 
     def first_result(self, req: ChargeRequest, account: _Account | None,
-                     quote: Quote | None) -> ChargeResult:
+                     quote: Quote | None, rejection: Rejected | None = None) -> ChargeResult:
         """The recorded outcome of an id seen before, or a conflict if it does not match."""
         key = req.id or ""
         self.replays += 1
@@ -582,7 +582,10 @@ class _Batch:
         # account it debited.
         same_user = row["user_name"] == req.user and (row["status"] == "rejected" or (
             row["user_id"] == (account.user_id if account else None)))
-        same_cost = quote is None or row["cost"] is None or row["cost"] == quote.cost or (
+        # A cost past the range (refused with its quote) is unlike any recorded one.
+        too_dear = rejection is not None and rejection.reason == "amount_out_of_range"
+        same_cost = (quote is None and not too_dear) or row["cost"] is None or (
+            quote is not None and row["cost"] == quote.cost) or (
             row["power_id"] is None and row["status"] != "rejected")
         if not (same_user and same_cost):
             return ChargeResult(

@@ -163,6 +163,10 @@ def create_power(
 ) -> Account:
     """Put a user under credit control, with an opening balance (millis)."""
     _check_kind(kind)
+    for what, value in (("initial balance", initial), ("overdraft", overdraft or 0)):
+        if not -MAX_MILLIS <= value <= MAX_MILLIS or (what == "overdraft" and value < 0):
+            raise BadInput(f"bad {what} {format_amount(value)}: beyond "
+                           f"{format_amount(MAX_MILLIS)}", code="amount_out_of_range")
     if overdraft is not None and initial < -overdraft:
         raise BadInput(f"initial balance {format_amount(initial)} is below the overdraft")
     now = clock.now_us()
@@ -246,6 +250,9 @@ def add_credits(db: Db, user: str, amount: int, *, note: str | None = None) -> C
     """Add (or, negative, subtract) credits; a subtraction beyond the overdraft is refused."""
     if amount == 0:
         raise BadInput("bad amount '0': adding nothing changes nothing")
+    if not -MAX_MILLIS <= amount <= MAX_MILLIS:
+        raise BadInput(f"bad amount {format_amount(amount)}: beyond "
+                       f"{format_amount(MAX_MILLIS)} either way", code="amount_out_of_range")
     validate.note(note)
     with db.write() as conn:
         urow = _user_row(conn, user)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import update
 
 from smscredits import clock, journal
-from smscredits.amounts import format_amount
+from smscredits.amounts import MAX_MILLIS, format_amount
 from smscredits.errors import BadInput
 from smscredits.ledger import _user_row
 
@@ -32,6 +32,10 @@ def set_limits(db: Db, user: str, changes: dict[str, int | None]) -> Limits:
     """Set (millis) or clear (None) limits; windows not in ``changes`` are left alone."""
     if not changes:
         raise BadInput("nothing to set: give --daily, --weekly and/or --monthly")
+    for window, value in changes.items():
+        if value is not None and not 0 <= value <= MAX_MILLIS:
+            raise BadInput(f"bad {window} limit {format_amount(value)}: expected 0 to "
+                           f"{format_amount(MAX_MILLIS)} or none", code="amount_out_of_range")
     with db.write() as conn:
         urow = _user_row(conn, user)
         values = {LIMIT_COLUMN[w]: v for w, v in changes.items()}

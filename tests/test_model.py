@@ -469,7 +469,10 @@ class ModelMachine(RuleBasedStateMachine):
                     reason = OUT  # a window counter would leave the range
         if reason is not None:
             if msg_id is not None:
-                self.messages[msg_id] = MMessage(user, cost, "rejected", reason)
+                # A cost past the range cannot be recorded: its refusal keeps no cost (a retry
+                # replays it whatever it would cost now).
+                kept = None if cost is not None and out_of_range(cost) else cost
+                self.messages[msg_id] = MMessage(user, kept, "rejected", reason)
             # What an out-of-range cost is shown as is not specified: not compared.
             return Outcome("rejected", reason, None if reason == OUT else cost)
         assert u is not None and cost is not None
