@@ -1,12 +1,12 @@
 """How a table is laid out, and the table written without Rich where that is simple.
 
-The layout rule (the README's "Tables"): a table never cuts or wraps an id, a number, a time
-or a reference. Such a column is as wide as its widest cell. Free text (notes, rules) wraps,
-and is cut with "…" after a few lines. When even that does not fit the width, the least
-important columns are left out (each table gives its columns a priority) and a footer line
-names them; when the essential columns alone do not fit, each record is written as a block
-of "Label  value" lines, which nothing cuts. Without a terminal the width is COLUMNS when it
-is set, else unlimited: a pipe gets every column at full width.
+The layout rule (the README's "Output for scripts"): a table never cuts or wraps an id, a
+number, a time, a name or a reference: such a column is as wide as its widest cell. Free text
+(notes, rules) wraps, and is cut with "…" after a few lines. When even that does not fit the
+width, the table's optional columns are left out, lowest priority first, and a footer line
+names them; when the other columns alone do not fit, each record is written as a block of
+"Label  value" lines, which nothing cuts. Without a terminal the width is COLUMNS when it is
+set, else unlimited: a pipe gets every column at full width.
 
 Importing Rich and laying out a table costs a `log` page of 50 rows about as much as all the
 rest of the command. When the output is not a terminal (so Rich writes no styles) and every

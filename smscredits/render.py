@@ -413,15 +413,16 @@ def balance_panel(account: Any, windows: Sequence[Any], plans: Sequence[Any],
             t.add_row(*row)
         return t
 
-    values = [("Balance", Text(cell(account.balance), style="bold")),
-              ("Overdraft", cell(account.overdraft) if account.overdraft is not None
-               else "unlimited"),
-              ("Available", cell(account.available) if account.available is not None
-               else "unlimited"),
-              ("Status", "disabled" if account.disabled else "active")]
-    width = [max(cell_len(str(v[i][1])) for v in (values[0::2], values[1::2])) for i in (0, 1)]
-    top = grid([[*values[0], *values[1]], [*values[2], *values[3]]]) \
-        if fits(9, width[0], 9, width[1]) else grid([list(v) for v in values])
+    balance, available = cell(account.balance), (
+        cell(account.available) if account.available is not None else "unlimited")
+    overdraft = cell(account.overdraft) if account.overdraft is not None else "unlimited"
+    status = "disabled" if account.disabled else "active"
+    values = [("Balance", Text(balance, style="bold")), ("Overdraft", overdraft),
+              ("Available", available), ("Status", status)]
+    if fits(9, max(len(balance), len(available)), 9, max(len(overdraft), len(status))):
+        top = grid([[*values[0], *values[1]], [*values[2], *values[3]]])
+    else:  # one value a line
+        top = grid([list(v) for v in values])
     parts: list[Any] = [top] if bordered else [
         Text(title, style="bold", no_wrap=True, overflow="ignore"), top]
     parts += [Text("\nLimits", style="bold"), _limit_grid(windows, account.tz, inner, grid)]
@@ -443,32 +444,40 @@ def balance_panel(account: Any, windows: Sequence[Any], plans: Sequence[Any],
 
 
 def _limit_grid(windows: Sequence[Any], tz: str, inner: int | None, grid: Any) -> Any:
-    """The limit windows of the balance panel: a bar, spent / limit, when it resets."""
+    """The limit windows of the balance panel: a bar, spent / limit, when it resets. Bars
+    narrow to fit, then go; then "resets ..." goes under the numbers."""
     from rich.text import Text
 
     from smscredits import plain_table
 
-    rows = [(w, f"{cell(w.spent)} / {cell(w.limit)}" if w.limit is not None
-             else f"{cell(w.spent)} spent",
-             f"resets {local_time(w.resets_at, tz)}" if w.limit is not None else "")
-            for w in windows]
-    numbers = max((len(r[1]) for r in rows), default=0)
-    resets = max((len(r[2]) for r in rows), default=0)
-    below = inner is not None and plain_table.span([5, numbers, resets]) > inner
-    room = PANEL_BAR if inner is None else 0 if below else min(
-        PANEL_BAR, inner - plain_table.span([5, numbers, resets]) - plain_table.GAP)
+    span, gap = plain_table.span, plain_table.GAP
+
+    def rows(bars: bool) -> list[tuple[Any, str, str]]:
+        return [(w, f"{cell(w.spent)} / {cell(w.limit)}" if w.limit is not None
+                 else f"{cell(w.spent)} spent" + ("" if bars else ", no limit"),
+                 f"resets {local_time(w.resets_at, tz)}" if w.limit is not None else "")
+                for w in windows]
+
+    def widest(texts: list[tuple[Any, str, str]], i: int) -> int:
+        return max((len(t[i]) for t in texts), default=0)
+
+    texts = rows(True)
+    room = PANEL_BAR if inner is None else min(
+        PANEL_BAR, inner - span([5, widest(texts, 1), widest(texts, 2)]) - gap)
+    bars = room >= len("no limit")
+    if not bars:
+        texts = rows(False)
+    below = inner is not None and span([5, widest(texts, 1), widest(texts, 2)]) > inner
     out = []
-    for w, numbers_text, resets_text in rows:
-        if w.limit is None:
-            shown = Text("no limit", style="dim")
-        else:
-            shown = Text(bar(w.spent, w.limit, room), style="red" if w.remaining == 0
-                         else "green")
-        row = [w.window, shown, numbers_text] if room >= len("no limit") else \
-            [w.window, numbers_text]
-        out.append(row if below else [*row, resets_text])
-        if below and resets_text:  # under the numbers (no bar then)
-            out.append(["", resets_text])
+    for w, numbers, resets in texts:
+        row: list[Any] = [w.window, numbers]
+        if bars:
+            shown = Text("no limit", style="dim") if w.limit is None else Text(
+                bar(w.spent, w.limit, room), style="red" if w.remaining == 0 else "green")
+            row.insert(1, shown)
+        out.append(row if below else [*row, resets])
+        if below and resets:  # under the numbers
+            out.append(["", resets])
     return grid(out)
 
 

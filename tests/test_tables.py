@@ -108,6 +108,7 @@ def world(cli: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[An
                 monkeypatch.setenv("COLUMNS", str(width))
             return ok(cli(*args)).stdout
 
+        show.clock = clock  # type: ignore[attr-defined]
         yield show
 
 
@@ -247,6 +248,8 @@ TABLES: list[tuple[list[str], list[tuple[str, str]], str | None]] = [
     (["log", DAVE], without_user(EVENTS), None),
     (["events", "--limit", "50"], EVENTS, None),
     (["events", LONG], without_user(EVENTS), None),
+    (["config", "show"], [("Key", "key"), ("Value", "value"), ("Source", "source"),
+                          ("Environment", "env")], None),
 ]
 
 
@@ -266,6 +269,17 @@ def test_every_table_shows_whole_values_at_every_width(world: Any) -> None:
             text = world(*args, width=width)
             tables.append(check(text, records, columns, width, zone))
         assert tables[-1], args  # a pipe gets the whole table
+
+
+def test_refill_run_shows_whole_periods_and_amounts(world: Any) -> None:
+    world.clock.move_to("2026-12-05 01:00:00")
+    due = data(world, "refill", "run", "--dry-run")
+    assert [(r["user"], r["period"]) for r in due] == [("alice", "2026-12-04"),
+                                                       ("alice", "2026-12-05")]
+    columns = [("Plan", "plan"), ("User", "user"), ("Period", "period"), ("Added", "amount"),
+               ("Balance", "balance")]
+    for width in (*WIDTHS, None):
+        check(world("refill", "run", "--dry-run", width=width), due, columns, width)
 
 
 def test_quote_shows_limits_left_in_the_users_zone_like_limits_show(world: Any) -> None:
