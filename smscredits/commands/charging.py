@@ -141,6 +141,7 @@ def price_quote(
                        ("units", "Units"), ("parts", "Parts"), ("rule", "Price rule"),
                        ("price", "Price per part"), ("cost", "Cost")])
     if lim is not None:
+        out.out.write("\n")
         _show_limits(lim, "Limits left for")
 
 
