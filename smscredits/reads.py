@@ -121,9 +121,10 @@ class Plan:
     rule: str  # in words
     action: str  # "add 10" / "top up to 50"
     status: str
-    next_due: str | None  # in the user's zone
+    next_due: str | None  # ISO 8601 UTC, like every instant in JSON; tables show local time
     last_applied: str | None
     armed: bool | None  # threshold plans only
+    tz: str  # the zone of the plan's rule (its user's)
 
 
 def dec(millis: int | None) -> Decimal | None:
@@ -203,12 +204,6 @@ def rule_of(row: Row, default_tz: str) -> Rule:
     return schedule.Rule(row["every"], row["on_day"], row["at_minute"], row["tz"] or default_tz)
 
 
-def local_text(at: datetime, tz: str) -> str:
-    from smscredits import schedule
-
-    return at.astimezone(schedule.zone(tz)).strftime("%Y-%m-%d %H:%M %Z")
-
-
 def plan_of(row: Row, default_tz: str, now: datetime) -> Plan:
     """A plan from a refill_plans row joined with its user's name and zone."""
     from smscredits import schedule
@@ -221,12 +216,12 @@ def plan_of(row: Row, default_tz: str, now: datetime) -> Plan:
     else:
         rule = rule_of(row, default_tz)
         rule_text = schedule.describe(rule)
-        due = None if row["status"] != ACTIVE else local_text(schedule.next_due(rule, now), tz)
-    last = row["last_applied_at"]
+        due = None if row["status"] != ACTIVE else clock.iso(
+            clock.to_us(schedule.next_due(rule, now)))
     return Plan(
         id=row["id"], user=row["name"], rule=rule_text, action=action, status=row["status"],
-        next_due=due, last_applied=None if last is None else local_text(clock.from_us(last), tz),
-        armed=bool(row["armed"]) if row["every"] is None else None,
+        next_due=due, last_applied=clock.iso(row["last_applied_at"]),
+        armed=bool(row["armed"]) if row["every"] is None else None, tz=tz,
     )
 
 

@@ -13,7 +13,7 @@ import json
 import re
 import secrets
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from json.encoder import encode_basestring as _quote
@@ -183,10 +183,10 @@ class Output:
         return self.quiet and not self.machine
 
     def console(self, stream: TextIO | None = None) -> Any:
-        from rich.console import Console
-
-        return Console(file=stream or self.out, highlight=False, soft_wrap=False,
-                       quiet=self.silent and stream is None)
+        made = console(stream or self.out)
+        if self.silent and stream is None:
+            made.quiet = True
+        return made
 
     def document(self, value: Any) -> None:
         """One JSON document (``--json``)."""
@@ -199,10 +199,8 @@ class Output:
 
     def message(self, text: str, data: Any = None) -> None:
         """The result of a change: a sentence for people, the data for scripts."""
-        if self.mode == "json":
-            self.document(plain(data) if data is not None else {"message": text})
-        elif self.mode == "jsonl":
-            self.line(plain(data) if data is not None else {"message": text})
+        if self.machine:
+            self.one(data if data is not None else {"message": text})
         elif not self.silent:
             self.out.write(_CONTROL.sub("?", text) + "\n")
 
@@ -213,8 +211,10 @@ class Output:
         *,
         title: str | None = None,
         empty: str = "nothing to show",
+        optional: Mapping[str, int] | None = None,
     ) -> None:
-        """A list of records: table, JSON array, JSON lines or CSV."""
+        """A list of records: table, JSON array, JSON lines or CSV. ``optional``: the columns
+        a short width may leave out of the table, with their priority (lowest first)."""
         if self.silent:
             return
         records = [plain(r) for r in rows]
@@ -235,33 +235,37 @@ class Output:
             from smscredits import plain_table
 
             text = plain_table.render(records, columns, title=title, out=self.out,
-                                      cell=_table_cell, right=NUMERIC)
-            if text is None:  # a terminal, wide text or a tight fit: Rich lays it out
-                self.console().print(table(records, columns, title=title))
+                                      cell=_table_cell, right=NUMERIC, free=FREE,
+                                      optional=optional)
+            if text is None:  # a terminal, or text beyond ASCII: Rich draws the same layout
+                draw(records, columns, title=title, out=self.out, optional=optional)
             else:
                 self.out.write(text)
+
+    def one(self, value: Any) -> None:
+        """One object for scripts: a JSON document (``--json``), one JSON line (``--jsonl``)
+        or a CSV header and one row (``--csv``; a nested value is a cell of JSON text)."""
+        data = plain(value)
+        if self.mode == "jsonl":
+            self.line(data)
+        elif self.mode == "csv" and isinstance(data, dict):
+            self.rows([{k: to_json(v) if isinstance(v, dict | list) else v
+                        for k, v in data.items()}], [])
+        else:
+            self.document(data)
 
     def record(
         self, data: Any, fields: Sequence[tuple[str, str]], *, title: str | None = None
     ) -> None:
-        """One record: a two-column table for people, an object for scripts."""
+        """One record: "Label  value" lines for people (nothing cut: a long value runs on,
+        as the terminal wraps it), an object for scripts."""
         if self.silent:
             return
         if self.machine:
-            self.document(plain(data)) if self.mode != "jsonl" else self.line(plain(data))
+            self.one(data)
             return
         values = plain(data)
-        from rich.table import Table
-        from rich.text import Text
-
-        grid = Table(
-            title=Text(title) if title else None, show_header=False, box=None, padding=(0, 2, 0, 0)
-        )
-        grid.add_column(style="bold")
-        grid.add_column()
-        for key, label in fields:
-            grid.add_row(label, Text(cell(values.get(key))))
-        self.console().print(grid)
+        pairs(self.out, [[(label, cell(values.get(key))) for key, label in fields]], title)
 
     def error(self, code: str, message: str) -> None:
         """One line on stderr (a JSON object with ``--json``/``--jsonl``)."""
@@ -273,35 +277,97 @@ class Output:
         self.err.flush()
 
 
-def table(
-    records: Iterable[Mapping[str, Any]],
+# Wide enough for any line a view writes: "unlimited" for a Rich console on a pipe.
+UNLIMITED = 100_000
+
+
+def console(out: TextIO) -> Any:
+    """A Rich console on ``out``: a terminal's width (or COLUMNS); on a pipe or a file,
+    COLUMNS when set, else no limit (nothing is cut to fit a terminal that is not there)."""
+    from rich.console import Console
+
+    from smscredits import plain_table
+
+    rich = Console(file=out, highlight=False, soft_wrap=False)
+    if not rich.is_terminal:
+        rich.width = plain_table.pipe_width() or UNLIMITED
+    return rich
+
+
+def width_limit(rich: Any) -> int | None:
+    """The width a view on this console is laid out for; None: no limit."""
+    return None if rich.width >= UNLIMITED else int(rich.width)
+
+
+def draw(
+    records: Sequence[Mapping[str, Any]],
     columns: Sequence[tuple[str, str]],
     *,
-    title: str | None = None,
-) -> Any:
+    title: str | None,
+    out: TextIO,
+    optional: Mapping[str, int] | None = None,
+) -> None:
+    """A table drawn by Rich, laid out by the rule of ``plain_table`` (nothing cut)."""
     from rich import box
+    from rich.cells import cell_len
     from rich.table import Table
     from rich.text import Text
 
-    # No vertical rules: at 80 columns every character goes to the data.
+    from smscredits import plain_table
+
+    rich = console(out)
+    lay = plain_table.layout(records, columns, title=title, limit=width_limit(rich),
+                             cell=_table_cell, right=NUMERIC, free=FREE, optional=optional,
+                             measure=cell_len)
+    if lay.blocks is not None:
+        pairs(out, lay.blocks, title, rich=rich)
+        return
+    if lay.title is not None and not lay.title_inside:
+        rich.print(Text(lay.title), soft_wrap=True)  # wider than the table: never wrapped
+    # No vertical rules, no edges: at 80 columns every character goes to the data.
     t = Table(
-        title=Text(title) if title else None,
+        title=Text(lay.title) if lay.title is not None and lay.title_inside else None,
         header_style="bold",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
+        show_edge=False,
         padding=(0, 1, 0, 0),
     )
-    for key, label in columns:
-        numeric = key in NUMERIC
-        t.add_column(
-            label,
-            justify="right" if numeric else "left",
-            overflow="fold",
-            no_wrap=numeric or key in NO_WRAP,
-        )
-    for r in records:
-        t.add_row(*(Text(_table_cell(key, r.get(key))) for key, _ in columns))
-    return t
+    for label, width, right in zip(lay.labels, lay.widths, lay.right, strict=True):
+        # Every width is laid out already; "ellipsis" would only ever show a mistake.
+        t.add_column(Text(label), justify="right" if right else "left", width=width,
+                     no_wrap=True, overflow="ellipsis")
+    for row in lay.rows:
+        t.add_row(*(Text("\n".join(lines)) for lines in row))
+    rich.print(t)
+    footer = lay.footer()
+    if footer:
+        lines = plain_table.wrap(footer, lay.limit or len(footer), cell_len, len(footer))
+        rich.print(Text("\n".join(lines), style="dim"), soft_wrap=True)
+
+
+def pairs(out: TextIO, blocks: Sequence[Sequence[tuple[str, str]]], title: str | None,
+          *, rich: Any = None) -> None:
+    """Records as blocks of "Label  value" lines (labels in bold on a terminal)."""
+    from smscredits import plain_table
+
+    if rich is None and plain_table.plain_stream(out):
+        out.write(plain_table.write_blocks(title, blocks))
+        return
+    from rich.text import Text
+
+    rich = rich or console(out)
+    pad = max((len(label) for block in blocks for label, _ in block), default=0) + 2
+    if title is not None:
+        rich.print(Text(title), soft_wrap=True)
+        rich.print()
+    for n, block in enumerate(blocks):
+        if n:
+            rich.print()
+        for label, value in block:
+            line = Text.assemble((label.ljust(pad), "bold"), value)
+            line.rstrip()
+            rich.print(line, soft_wrap=True)
 
 
 def _table_cell(key: str, value: Any) -> str:
@@ -312,7 +378,9 @@ def _table_cell(key: str, value: Any) -> str:
 
 
 TIMES = {"at", "created_at", "updated_at", "resets_at", "next_due", "last_applied"}
-NO_WRAP = TIMES | {"kind", "user", "name", "window", "period", "status", "action"}
+# Columns of free text: they wrap (and are cut with "…" after a few lines). Every other
+# column holds ids, numbers, times, names or references, which are never cut nor wrapped.
+FREE = {"note", "rule", "detail", "meaning"}
 
 
 # Columns shown right-aligned.
@@ -344,71 +412,155 @@ def bar(value: Decimal, limit: Decimal | None, width: int = 20) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-def balance_panel(account: Any, windows: Sequence[Any], plans: Sequence[Any]) -> Any:
-    """The terminal view of one account: balance, limits as bars, refill plans."""
+PANEL_BAR = 20  # the widest limit bar of the balance panel
+
+
+def balance_panel(account: Any, windows: Sequence[Any], plans: Sequence[Any],
+                  limit: int | None = None) -> Any:
+    """The terminal view of one account: balance, limits as bars, refill plans. Laid out
+    for ``limit`` columns (None: no limit) by the rule of tables: numbers, times and names
+    are never cut nor wrapped; bars narrow, then go; what does not fit beside goes below."""
+    from rich.cells import cell_len
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
 
-    top = Table.grid(padding=(0, 2))
-    top.add_row(
-        "Balance",
-        Text(cell(account.balance), style="bold"),
-        "Overdraft",
-        cell(account.overdraft) if account.overdraft is not None else "unlimited",
-    )
-    top.add_row(
-        "Available",
-        cell(account.available) if account.available is not None else "unlimited",
-        "Status",
-        "disabled" if account.disabled else "active",
-    )
-    limits = Table.grid(padding=(0, 2))
-    for w in windows:
-        if w.limit is None:
-            limits.add_row(w.window, Text("no limit", style="dim"), f"{cell(w.spent)} spent", "")
-        else:
-            style = "red" if w.remaining == 0 else "green"
-            limits.add_row(
-                w.window,
-                Text(bar(w.spent, w.limit), style=style),
-                f"{cell(w.spent)} / {cell(w.limit)}",
-                f"resets {local_time(w.resets_at, account.tz)}",
-            )
-    parts: list[Any] = [top, Text("\nLimits", style="bold"), limits]
+    from smscredits import plain_table
+
+    title = f"{account.user} ({account.tz})"
+    # A title too long for the border: no border (Rich would cut the title), the title on
+    # a line of its own that nothing cuts.
+    bordered = limit is None or cell_len(title) <= limit - 6
+    inner = limit if limit is None or not bordered else limit - 4  # borders and padding
+    span = plain_table.span
+
+    def fits(*widths: int) -> bool:
+        return inner is None or span(widths) <= inner
+
+    def grid(rows: list[list[Any]], wrap: int | None = None) -> Any:
+        """A grid of unwrapped cells (but column ``wrap``), laid out as given."""
+        t = Table.grid(padding=(0, 2))
+        for i in range(max(map(len, rows), default=0)):
+            t.add_column(no_wrap=i != wrap)
+        for row in rows:
+            t.add_row(*row)
+        return t
+
+    balance, available = cell(account.balance), (
+        cell(account.available) if account.available is not None else "unlimited")
+    overdraft = cell(account.overdraft) if account.overdraft is not None else "unlimited"
+    status = "disabled" if account.disabled else "active"
+    values = [("Balance", Text(balance, style="bold")), ("Overdraft", overdraft),
+              ("Available", available), ("Status", status)]
+    if fits(9, max(len(balance), len(available)), 9, max(len(overdraft), len(status))):
+        top = grid([[*values[0], *values[1]], [*values[2], *values[3]]])
+    else:  # one value a line
+        top = grid([list(v) for v in values])
+    parts: list[Any] = [top] if bordered else [
+        Text(title, style="bold", no_wrap=True, overflow="ignore"), top]
+    parts += [Text("\nLimits", style="bold"), _limit_grid(windows, account.tz, inner, grid)]
     active = [p for p in plans if p.status == "active"]
     if active:
-        refills = Table.grid(padding=(0, 2))
+        rows = []
         for p in active:
-            when = f"next {p.next_due}" if p.next_due else ("armed" if p.armed else "fired")
-            refills.add_row(f"#{p.id}", Text(f"{p.action} {p.rule}"), when)
-        parts += [Text("\nRefill plans", style="bold"), refills]
-    title = Text(f"{account.user} ({account.tz})")
-    return Panel(Group(*parts), title=title, title_align="left", expand=False)
+            when = (f"next {local_time(p.next_due, account.tz)}" if p.next_due
+                    else ("armed" if p.armed else "fired"))
+            what = Text(f"{p.action} {p.rule}")
+            if fits(len(f"#{p.id}"), plain_table.FREE_MIN, cell_len(when)):
+                rows.append([f"#{p.id}", what, when])
+            else:  # the due time under the rule
+                rows += [[f"#{p.id}", what], ["", when]]
+        parts += [Text("\nRefill plans", style="bold"), grid(rows, wrap=1)]
+    if not bordered:
+        return Group(*parts)
+    return Panel(Group(*parts), title=Text(title), title_align="left", expand=False)
 
 
-def usage_chart(rows: Sequence[Any], label: str, title: str) -> Any:
-    """Spend per period as bars, with the numbers beside them."""
+def _limit_grid(windows: Sequence[Any], tz: str, inner: int | None, grid: Any) -> Any:
+    """The limit windows of the balance panel: a bar, spent / limit, when it resets. Bars
+    narrow to fit, then go; then "resets ..." goes under the numbers."""
+    from rich.text import Text
+
+    from smscredits import plain_table
+
+    span, gap = plain_table.span, plain_table.GAP
+
+    def rows(bars: bool) -> list[tuple[Any, str, str]]:
+        return [(w, f"{cell(w.spent)} / {cell(w.limit)}" if w.limit is not None
+                 else f"{cell(w.spent)} spent" + ("" if bars else ", no limit"),
+                 f"resets {local_time(w.resets_at, tz)}" if w.limit is not None else "")
+                for w in windows]
+
+    def widest(texts: list[tuple[Any, str, str]], i: int) -> int:
+        return max((len(t[i]) for t in texts), default=0)
+
+    texts = rows(True)
+    room = PANEL_BAR if inner is None else min(
+        PANEL_BAR, inner - span([5, widest(texts, 1), widest(texts, 2)]) - gap)
+    bars = room >= len("no limit")
+    if not bars:
+        texts = rows(False)
+    below = inner is not None and span([5, widest(texts, 1), widest(texts, 2)]) > inner
+    out = []
+    for w, numbers, resets in texts:
+        row: list[Any] = [w.window, numbers]
+        if bars:
+            shown = Text("no limit", style="dim") if w.limit is None else Text(
+                bar(w.spent, w.limit, room), style="red" if w.remaining == 0 else "green")
+            row.insert(1, shown)
+        out.append(row if below else [*row, resets])
+        if below and resets:  # under the numbers
+            out.append(["", resets])
+    return grid(out)
+
+
+BAR = 30  # the widest bar of a usage chart
+BAR_MIN = 8  # narrower than this, a chart shows no bars
+
+
+def usage_chart(rich: Any, rows: Sequence[Any], label: str, title: str) -> bool:
+    """Spend per period as bars, with the numbers beside them, on ``rich``; the bars narrow
+    to fit the width and go when there is no room for them. False when the numbers alone do
+    not fit (the caller then shows them as a table)."""
+    from rich.cells import cell_len
     from rich.table import Table
     from rich.text import Text
 
+    from smscredits import plain_table
+
+    heads = [label, "Spent", "Messages", "Refunded"]
+    texts = [[cell(r.period), cell(r.spent), cell(r.messages), cell(r.refunded)] for r in rows]
+    widths = [max(map(cell_len, column)) for column in zip(heads, *texts, strict=True)]
+    limit = width_limit(rich)
+    room = BAR if limit is None else min(BAR, limit - plain_table.span(widths) - plain_table.GAP)
+    if room < BAR_MIN and limit is not None and plain_table.span(widths) > limit:
+        return False
     top = max((r.spent for r in rows), default=Decimal(0))
-    t = Table(title=Text(title), header_style="bold", box=None, padding=(0, 1))
-    t.add_column(label, no_wrap=True)
-    t.add_column("Spent", justify="right", no_wrap=True)
-    t.add_column("", no_wrap=True)
-    t.add_column("Messages", justify="right", no_wrap=True)
-    t.add_column("Refunded", justify="right", no_wrap=True)
-    for r in rows:
-        t.add_row(
-            Text(cell(r.period)),
-            cell(r.spent),
-            Text(bar(r.spent, top, 30).rstrip("░"), style="cyan"),
-            cell(r.messages),
-            cell(r.refunded),
-        )
-    return t
+    t = Table(header_style="bold", box=None, pad_edge=False, padding=(0, 2, 0, 0))
+    for head, width in zip(heads, widths, strict=True):
+        t.add_column(Text(head), justify="left" if head is label else "right", width=width,
+                     no_wrap=True)
+        if head == "Spent" and room >= BAR_MIN:
+            t.add_column("", width=room, no_wrap=True)
+    for r, text in zip(rows, texts, strict=True):
+        bar_ = [Text(bar(r.spent, top, room).rstrip("░"), style="cyan")] if room >= BAR_MIN \
+            else []
+        t.add_row(Text(text[0]), text[1], *bar_, text[2], text[3])
+    table_width = plain_table.span(widths) + (room + plain_table.GAP if room >= BAR_MIN else 0)
+    if cell_len(title) <= table_width:
+        t.title = Text(title)
+    else:
+        rich.print(Text(title), soft_wrap=True)
+    rich.print(t)
+    return True
+
+
+def in_zone(value: Any, tz: str) -> dict[str, Any]:
+    """A record as a table shows it: its instants (ISO UTC, as JSON has them) as local
+    time in ``tz``, with the zone's abbreviation."""
+    return {k: local_time(v, tz) if k in TIMES and isinstance(v, str) and v.endswith("Z")
+            else v for k, v in plain(value).items()}
 
 
 def local_time(iso_utc: str, tz: str) -> str:

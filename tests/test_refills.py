@@ -99,12 +99,6 @@ def flatten(runs: list[list[str]]) -> list[str]:
     return [p for r in runs for p in r]
 
 
-def wall(text: str | None) -> str:
-    """A shown local time, "2026-03-30 06:30 CEST" or "2026-03-30T06:30...", as date + HH:MM."""
-    assert text is not None
-    return text.replace("T", " ")[:16]
-
-
 # -- periodic plans on the calendar ------------------------------------------------------
 
 
@@ -891,17 +885,22 @@ def test_list_shows_rule_next_due_in_users_zone_and_last_applied(cli: Any) -> No
         assert p["user"] == "alice" and p["status"] == "active"
         assert "Monday" in p["rule"] and "06:30" in p["rule"] and "week" in p["rule"]
         assert "10" in p["action"] and "add" in p["action"]
-        assert wall(p["next_due"]) == "2026-03-30 06:30"  # CEST, after the change
+        assert p["next_due"] == "2026-03-30T04:30:00Z"  # 06:30 CEST, after the change
         assert p["last_applied"] is None
         assert "5" in shown[low]["rule"] and "below" in shown[low]["rule"]
-        assert wall(shown[nyc]["next_due"]) == "2026-03-31 09:15"  # New York wall time
+        assert shown[nyc]["next_due"] == "2026-03-31T13:15:00Z"  # 09:15 in New York (EDT)
         assert "31" in shown[nyc]["rule"]
         assert list(plans(cli, "bob")) == [nyc]
         clock.move_to(local(2026, 3, 30, 7, 0))
         assert periods(cli, plan) == ["2026-W14"]
         p = plans(cli)[plan]
-        assert wall(p["last_applied"]).startswith("2026-03-30")
-        assert wall(p["next_due"]) == "2026-04-06 06:30"
+        assert p["last_applied"] == "2026-03-30T05:00:00Z"
+        assert p["next_due"] == "2026-04-06T04:30:00Z"
+        # The table shows each plan's times in its user's zone, with the zone's abbreviation.
+        table = cli("refill", "list").stdout
+        row = next(line for line in table.splitlines() if line.split()[:2] == [str(plan), "alice"])
+        assert "2026-04-06 06:30 CEST" in row and "2026-03-30 07:00 CEST" in row
+        assert "2026-03-31 09:15 EDT" in table
 
 
 def test_list_is_empty_without_plans(cli: Any) -> None:

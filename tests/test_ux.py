@@ -112,8 +112,8 @@ def test_usage_draws_bars_with_numbers_and_json_gives_the_data(cli: Any) -> None
                        ).exit_code == 0
         chart = cli("usage", "alice").stdout
         data = cli("usage", "alice", "--json").json()
-    rows = {line.split()[0]: line for line in chart.splitlines() if line.startswith(" 2026")}
-    assert rows[" 2026-11-24".strip()].count("█") == 30  # the biggest day fills the bar
+    rows = {line.split()[0]: line for line in chart.splitlines() if line.startswith("2026")}
+    assert rows["2026-11-24"].count("█") == 30  # the biggest day fills the bar
     assert rows["2026-11-25"].count("█") == 15
     assert [(r["period"], r["spent"], r["messages"]) for r in data] == [
         ("2026-11-25", 2, 1), ("2026-11-24", 4, 1)]

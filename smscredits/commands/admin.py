@@ -60,7 +60,8 @@ def config_show() -> None:
         rows.append({"key": key, "value": value, "source": s.source, "env": env,
                      "meaning": meaning})
     output().rows(rows, [("key", "Key"), ("value", "Value"), ("source", "Source"),
-                         ("env", "Environment")], title=f"Settings ({config.config_file()})")
+                         ("env", "Environment")], title=f"Settings ({config.config_file()})",
+                  optional={"source": 2, "env": 1})
 
 
 @command(config_app, "set", example="smscredits config set default_tz Europe/Budapest")
@@ -134,8 +135,8 @@ def register_verify(root: typer.Typer) -> None:
         out = output()
         out.quiet = out.quiet and report.ok  # --quiet silences a success only
         if out.machine:
-            out.document({"ok": report.ok, "accounts": report.accounts, "events": report.events,
-                          "problems": report.problems})
+            out.one({"ok": report.ok, "accounts": report.accounts, "events": report.events,
+                     "problems": report.problems})
         elif report.ok:
             out.message(f"ledger verified: {report.accounts} account(s), {report.events} "
                         "event(s): balances, windows and chains agree")
@@ -143,6 +144,6 @@ def register_verify(root: typer.Typer) -> None:
             out.rows(report.problems, [("check", "Check"), ("user", "User"),
                                        ("detail", "Problem"), ("expected", "Journal"),
                                        ("found", "Stored"), ("event_id", "Event")],
-                     title="Ledger differences")
+                     title="Ledger differences", optional={"event_id": 1})
         if not report.ok:
             raise typer.Exit(1)

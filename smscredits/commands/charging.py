@@ -69,8 +69,9 @@ def price_list() -> None:
     from smscredits import pricing
 
     output().rows(pricing.list_prices(db()), [("key", "Destination"), ("kind", "Kind"),
-                                              ("price", "Price"), ("updated_at", "Updated")],
-                  empty="no prices set: every charge is refused with no_price")
+                                              ("price", "Price"), ("updated_at", "Updated (UTC)")],
+                  empty="no prices set: every charge is refused with no_price",
+                  optional={"kind": 2, "updated_at": 1})
 
 
 @command(price_app, "import", example="smscredits price import prices.csv")
@@ -89,7 +90,7 @@ def price_import(
     out = output()
     if report.errors:
         if out.machine:
-            out.document({"imported": 0, "errors": report.errors})
+            out.one({"imported": 0, "errors": report.errors})
         else:
             for e in report.errors:
                 out.err.write(f"{file}:{e['line']}: {e['error']}\n")
@@ -120,22 +121,28 @@ def price_quote(
     except Rejected as r:
         error = NotFound if r.reason == "no_price" else BadInput
         raise error(r.message, code=r.reason) from None
+    # Parts given, not counted: no encoding nor units, as in a charge's result.
+    counted_here = text is not None
     data: dict[str, Any] = {
-        "to": quote.to, "country": quote.country, "encoding": counted.encoding,
-        "units": counted.units, "parts": quote.parts, "rule": quote.rule,
-        "price": _dec(quote.price), "cost": _dec(quote.cost),
+        "to": quote.to, "country": quote.country,
+        "encoding": counted.encoding if counted_here else None,
+        "units": counted.units if counted_here else None, "parts": quote.parts,
+        "rule": quote.rule, "price": _dec(quote.price), "cost": _dec(quote.cost),
     }
-    if user is not None:
-        data["limits"] = limits.show_limits(handle, user).windows
+    lim = limits.show_limits(handle, user) if user is not None else None
+    if lim is not None:
+        data["limits"] = lim.windows
     out = output()
     if out.machine:
-        out.document(data)
+        out.one(data)
         return
-    out.record(data, [("to", "To"), ("country", "Country"), ("encoding", "Encoding"),
-                      ("units", "Units"), ("parts", "Parts"), ("rule", "Price rule"),
-                      ("price", "Price per part"), ("cost", "Cost")])
-    if user is not None:
-        out.rows(data["limits"], CHARGE_COLUMNS, title=f"Limits left for {user}")
+    shown = {**data, **{k: "-" for k in ("encoding", "units") if data[k] is None}}
+    out.record(shown, [("to", "To"), ("country", "Country"), ("encoding", "Encoding"),
+                       ("units", "Units"), ("parts", "Parts"), ("rule", "Price rule"),
+                       ("price", "Price per part"), ("cost", "Cost")])
+    if lim is not None:
+        out.out.write("\n")
+        _show_limits(lim, "Limits left for")
 
 
 def _dec(millis: int) -> Any:
@@ -169,15 +176,17 @@ def limits_show(user: UserArg) -> None:
     _show_limits(limits.show_limits(db(), user))
 
 
-def _show_limits(lim: Any) -> None:
-    out = output()
-    if out.machine:
-        out.document(lim)
-    else:
-        from smscredits.render import local_time, plain
+def _show_limits(lim: Any, title: str = "Limits of") -> None:
+    from smscredits.render import in_zone, plain
 
-        rows = [{**plain(w), "resets_at": local_time(w.resets_at, lim.tz)} for w in lim.windows]
-        out.rows(rows, CHARGE_COLUMNS, title=f"Limits of {lim.user} ({lim.tz})")
+    out = output()
+    if out.mode == "csv":  # a row per window, as the table has it
+        out.rows([{"user": lim.user, "tz": lim.tz, **plain(w)} for w in lim.windows], [])
+    elif out.machine:
+        out.one(lim)
+    else:
+        out.rows([in_zone(w, lim.tz) for w in lim.windows], CHARGE_COLUMNS,
+                 title=f"{title} {lim.user} ({lim.tz})", optional={"resets_at": 1})
 
 
 # -- charge, refund, usage ---------------------------------------------------------------
@@ -230,14 +239,15 @@ def register(root: typer.Typer) -> None:
 
         rows = usage_mod.usage(db(), user, by, limit)
         out = output()
-        if out.machine or not rows:
-            out.rows(rows, [("period", by.capitalize()), ("messages", "Messages"),
-                            ("parts", "Parts"), ("spent", "Spent"), ("refunded", "Refunded")],
-                     empty="no messages yet")
-            return
-        from smscredits.render import usage_chart
+        title = f"Spend of {user} by {by}"
+        if not out.machine and rows:
+            from smscredits.render import usage_chart
 
-        out.console().print(usage_chart(rows, by.capitalize(), f"Spend of {user} by {by}"))
+            if usage_chart(out.console(), rows, by.capitalize(), title):
+                return
+        out.rows(rows, [("period", by.capitalize()), ("messages", "Messages"),
+                        ("parts", "Parts"), ("spent", "Spent"), ("refunded", "Refunded")],
+                 title=title, empty="no messages yet", optional={"parts": 1, "refunded": 2})
 
 
 def _charge_one(user: str, to: str, text: str | None, parts: int | None,
@@ -252,7 +262,7 @@ def _charge_one(user: str, to: str, text: str | None, parts: int | None,
         result = charger.charge(req)
     out = output()
     if out.machine:
-        out.document(result)
+        out.one(result)
     elif result.status == "charged":
         what = f"{result.parts} part{'s' * (result.parts != 1)}"
         if not result.metered:

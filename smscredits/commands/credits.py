@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from smscredits.commands.base import amount, app, command, db, output, reader
-from smscredits.commands.users import ACCOUNT_COLUMNS, OptionalUser, UserArg
+from smscredits.commands.users import ACCOUNT_COLUMNS, ACCOUNT_OPTIONAL, OptionalUser, UserArg
 
 credits_app = app("credits", "Add, subtract and set prepaid credits; show balances.",
                   "smscredits credits add alice 100")
@@ -57,15 +57,18 @@ def credits_balance(
 
     source = reader()
     if user is None:
-        output().rows(reads.list_accounts(source), ACCOUNT_COLUMNS, empty="no credits powers yet")
+        output().rows(reads.list_accounts(source), ACCOUNT_COLUMNS, empty="no credits powers yet",
+                      optional=ACCOUNT_OPTIONAL)
         return
     account = reads.get_account(source, user)
     out = output()
     if out.machine:
         out.record(account, ACCOUNT_COLUMNS)
         return
-    from smscredits.render import balance_panel
+    from smscredits.render import balance_panel, width_limit
 
     windows = reads.show_limits(source, user).windows
     plans = reads.list_plans(source, user)
-    out.console().print(balance_panel(account, windows, plans))
+    rich = out.console()
+    # Not cropped: a name wider than the terminal runs on (the terminal wraps it).
+    rich.print(balance_panel(account, windows, plans, width_limit(rich)), crop=False)

@@ -12,8 +12,11 @@ from smscredits.errors import BadInput
 
 EVENT_COLUMNS = [
     ("id", "ID"), ("at", "At (UTC)"), ("user", "User"), ("kind", "Kind"), ("amount", "Amount"),
-    ("balance_after", "Balance"), ("ref", "Ref"), ("note", "Note"),
+    ("balance_after", "Balance"), ("ref", "Ref"), ("note", "Note"), ("actor", "Actor"),
 ]
+# The columns a short width may leave out, with their priority (lowest first).
+# The id goes last: a log without ids still reads well, but `--before` pages by them.
+EVENT_OPTIONAL = {"actor": 1, "note": 2, "ref": 3, "id": 4}
 
 UserOpt = OptionalUser
 Since = Annotated[str | None, typer.Option(help="From this time: 2026-11-25, "
@@ -41,7 +44,7 @@ def _show(user: str | None, since: str | None, until: str | None, kind: list[str
     title = "Credit log" if credit_only else "Events"
     columns = [c for c in EVENT_COLUMNS if c[0] != "user"] if user else EVENT_COLUMNS
     output().rows(rows, columns, title=title + (f" of {user}" if user else ""),
-                  empty="no events match")
+                  empty="no events match", optional=EVENT_OPTIONAL)
 
 
 def register(root: typer.Typer) -> None:

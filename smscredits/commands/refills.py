@@ -14,7 +14,9 @@ refill_app = app("refill", "Automatic refill plans, applied exactly once by `ref
                  "smscredits refill schedule alice --every month --on 1 --add 100")
 
 PLAN_COLUMNS = [("id", "Plan"), ("user", "User"), ("action", "Action"), ("rule", "Rule"),
-                ("status", "Status"), ("next_due", "Next due")]
+                ("status", "Status"), ("next_due", "Next due"), ("last_applied", "Last applied")]
+# The columns a short width may leave out, with their priority (lowest first).
+PLAN_OPTIONAL = {"last_applied": 1, "rule": 2, "status": 3, "next_due": 4}
 PlanArg = Annotated[int, typer.Argument(metavar="PLAN", help="Plan number (refill list).")]
 
 
@@ -45,7 +47,9 @@ def refill_schedule(
         below=_opt_amount(when_below, "--when-below"),
         add=_opt_amount(add, "--add"), top_up_to=_opt_amount(top_up_to, "--top-up-to"),
     )
-    due = f"\n  next due {plan.next_due}" if plan.next_due else ""
+    from smscredits.render import local_time
+
+    due = f"\n  next due {local_time(plan.next_due, plan.tz)}" if plan.next_due else ""
     output().message(f"plan {plan.id} for {plan.user}: {plan.action}\n  {plan.rule}{due}", plan)
 
 
@@ -56,10 +60,13 @@ def refill_list(
 ) -> None:
     """List refill plans with their rule, next due time and last application."""
     from smscredits import refills
+    from smscredits.render import in_zone
 
     columns = [c for c in PLAN_COLUMNS if c[0] != "user"] if user else PLAN_COLUMNS
-    output().rows(refills.list_plans(db(), user, all_=all_), columns,
-                  title="Refill plans" + (f" of {user}" if user else ""), empty="no refill plans")
+    plans, out = refills.list_plans(db(), user, all_=all_), output()
+    rows = plans if out.machine else [in_zone(p, p.tz) for p in plans]  # times in its zone
+    out.rows(rows, columns, title="Refill plans" + (f" of {user}" if user else ""),
+             empty="no refill plans", optional=PLAN_OPTIONAL)
 
 
 def _set(plan_id: int, status: str, verb: str) -> None:

@@ -18,6 +18,9 @@ USER_COLUMNS = [("name", "User"), ("tz", "Time zone"), ("disabled", "Disabled"),
 ACCOUNT_COLUMNS = [("user", "User"), ("kind", "Power"), ("balance", "Balance"),
                    ("overdraft", "Overdraft"), ("available", "Available"),
                    ("disabled", "Disabled")]
+# The columns a short width may leave out of a table, with their priority (lowest first).
+USER_OPTIONAL = {"tz": 2, "disabled": 1}
+ACCOUNT_OPTIONAL = {"kind": 1, "overdraft": 3, "disabled": 2}
 
 User = Annotated[str, typer.Argument(help="User name.", show_default=False)]
 
@@ -63,17 +66,20 @@ def user_list() -> None:
     """List users with their balances."""
     from smscredits import ledger
 
-    output().rows(ledger.list_users(db()), USER_COLUMNS, empty="no users yet")
+    output().rows(ledger.list_users(db()), USER_COLUMNS, empty="no users yet",
+                  optional=USER_OPTIONAL)
 
 
 @command(users_app, "show", example="smscredits user show alice")
 def user_show(name: UserArg) -> None:
     """Show one user."""
     from smscredits import ledger
+    from smscredits.render import in_zone
 
-    user = ledger.get_user(db(), name)
-    output().record(user, [("name", "User"), ("tz", "Time zone"), ("disabled", "Disabled"),
-                           ("created_at", "Created"), ("balance", "Balance")])
+    user, out = ledger.get_user(db(), name), output()
+    out.record(user if out.machine else in_zone(user, user.tz),
+               [("name", "User"), ("tz", "Time zone"), ("disabled", "Disabled"),
+                ("created_at", "Created"), ("balance", "Balance")])
 
 
 def _set_disabled(name: str, disabled: bool) -> None:
@@ -130,7 +136,8 @@ def power_list(user: OptionalUser = None) -> None:
     """List credits powers."""
     from smscredits import ledger
 
-    output().rows(ledger.list_accounts(db(), user), ACCOUNT_COLUMNS, empty="no powers yet")
+    output().rows(ledger.list_accounts(db(), user), ACCOUNT_COLUMNS, empty="no powers yet",
+                  optional=ACCOUNT_OPTIONAL)
 
 
 @command(power_app, "show", example="smscredits power show alice")
