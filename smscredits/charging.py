@@ -250,17 +250,26 @@ class _Power:
         s1 = spent[1] + cost if held[1] == k1 else cost
         s2 = spent[2] + cost if held[2] == k2 else cost
         day, week, month = self.limits
-        if s0 > (day if day is not None else MAX_MILLIS):
-            return _REFUSED[1] if day is not None else _out_of_range("day's spending", s0)
-        if s1 > (week if week is not None else MAX_MILLIS):
-            return _REFUSED[2] if week is not None else _out_of_range("week's spending", s1)
-        if s2 > (month if month is not None else MAX_MILLIS):
-            return _REFUSED[3] if month is not None else _out_of_range("month's spending", s2)
+        if (s0 > (day if day is not None else MAX_MILLIS)
+                or s1 > (week if week is not None else MAX_MILLIS)
+                or s2 > (month if month is not None else MAX_MILLIS)):
+            return self.window_refusal((s0, s1, s2))
         if held[0] != k0 or held[1] != k1 or held[2] != k2:
             self.keys, self.rolled = [k0, k1, k2], True
         self.balance = after
         self.spent = [s0, s1, s2]
         return None
+
+    def window_refusal(self, spent: tuple[int, int, int]) -> Rejected:
+        """Why a window refuses a charge: a limit it would pass (day, week, month), else a
+        counter past the documented range (the rare way out of ``take``)."""
+        for limit, total, refused in zip(self.limits, spent, _REFUSED[1:], strict=True):
+            if limit is not None and total > limit:
+                return refused
+        for window, total in zip(WINDOWS, spent, strict=True):
+            if total > MAX_MILLIS:
+                return _out_of_range(f"{window}'s spending", total)
+        raise AssertionError("no window refuses this charge")  # pragma: no cover
 
     def written(self) -> tuple[Any, ...]:
         """``WRITTEN_COLUMNS`` and then the power id."""
