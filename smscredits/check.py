@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from smscredits import reads
+from smscredits import clock, reads
 from smscredits.amounts import format_amount, to_decimal
 from smscredits.errors import BadInput, NotFound
 
@@ -112,16 +112,6 @@ def _near_limits(account: reads.Account, windows: list[reads.Window],
         found.append(Finding(
             account.user, w.window,
             f"{account.user}: {_LIMIT_NAME[w.window]} limit {w.spent} of {w.limit} spent "
-            f"({left}% left), resets {_local(w.resets_at, account.tz)}",
+            f"({left}% left), resets {clock.local_text(w.resets_at, account.tz)}",
             w.remaining, w.limit, w.resets_at))
     return found
-
-
-def _local(iso_utc: str, tz: str) -> str:
-    """A UTC instant (ISO text) as the user reads it: local time with the zone's name."""
-    from datetime import UTC, datetime
-
-    from smscredits import schedule
-
-    at = datetime.strptime(iso_utc, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return at.astimezone(schedule.zone(tz)).strftime("%Y-%m-%d %H:%M %Z")

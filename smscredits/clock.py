@@ -34,3 +34,12 @@ def iso(us: int | None) -> str | None:
     if us is None:
         return None
     return from_us(us).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def local_text(iso_utc: str, tz: str) -> str:
+    """An ISO UTC instant (``2026-11-25T23:00:00Z``) as local time in a zone, with the zone's
+    abbreviation: ``2026-11-26 00:00 CET``."""
+    from zoneinfo import ZoneInfo
+
+    at = datetime.fromisoformat(iso_utc.replace("Z", "+00:00"))
+    return at.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M %Z")

@@ -565,11 +565,9 @@ def in_zone(value: Any, tz: str) -> dict[str, Any]:
 
 def local_time(iso_utc: str, tz: str) -> str:
     """An ISO UTC instant as local time in a zone: ``2026-11-26 00:00 CET``."""
-    from datetime import datetime
-    from zoneinfo import ZoneInfo
+    from smscredits import clock
 
-    at = datetime.fromisoformat(iso_utc.replace("Z", "+00:00"))
-    return at.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M %Z")
+    return clock.local_text(iso_utc, tz)
 
 
 class Progress:
