@@ -41,8 +41,8 @@ CREDIT_KINDS = (
 
 @dataclass(frozen=True, slots=True)
 class UserInfo:
-    id: int
-    name: str
+    user_id: int
+    user: str
     tz: str
     disabled: bool
     created_at: str | None
@@ -117,8 +117,8 @@ def get_user(db: Db, name: str) -> UserInfo:
 
 def _user_info(row: RowMapping, balance: int | None, default_tz: str) -> UserInfo:
     return UserInfo(
-        id=row["id"],
-        name=row["name"],
+        user_id=row["id"],
+        user=row["name"],
         tz=row["tz"] or default_tz,
         disabled=row["disabled"],
         created_at=clock.iso(row["created_at"]),

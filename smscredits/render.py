@@ -147,10 +147,12 @@ _NUMBER_TEXT = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?\Z")
 
 
 def csv_cell(value: Any) -> str:
-    """Text of one CSV cell: ``cell``, and a text that a spreadsheet would take for a formula
-    (``=HYPERLINK(...)``, ``@SUM(...)``, ``-2+3``) gets a leading ``'``, so that it is shown as
-    text. Numbers stay numbers, and so does text that is one (a +3630 price prefix), which no
-    spreadsheet runs."""
+    """Text of one CSV cell: ``cell`` with booleans as ``true``/``false``; a text that a
+    spreadsheet would take for a formula (``=HYPERLINK(...)``, ``@SUM(...)``, ``-2+3``) gets a
+    leading ``'``, so that it is shown as text. Numbers stay numbers, and so does text that
+    is one (a +3630 price prefix), which no spreadsheet runs."""
+    if isinstance(value, bool):  # as JSON writes them: a script reads one vocabulary
+        return "true" if value else "false"
     text = cell(value)
     if (isinstance(value, str) and value.startswith(_FORMULA_START)
             and not _NUMBER_TEXT.match(value)):

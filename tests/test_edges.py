@@ -404,7 +404,7 @@ def test_a_read_only_sqlite_uri_reads_and_refuses_writes(tmp_path: Path) -> None
     ok(invoke("--db", str(path), "user", "add", "alice"))
     url = f"sqlite:///file:{path}?mode=ro&uri=true"
     users = json.loads(ok(invoke("--db", url, "--json", "user", "list")).stdout)
-    assert [u["name"] for u in users] == ["alice"]
+    assert [u["user"] for u in users] == ["alice"]
     one_line_error(invoke("--db", url, "user", "add", "bob"), DATABASE, "read-only")
 
 
@@ -464,7 +464,7 @@ def test_csv_cells_a_spreadsheet_would_run_are_text(cli: Any) -> None:
         assert {r["amount"] for r in rows if r["note"]} == {"-0.6"}
         assert all(r["id"].isdigit() for r in rows)
     users = csv_rows(ok(cli("user", "list", "--csv")).stdout)
-    assert sorted(u["name"] for u in users) == ["'@cmd", "alice"]
+    assert sorted(u["user"] for u in users) == ["'@cmd", "alice"]
     ok(cli("price", "set", "+3630", "0.6"))
     prices = csv_rows(ok(cli("price", "list", "--csv")).stdout)
     assert [p["key"] for p in prices] == ["+3630"]  # a prefix is a number: no formula

@@ -56,9 +56,9 @@ def events(cli: Any, *args: str) -> list[dict[str, Any]]:
 def test_user_add_with_time_zone_is_shown(cli):
     ok(cli("user", "add", "alice", "--tz", "Europe/Budapest"))
     shown = data(cli("user", "show", "alice", "--json"))
-    assert (shown["name"], shown["tz"], shown["disabled"]) == ("alice", "Europe/Budapest", False)
+    assert (shown["user"], shown["tz"], shown["disabled"]) == ("alice", "Europe/Budapest", False)
     assert shown["balance"] is None  # no credits power yet: not metered
-    assert [u["name"] for u in data(cli("user", "list", "--json"))] == ["alice"]
+    assert [u["user"] for u in data(cli("user", "list", "--json"))] == ["alice"]
 
 
 def test_user_add_without_zone_uses_utc(cli):

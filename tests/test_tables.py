@@ -235,7 +235,7 @@ def without_user(columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 TABLES: list[tuple[list[str], list[tuple[str, str]], str | None]] = [
-    (["user", "list"], [("User", "name"), ("Time zone", "tz"), ("Disabled", "disabled"),
+    (["user", "list"], [("User", "user"), ("Time zone", "tz"), ("Disabled", "disabled"),
                         ("Balance", "balance")], None),
     (["power", "list"], ACCOUNTS, None),
     (["credits", "balance"], ACCOUNTS, None),

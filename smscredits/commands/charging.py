@@ -50,7 +50,7 @@ def price_set(
     from smscredits import pricing
 
     row = pricing.set_price(db(create=True), destination, price)
-    output().message(f"price for {row.key} ({row.kind}): {row.price} per part", row)
+    output().message(f"price {row.key} ({row.kind}): {row.price} per part", row)
 
 
 @command(price_app, "delete", example="smscredits price delete +3630")
@@ -60,7 +60,7 @@ def price_delete(destination: Annotated[str, typer.Argument(help="default, CC or
     from smscredits import pricing
 
     key = pricing.delete_price(db(), destination)
-    output().message(f"price for {key} removed", {"key": key, "deleted": True})
+    output().message(f"price {key}: removed", {"key": key, "deleted": True})
 
 
 @command(price_app, "list", example="smscredits price list --csv")
@@ -226,7 +226,8 @@ def register(root: typer.Typer) -> None:
         from smscredits import charging, validate
 
         r = charging.refund(db(), msg_id, note=validate.note(note))
-        output().message(f"refunded {r.amount} to {r.user} for {r.id}: balance {r.balance}", r)
+        output().message(
+            f"{r.user}: refunded {r.amount} for message {r.id}, balance {r.balance}", r)
 
     @command(root, "usage", rich_help_panel="Logs", example="smscredits usage alice --by country")
     def usage(

@@ -36,6 +36,10 @@ def _thresholds(below: list[str], limit_left: str | None) -> object:
                       else parse_percent(limit_left))
 
 
+FINDING_COLUMNS = [("user", "User"), ("check", "Check"), ("value", "Value"),
+                   ("threshold", "Threshold"), ("resets_at", "Resets"), ("message", "Message")]
+
+
 def register(root: typer.Typer) -> None:
     @command(root, "check", example="smscredits check --below 10 --below bigcorp=500 "
              "--limit-left 10")
@@ -48,9 +52,10 @@ def register(root: typer.Typer) -> None:
 
         report = check.check(reader(), _thresholds(below or [], limit_left))  # type: ignore[arg-type]
         out = output()
-        if out.machine:
-            out.document({"ok": report.ok, "checked": report.checked,
-                          "findings": report.findings})
+        if out.mode == "csv":  # a spreadsheet wants the findings, one per row
+            out.rows(report.findings, FINDING_COLUMNS)
+        elif out.machine:
+            out.one({"ok": report.ok, "checked": report.checked, "findings": report.findings})
         elif report.ok:
             out.message(f"ok: {report.checked} account(s) checked, none low on credits or "
                         "near a limit")

@@ -50,7 +50,8 @@ def refill_schedule(
     from smscredits.render import local_time
 
     due = f"\n  next due {local_time(plan.next_due, plan.tz)}" if plan.next_due else ""
-    output().message(f"plan {plan.id} for {plan.user}: {plan.action}\n  {plan.rule}{due}", plan)
+    output().message(
+        f"{plan.user}: plan {plan.id} scheduled, {plan.action}\n  {plan.rule}{due}", plan)
 
 
 @command(refill_app, "list", example="smscredits refill list alice")
@@ -73,7 +74,7 @@ def _set(plan_id: int, status: str, verb: str) -> None:
     from smscredits import refills
 
     plan = refills.set_status(db(), plan_id, status)
-    output().message(f"plan {plan.id} for {plan.user} {verb}", plan)
+    output().message(f"{plan.user}: plan {plan.id} {verb}", plan)
 
 
 @command(refill_app, "cancel", example="smscredits refill cancel 3")

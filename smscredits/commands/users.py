@@ -13,7 +13,7 @@ users_app = app("user", "Add, list, show, disable and enable users (gateway acco
 power_app = app("power", "Give users a credits power (put them under credit control).",
                 "smscredits power create alice credits --initial 100")
 
-USER_COLUMNS = [("name", "User"), ("tz", "Time zone"), ("disabled", "Disabled"),
+USER_COLUMNS = [("user", "User"), ("tz", "Time zone"), ("disabled", "Disabled"),
                 ("balance", "Balance")]
 ACCOUNT_COLUMNS = [("user", "User"), ("kind", "Power"), ("balance", "Balance"),
                    ("overdraft", "Overdraft"), ("available", "Available"),
@@ -30,7 +30,7 @@ def _user_complete(incomplete: str) -> list[str]:
     try:
         from smscredits import ledger
 
-        return [u.name for u in ledger.list_users(db()) if u.name.startswith(incomplete)]
+        return [u.user for u in ledger.list_users(db()) if u.user.startswith(incomplete)]
     except Exception:
         return []
 
@@ -58,7 +58,7 @@ def user_add(
 
     handle = db(create=True)
     user = ledger.add_user(handle, name, tz=handle.default_tz if tz is None else tz)
-    output().message(f"added user {user.name} (time zone {user.tz})", user)
+    output().message(f"{user.user}: user added (time zone {user.tz})", user)
 
 
 @command(users_app, "list", example="smscredits user list --json")
@@ -86,8 +86,8 @@ def _set_disabled(name: str, disabled: bool) -> None:
     from smscredits import ledger
 
     user = ledger.set_disabled(db(), name, disabled)
-    state = "disabled" if disabled else "enabled"
-    output().message(f"user {user.name} {state} (balance kept)", user)
+    state = "disabled (no charges accepted, balance kept)" if disabled else "enabled"
+    output().message(f"{user.user}: {state}", user)
 
 
 @command(users_app, "disable", example="smscredits user disable alice")
