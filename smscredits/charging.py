@@ -55,6 +55,7 @@ from smscredits.errors import (
 from smscredits.limits import REASON, WINDOWS, window_keys
 from smscredits.parts import Parts, count_parts
 from smscredits.pricing import PriceBook, Quote, Rejected, given_parts
+from smscredits.schedule import window_reset
 from smscredits.storage.engine import (
     BULK_CHECKPOINT_PAGES,
     CHECKPOINT_PAGES,
@@ -110,6 +111,8 @@ class ChargeResult:
     balance: Decimal | None = None
     metered: bool = True
     replayed: bool = False
+    # A refusal by the balance or a limit: the numbers that decided it (``Refused.numbers``).
+    refusal: dict[str, Any] | None = None
     line: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -285,6 +288,42 @@ class _Power:
 # Why a take is refused: insufficient credits, then each window's limit, in this order.
 _REFUSED = (Rejected("insufficient_credits", "insufficient credits"),
             *(Rejected(REASON[w], f"{REASON[w].replace('_', ' ')} reached") for w in WINDOWS))
+
+
+class Refused(Rejected):
+    """A refusal by the balance or a limit, with the numbers that decided it: ``cost``,
+    ``available``, ``balance``, ``overdraft``; or ``window``, ``limit``, ``spent``, ``cost``,
+    ``resets_at`` (ISO UTC)."""
+
+    def __init__(self, reason: str, message: str, numbers: dict[str, Any]) -> None:
+        super().__init__(reason, message)
+        self.numbers = numbers
+
+
+def _with_numbers(refused: Rejected, power: _Power, cost: int, keys: tuple[int, int, int],
+                  tz: str) -> Rejected:
+    """``take``'s refusal with its numbers, made only when a charge is refused (the charged
+    path pays nothing for it)."""
+    if refused is _REFUSED[0]:
+        floor = power.overdraft or 0
+        numbers: dict[str, Any] = {
+            "cost": to_decimal(cost), "available": to_decimal(power.balance + floor),
+            "balance": to_decimal(power.balance), "overdraft": to_decimal(floor)}
+        return Refused(refused.reason, "insufficient credits: cost {cost}, available "
+                       "{available} (balance {balance}, overdraft {overdraft})".format_map(
+                           numbers), numbers)
+    if refused not in _REFUSED:
+        return refused  # a counter past the documented range: its message says it all
+    i = _REFUSED.index(refused) - 1
+    window, limit = WINDOWS[i], power.limits[i]
+    resets_at = clock.iso(clock.to_us(window_reset(window, keys[i], tz))) or ""
+    numbers = {"window": window, "limit": to_decimal(limit or 0),
+               "spent": to_decimal(power.spent[i] if power.keys[i] == keys[i] else 0),
+               "cost": to_decimal(cost), "resets_at": resets_at}
+    return Refused(refused.reason, "{label} reached: limit {limit}, spent {spent}, cost {cost}, "
+                   "resets {resets}".format(label=REASON[window].replace("_", " "),
+                                            resets=clock.local_text(resets_at, tz), **numbers),
+                   numbers)
 
 
 def _out_of_range(what: str, amount: int) -> Rejected:
@@ -516,7 +555,8 @@ class _Batch:
             keys = self.keys.get(account.tz) or self.window_keys(account.tz)
         refusal = power.take(cost, keys)
         if refusal is not None:
-            return self.reject(_base(req), account, quote, refusal)
+            return self.reject(_base(req), account, quote,
+                               _with_numbers(refusal, power, cost, keys, account.tz))
         self.moved[power.id] = power
         msg_id = req.id or secrets.token_hex(8)
         balance = power.balance
@@ -564,7 +604,8 @@ class _Batch:
             self.remember(base.id, account, quote, clock.now_us(), "rejected", rejection.reason,
                           None, None, base.user or "", to=base.to)
         extra = _quoted(quote) if quote is not None else {}
-        return replace(base, reason=rejection.reason, message=rejection.message, **extra)
+        return replace(base, reason=rejection.reason, message=rejection.message,
+                       refusal=getattr(rejection, "numbers", None), **extra)
 
     def remember(self, msg_id: str, account: _Account | None, quote: Quote | None, at: int,
                  status: str, reason: str | None, balance: int | None,
@@ -876,33 +917,45 @@ class Charger:
 
 @dataclass
 class BatchSummary:
+    """What a stream of charges did, counted apart: new charges, replays of earlier results
+    (a rerun of a file charges nothing), refusals by reason and errors (bad lines, conflicts)
+    by reason. ``cost`` (millis) is what this run charged, replays excluded."""
+
     lines: int = 0
-    malformed: int = 0
     charged: int = 0
+    replayed: int = 0
     rejected: int = 0
     errors: int = 0
     cost: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    errors_by_reason: dict[str, int] = field(default_factory=dict)
 
-    def add(self, r: ChargeResult) -> None:
-        self.add_all([r])
+    @property
+    def malformed(self) -> int:
+        return self.errors_by_reason.get("bad_input", 0)
 
     def add_all(self, results: list[ChargeResult]) -> None:
         spent = Decimal(0)
         for r in results:
-            if r.status == "charged":
+            if r.replayed:
+                self.replayed += 1
+            elif r.status == "charged":
                 self.charged += 1
-                if not r.replayed and r.cost is not None:
+                if r.cost is not None:
                     spent += r.cost
             elif r.status == "rejected":
                 self.rejected += 1
+                _count(self.rejected_by_reason, r.reason)
             else:
                 self.errors += 1
-                self.malformed += r.reason == "bad_input"
-            if r.reason:
-                self.reasons[r.reason] = self.reasons.get(r.reason, 0) + 1
+                _count(self.errors_by_reason, r.reason)
         self.lines += len(results)
         self.cost += int(spent * 1000)
+
+
+def _count(counts: dict[str, int], reason: str | None) -> None:
+    key = reason or "error"
+    counts[key] = counts.get(key, 0) + 1
 
 
 # -- refunds -----------------------------------------------------------------------------

@@ -119,7 +119,8 @@ def charge_line(r: Any, line: int) -> str:
                 f'"cost":{r.cost:f},"parts":{int(r.parts)},'
                 f'"encoding":{"null" if encoding is None else _quote(encoding)},'
                 f'"price":{r.price:f},"rule":{_quote(r.rule)},"country":{_quote(r.country)},'
-                f'"balance":{r.balance:f},"metered":true,"replayed":false,"line":{int(line)}}}')
+                f'"balance":{r.balance:f},"metered":true,"replayed":false,"refusal":null,'
+                f'"line":{int(line)}}}')
     return (f'{{"status":{_quote(r.status)},"id":{_opt_str(r.id)},"user":{_opt_str(r.user)},'
             f'"to":{_opt_str(r.to)},"reason":{_opt_str(r.reason)},'
             f'"message":{_opt_str(r.message)},"cost":{_opt_num(r.cost)},'
@@ -127,7 +128,9 @@ def charge_line(r: Any, line: int) -> str:
             f'"price":{_opt_num(r.price)},"rule":{_opt_str(r.rule)},'
             f'"country":{_opt_str(r.country)},"balance":{_opt_num(r.balance)},'
             f'"metered":{"true" if r.metered else "false"},'
-            f'"replayed":{"true" if r.replayed else "false"},"line":{int(line)}}}')
+            f'"replayed":{"true" if r.replayed else "false"},'
+            f'"refusal":{"null" if r.refusal is None else to_json(r.refusal)},'
+            f'"line":{int(line)}}}')
 
 
 def cell(value: Any) -> str:

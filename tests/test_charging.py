@@ -510,7 +510,7 @@ def test_batch_with_good_rejected_and_malformed_lines(alice: Any, tmp_path: Path
         assert r["message"]
     for r in out[1:7]:  # parts 0 too: the parser checks the range
         assert f"line {r['line']}" in r["message"]
-    assert "10 line(s): charged 2, rejected 2, errors 6" in run.stderr
+    assert "10 line(s): charged 2, replayed 0, refused 2 (insufficient_credits 1, unknown_user 1), errors 6 (bad_input 6)" in run.stderr
     assert balance(alice) == D(7)
 
 
@@ -559,7 +559,7 @@ def test_batch_from_a_real_stdin_pipe(alice: Any) -> None:
     assert proc.returncode == 2, proc.stderr
     out = [json.loads(x, parse_float=Decimal) for x in proc.stdout.splitlines()]
     assert [(r["line"], r["status"]) for r in out] == [(1, "charged"), (2, "error")]
-    assert "2 line(s): charged 1, rejected 0, errors 1" in proc.stderr
+    assert "2 line(s): charged 1, replayed 0, refused 0, errors 1 (bad_input 1)" in proc.stderr
     assert balance(alice) == D(8)
 
 

@@ -265,21 +265,26 @@ def _charge_one(user: str, to: str, text: str | None, parts: int | None,
     if out.machine:
         out.one(result)
     elif result.status == "charged":
-        what = f"{result.parts} part{'s' * (result.parts != 1)}"
-        if not result.metered:
-            out.message(f"{user} is not metered (no credits power): {what} to {result.to}, "
-                        "charged 0")
-        else:
-            if result.replayed:
-                out.message(f"already charged {result.id}: {result.cost} to {user}, nothing "
-                            f"charged now (balance then {result.balance})")
-            else:
-                out.message(f"charged {result.cost} to {user} for {what} to {result.to} "
-                            f"({result.rule} at {result.price}): balance {result.balance}")
+        out.message(_charged_text(user, result, given_id=msg_id is not None))
     if result.status != "charged":
         if not out.machine:
-            out.error(result.reason or "error", f"{result.reason}: {result.message}")
+            out.error(result.reason or "error", f"{user}: charge refused, {result.message} "
+                                                f"({result.reason})")
         raise typer.Exit(result.exit_code)
+
+
+def _charged_text(user: str, r: Any, *, given_id: bool) -> str:
+    """``alice: charged 0.6 for 1 part to +36301234567 (+3630 at 0.6), balance 94.4``, with
+    the message id when it was made up here: a refund needs it."""
+    what = f"{r.parts} part{'s' * (r.parts != 1)}"
+    ident = "" if given_id else f", message id {r.id}"
+    if not r.metered:
+        return f"{user}: not metered (no credits power), {what} to {r.to}{ident}"
+    if r.replayed:
+        return (f"{user}: {r.id} already charged {r.cost} (balance then {r.balance}), "
+                "nothing charged now")
+    return (f"{user}: charged {r.cost} for {what} to {r.to} ({r.rule} at {r.price}), "
+            f"balance {r.balance}{ident}")
 
 
 def _read_batches(stream: BinaryIO, size: int = 1000, *,
@@ -477,12 +482,25 @@ def _charge_file(name: str) -> int:
 
 
 def _report(s: Any) -> None:
-    from smscredits.amounts import format_amount
+    """The run's summary on stderr (stdout carries one result per line): a sentence, or with
+    --json/--jsonl one JSON object."""
+    from smscredits.amounts import format_amount, to_decimal
+    from smscredits.render import to_json
 
     out = output()
     if out.quiet:
         return
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items()))
-    out.err.write(f"{s.lines} line(s): charged {s.charged}, rejected {s.rejected}, errors "
-                  f"{s.errors}{f' ({reasons})' if reasons else ''}; "
-                  f"{format_amount(s.cost)} credits charged\n")
+    if out.machine:
+        out.err.write(to_json({"summary": {
+            "lines": s.lines, "charged": s.charged, "replayed": s.replayed,
+            "rejected": s.rejected, "errors": s.errors, "cost": to_decimal(s.cost),
+            "rejected_by_reason": s.rejected_by_reason, "errors_by_reason": s.errors_by_reason,
+        }}) + "\n")
+        return
+
+    def by_reason(counts: dict[str, int]) -> str:
+        return f" ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})" if counts else ""
+
+    out.err.write(f"{s.lines} line(s): charged {s.charged}, replayed {s.replayed}, refused "
+                  f"{s.rejected}{by_reason(s.rejected_by_reason)}, errors {s.errors}"
+                  f"{by_reason(s.errors_by_reason)}; {format_amount(s.cost)} credits charged\n")
