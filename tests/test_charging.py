@@ -510,7 +510,8 @@ def test_batch_with_good_rejected_and_malformed_lines(alice: Any, tmp_path: Path
         assert r["message"]
     for r in out[1:7]:  # parts 0 too: the parser checks the range
         assert f"line {r['line']}" in r["message"]
-    assert "10 line(s): charged 2, replayed 0, refused 2 (insufficient_credits 1, unknown_user 1), errors 6 (bad_input 6)" in run.stderr
+    assert ("10 line(s): charged 2, replayed 0, refused 2 (insufficient_credits 1, "
+            "unknown_user 1), errors 6 (bad_input 6)") in run.stderr
     assert balance(alice) == D(7)
 
 

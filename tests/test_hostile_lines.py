@@ -100,7 +100,8 @@ def test_a_hostile_line_gets_its_own_bad_input_and_the_others_are_charged(
     assert out[1]["message"].startswith("line 2: ") and needle in out[1]["message"]
     assert [r["balance"] for r in (out[0], out[2])] == [999, 998]
     assert run.exit_code == 2
-    assert "3 line(s): charged 2, replayed 0, refused 0, errors 1 (bad_input 1); 2 credits charged\n" in run.stderr
+    assert ("3 line(s): charged 2, replayed 0, refused 0, errors 1 (bad_input 1); "
+            "2 credits charged\n") in run.stderr
     assert balance(alice) == 998
     assert verified(alice)
 
