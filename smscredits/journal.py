@@ -11,11 +11,32 @@ import hashlib
 import json
 from collections.abc import Mapping
 from json.encoder import encode_basestring_ascii as _quote
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, insert, select, update
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
-from smscredits.storage.tables import events, powers
+# SQLAlchemy is imported by the writers below, not here: `log` and `events` read KINDS and
+# stay on the light read path.
+
+# Every kind of event, by what it is about. A change (of a price, a limit, an overdraft, a
+# plan's status) keeps the old value beside the new one in its detail: see ``change``.
+KINDS = (
+    "user.added", "user.disabled", "user.enabled",
+    "power.created", "power.overdraft", "power.deleted",
+    "credits.added", "credits.subtracted", "credits.set",
+    "limits.set", "price.set", "price.deleted",
+    "message.charged", "message.unmetered", "message.refunded",
+    "refill.scheduled", "refill.paused", "refill.resumed", "refill.cancelled",
+    "refill.applied", "refill.skipped",
+)
+
+
+def change(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
+    """The detail of a change: the new values, and under ``old`` what each was before
+    (``{"day": "30", "old": {"day": "20"}}``), so that the journal alone says what changed."""
+    return {**new, "old": {k: old.get(k) for k in new}}
+
 
 # The fields an account event's hash covers, after the previous hash, in this order.
 HASHED_COLUMNS = ("at", "user_id", "power_id", "kind", "amount", "balance_after", "ref", "note",
@@ -103,6 +124,10 @@ def record(conn: Connection, **fields: Any) -> int:
     refunds, refills, admin commands) queues on the same lock and none chains onto a stale
     head. Its instant is no earlier than the head's (see ``stamp``).
     """
+    from sqlalchemy import insert, update
+
+    from smscredits.storage.tables import events, powers
+
     power_id = fields.get("power_id")
     if power_id is not None:
         last_hash, last_at = head(conn, power_id)
@@ -128,6 +153,10 @@ def stamp(now: int, last_at: int) -> int:
 def head(conn: Connection, power_id: int) -> tuple[str | None, int]:
     """The account's chain head, its power row locked until the transaction ends (Postgres;
     a SQLite write transaction holds the whole database)."""
+    from sqlalchemy import select
+
+    from smscredits.storage.tables import powers
+
     stmt = select(powers.c.last_hash, powers.c.last_at).where(powers.c.id == power_id)
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update()

@@ -205,7 +205,8 @@ def set_overdraft(db: Db, user: str, overdraft: int | None) -> Account:
         journal.record(
             conn, at=clock.now_us(), kind="power.overdraft", actor=db.actor,
             user_id=urow["id"], power_id=prow["id"],
-            detail={"overdraft": format_amount(overdraft)},
+            detail=journal.change({"overdraft": format_amount(overdraft)},
+                                  {"overdraft": format_amount(prow["overdraft"])}),
         )
     return get_account(db, user)
 

@@ -7,7 +7,7 @@ sums the history. A counter whose key is not the current window's reads as 0 spe
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import Connection, RowMapping, select, update
 
 from smscredits import clock, journal
 from smscredits.amounts import MAX_MILLIS, format_amount
@@ -38,6 +38,7 @@ def set_limits(db: Db, user: str, changes: dict[str, int | None]) -> Limits:
                            f"{format_amount(MAX_MILLIS)} or none", code="amount_out_of_range")
     with db.write() as conn:
         urow = _user_row(conn, user)
+        before = _limits_held(conn, urow["id"])
         values = {LIMIT_COLUMN[w]: v for w, v in changes.items()}
         row = conn.execute(
             update(powers).where(powers.c.user_id == urow["id"], powers.c.kind == "credits")
@@ -47,6 +48,18 @@ def set_limits(db: Db, user: str, changes: dict[str, int | None]) -> Limits:
             raise no_power(user)
         journal.record(
             conn, at=clock.now_us(), kind="limits.set", actor=db.actor, user_id=urow["id"],
-            power_id=row.id, detail={w: format_amount(v) for w, v in changes.items()},
+            power_id=row.id, detail=journal.change(
+                {w: format_amount(v) for w, v in changes.items()},
+                {w: format_amount(before[LIMIT_COLUMN[w]]) for w in changes} if before else {}),
         )
     return show_limits(db, user)
+
+
+def _limits_held(conn: Connection, user_id: int) -> RowMapping | None:
+    """The credits power's limits before a change, its row held to the end of the
+    transaction (Postgres), so that the old values journaled are the ones replaced."""
+    stmt = select(*(powers.c[c] for c in LIMIT_COLUMN.values())).where(
+        powers.c.user_id == user_id, powers.c.kind == "credits")
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return conn.execute(stmt).mappings().first()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Any, TextIO
 ESSENTIAL = 1_000
 FREE_MIN = 16  # free text is not narrowed below this (or its label, or its widest cell)
 FREE_LINES = 3  # ... and shows at most this many lines, the last one cut with "…"
+_DIGIT = re.compile(r"[0-9]")
 GAP = 2  # between two columns: a padding space and a separator
 HIDDEN_NOTE = "widen the terminal or use --json"
 
@@ -100,14 +102,17 @@ def layout_texts(
     measure: Callable[[str], int],
 ) -> Layout:
     """``layout`` of the cells' texts, column by column."""
-    rank = [(optional or {}).get(c[0], ESSENTIAL) for c in columns]
     labels = [str(c[1]) for c in columns]
     count = len(texts[0]) if texts else 0
+    # A column empty in every row hides nothing: when the width is short it goes first.
+    empty = [count > 0 and not any(texts[i]) for i in range(len(columns))]
+    rank = [-1 if empty[i] else (optional or {}).get(c[0], ESSENTIAL)
+            for i, c in enumerate(columns)]
     natural = [max([measure(labels[i]), *map(measure, texts[i])]) or 1
                for i in range(len(columns))]
     is_free = [c[0] in free for c in columns]
-    least = [max(measure(labels[i]), min(natural[i], FREE_MIN)) if is_free[i] else natural[i]
-             for i in range(len(columns))]
+    least = [max(measure(labels[i]), min(natural[i], FREE_MIN), _widest_number(texts[i], measure))
+             if is_free[i] else natural[i] for i in range(len(columns))]
     shown = list(range(len(columns)))
     if limit is not None:
         while span(least[i] for i in shown) > limit:
@@ -118,6 +123,11 @@ def layout_texts(
                 return Layout(labels, [], [], [], title, False, [], limit, blocks)
             # The lowest priority goes first; of equals, the one furthest right.
             shown.remove(min(droppable, key=lambda i: (rank[i], -i)))
+        # A column left out early may fit again beside the narrower set (the actor beside a
+        # log whose detail went): the most important first.
+        for i in sorted(set(range(len(columns))) - set(shown), key=lambda i: (-rank[i], i)):
+            if not empty[i] and span(least[j] for j in [*shown, i]) <= limit:
+                shown = sorted([*shown, i])
     widths = {i: natural[i] for i in shown}
     if limit is not None and span(natural[i] for i in shown) > limit:
         spare = limit - span(least[i] for i in shown)
@@ -131,7 +141,14 @@ def layout_texts(
     inside = title is not None and measure(title) <= table_width
     return Layout([labels[i] for i in shown], [columns[i][0] in right for i in shown],
                   [widths[i] for i in shown], rows, title, inside,
-                  [labels[i] for i in range(len(columns)) if i not in shown], limit, None)
+                  [labels[i] for i in range(len(columns)) if i not in shown and not empty[i]],
+                  limit, None)
+
+
+def _widest_number(texts: Sequence[str], measure: Callable[[str], int]) -> int:
+    """The widest word with a digit in a column of free text (an amount, a date, an invoice
+    number, ``day=20->30``): free text wraps between words, and such a word is never split."""
+    return max((measure(w) for t in texts for w in t.split(" ") if _DIGIT.search(w)), default=0)
 
 
 def wrap(text: str, width: int, measure: Callable[[str], int] = len,

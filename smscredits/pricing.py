@@ -208,18 +208,24 @@ def set_price(db: Db, key_text: str, price_text: str) -> PriceRow:
 
 def _upsert(conn: Connection, key: str, price: int, actor: str) -> None:
     now = clock.now_us()
-    conn.execute(delete(prices).where(prices.c.key == key))
+    old = conn.execute(delete(prices).where(prices.c.key == key)
+                       .returning(prices.c.price)).scalar()
     conn.execute(prices.insert(), {"key": key, "price": price, "updated_at": now})
     journal.record(conn, at=now, kind="price.set", actor=actor, ref=key,
-                   detail={"price": str(to_decimal(price))})
+                   detail=journal.change({"price": str(to_decimal(price))},
+                                         {"price": None if old is None
+                                          else str(to_decimal(old))}))
 
 
 def delete_price(db: Db, key_text: str) -> str:
     key = parse_key(key_text)
     with db.write() as conn:
-        if conn.execute(delete(prices).where(prices.c.key == key)).rowcount == 0:
+        old = conn.execute(delete(prices).where(prices.c.key == key)
+                           .returning(prices.c.price)).scalar()
+        if old is None:
             raise NotFound(f"no price for {key!r}", code="no_price")
-        journal.record(conn, at=clock.now_us(), kind="price.deleted", actor=db.actor, ref=key)
+        journal.record(conn, at=clock.now_us(), kind="price.deleted", actor=db.actor, ref=key,
+                       detail={"old": {"price": str(to_decimal(old))}})
     return key
 
 

@@ -8,6 +8,7 @@ which then start without importing SQLAlchemy at all.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -96,6 +97,9 @@ class EventRow:
     ref: str | None
     note: str | None
     actor: str | None
+    # What the event says beyond its amount: a message's number and parts, a change's new
+    # values and, under "old", the values they replaced (amounts as exact text).
+    detail: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +156,20 @@ def event_of(row: Row) -> EventRow:
     return EventRow(
         id=row["id"], at=clock.iso(row["at"]) or "", user=row["name"], kind=row["kind"],
         amount=dec(row["amount"]), balance_after=dec(row["balance_after"]), ref=row["ref"],
-        note=row["note"], actor=row["actor"],
+        note=row["note"], actor=row["actor"], detail=_detail(row["detail"]),
     )
+
+
+def _detail(text: str | None) -> dict[str, Any] | None:
+    """An event's stored detail, or what it holds when that is not a JSON object (an edited
+    row: shown as it is rather than refused, ``verify`` names it)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"text": text}
+    return value if isinstance(value, dict) else {"text": text}
 
 
 # -- limit windows -------------------------------------------------------------------------

@@ -162,7 +162,8 @@ def set_status(db: Db, plan_id: int, status: str) -> Plan:
         conn.execute(update(refill_plans).where(refill_plans.c.id == plan_id).values(**values))
         kind = {ACTIVE: "refill.resumed", PAUSED: "refill.paused", CANCELLED: "refill.cancelled"}
         journal.record(conn, at=now, kind=kind[status], actor=db.actor, user_id=row["user_id"],
-                       ref=f"plan:{plan_id}", detail={"plan": plan_id})
+                       ref=f"plan:{plan_id}", detail={"plan": plan_id, **journal.change(
+                           {"status": status}, {"status": row["status"]})})
         sync_threshold(conn, row["user_id"])
     return get_plan(db, plan_id)
 

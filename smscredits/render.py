@@ -13,7 +13,7 @@ import json
 import re
 import secrets
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from json.encoder import encode_basestring as _quote
@@ -156,6 +156,8 @@ def csv_cell(value: Any) -> str:
     is one (a +3630 price prefix), which no spreadsheet runs."""
     if isinstance(value, bool):  # as JSON writes them: a script reads one vocabulary
         return "true" if value else "false"
+    if isinstance(value, dict | list):  # an event's detail: JSON text in one cell
+        return to_json(value)
     text = cell(value)
     if (isinstance(value, str) and value.startswith(_FORMULA_START)
             and not _NUMBER_TEXT.match(value)):
@@ -208,6 +210,39 @@ class Output:
             self.one(data if data is not None else {"message": text})
         elif not self.silent:
             self.out.write(_CONTROL.sub("?", text) + "\n")
+
+    def stream(
+        self,
+        chunks: Iterable[Sequence[Any]],
+        columns: Sequence[tuple[str, str]],
+        **table: Any,
+    ) -> None:
+        """``rows`` for an export of any length, read in chunks: JSON, JSON lines and CSV are
+        written chunk by chunk (constant memory; a JSON array with one record per line); a
+        table needs all its rows to size its columns, so it takes them all."""
+        if self.mode == "table":
+            self.rows([r for chunk in chunks for r in chunk], columns, **table)
+            return
+        writer = csv.writer(self.out, lineterminator="\n")
+        count = 0
+        for chunk in chunks:
+            records = [plain(r) for r in chunk]
+            if self.mode == "csv":
+                if count == 0 and records:
+                    writer.writerow(list(records[0]))
+                writer.writerows([csv_cell(v) for v in r.values()] for r in records)
+            else:
+                sep = ",\n" if self.mode == "json" else "\n"
+                lead = ("[\n" if count == 0 else sep) if self.mode == "json" else ""
+                if records:
+                    self.out.write(lead + sep.join(to_json(r) for r in records)
+                                   + ("" if self.mode == "json" else "\n"))
+            count += len(records)
+            self.out.flush()
+        if self.mode == "json":
+            self.out.write("[]\n" if count == 0 else "\n]\n")
+        elif self.mode == "csv" and count == 0:
+            writer.writerow([key for key, _ in columns])
 
     def rows(
         self,
@@ -379,7 +414,19 @@ def _table_cell(key: str, value: Any) -> str:
     # Instants read better in a table as "2026-11-25 10:00" under an "(UTC)" header.
     if key in TIMES and isinstance(value, str) and value.endswith("Z"):
         return value.replace("T", " ")[:16]  # to the minute; JSON and CSV keep the seconds
+    if isinstance(value, dict):
+        return detail_text(value)
     return cell(value)
+
+
+def detail_text(detail: Mapping[str, Any]) -> str:
+    """An event's detail for people: ``day=20->30 week=->100``, ``parts=2 to=+3630...``."""
+    old = detail.get("old")
+    old = old if isinstance(old, dict) else {}
+    shown = [f"{k}={cell(old.get(k))}->{cell(v)}" if k in old else f"{k}={cell(v)}"
+             for k, v in detail.items() if k != "old"]
+    shown += [f"{k}={cell(v)}->" for k, v in old.items() if k not in detail]  # removed
+    return " ".join(shown)
 
 
 TIMES = {"at", "created_at", "updated_at", "resets_at", "next_due", "last_applied"}

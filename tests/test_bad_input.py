@@ -118,7 +118,7 @@ CASES = [
     case("zone-path-trick", USAGE, "'../../etc/passwd'",
          "user", "add", "carol", "--tz", "../../etc/passwd"),
     # log filters
-    case("limit-zero", USAGE, "--limit", "log", "--limit", "0"),
+    case("limit-negative", USAGE, "--limit", "log", "--limit", "-1"),
     case("limit-not-a-number", USAGE, "--limit", "log", "--limit", "ten"),
     case("since-garbage", USAGE, "'yesterday-ish'", "log", "--since", "yesterday-ish"),
     case("until-garbage", USAGE, "'2026-13-45'", "events", "--until", "2026-13-45"),

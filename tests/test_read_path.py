@@ -376,7 +376,8 @@ def test_a_log_page_is_written_without_rich_and_as_rich_draws_it(sqlite_file: Pa
     page, rich_loaded = out.rsplit("RICH ", 1)
     assert rich_loaded.strip() == "False"
     rows = [r for r in page.splitlines() if "power.created" in r]
-    assert len(rows) == 1 and rows[0].split()[-3:] == ["100", "100", "tester"]  # the actor
+    assert len(rows) == 1 and rows[0].split()[-5:] == ["100", "100", "tester",  # the actor
+                                                       "kind=credits", "overdraft=0"]
 
 
 def test_a_terminal_still_gets_rich_styles(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,7 @@ WIDTHS = (60, 80, 120)
 # Each table's columns: label and the JSON key it shows.
 EVENTS = [("ID", "id"), ("At (UTC)", "at"), ("User", "user"), ("Kind", "kind"),
           ("Amount", "amount"), ("Balance", "balance_after"), ("Ref", "ref"), ("Note", "note"),
-          ("Actor", "actor")]
+          ("Actor", "actor"), ("Detail", "detail")]
 ACCOUNTS = [("User", "user"), ("Power", "kind"), ("Balance", "balance"),
             ("Overdraft", "overdraft"), ("Available", "available"), ("Disabled", "disabled")]
 WINDOWS = [("Window", "window"), ("Limit", "limit"), ("Spent", "spent"),
@@ -38,7 +38,7 @@ PLANS = [("Plan", "id"), ("User", "user"), ("Action", "action"), ("Rule", "rule"
          ("Status", "status"), ("Next due", "next_due"), ("Last applied", "last_applied")]
 NUMBERS = {"id", "amount", "balance", "balance_after", "overdraft", "available", "limit",
            "spent", "remaining", "price"}
-FREE = {"note", "rule"}
+FREE = {"note", "rule", "detail"}
 UTC_TIMES = {"at", "updated_at"}
 LOCAL_TIMES = {"resets_at", "next_due", "last_applied"}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -191,7 +191,16 @@ def shown_as(key: str, value: Any, tz: str | None) -> str:
     return str(value)
 
 
+def detail_shown(detail: dict[str, Any]) -> str:
+    """An event's detail as the README says a table shows it: ``day=20->30 plan=1``."""
+    old = detail.get("old") or {}
+    return " ".join(f"{k}={'' if old[k] is None else old[k]}->{v}" if k in old else f"{k}={v}"
+                    for k, v in detail.items() if k != "old")
+
+
 def same(key: str, shown: str, value: Any, tz: str | None) -> bool:
+    if isinstance(value, dict):
+        value = detail_shown(value)
     if value is None:
         return shown == ""
     if key in NUMBERS:
@@ -214,7 +223,10 @@ def check(text: str, records: list[dict[str, Any]], columns: list[tuple[str, str
     for row, record in zip(rows, records, strict=True):
         where = tz(record) if callable(tz) else tz
         shown = [label for label in labels if label in row]
-        assert set(shown) | set(hidden) == set(labels), (labels, row, hidden)
+        # A column neither shown nor named is one that is empty in every record.
+        for label, key in columns:
+            if label not in shown and label not in hidden:
+                assert all(r[key] in (None, "") for r in records), (label, row, hidden)
         for label, key in columns:
             if label in row:
                 assert same(key, row[label], record[key], where), (label, row[label],
@@ -315,13 +327,14 @@ def test_the_issues_log_at_80_columns_keeps_id_time_and_balance_whole(
     row = next(line for line in text.splitlines() if "message.charged" in line)
     assert row.split() == ["2026-12-03", "19:58", DAVE, "message.charged", "-0.4",
                            "530497.05"]
-    assert text.splitlines()[-1] == ("(hidden at 80 columns: ID, Ref, Note, Actor — widen the "
-                                     "terminal or use --json)")
+    assert " ".join(text.splitlines()[-2:]) == (
+        "(hidden at 80 columns: ID, Ref, Actor, Detail — widen the terminal or use --json)")
     assert all(len(line) <= 80 for line in text.splitlines())
     row = next(line for line in wide.splitlines() if "message.charged" in line)
     assert row.split() == ["901630", "2026-12-03", "19:58", DAVE, "message.charged", "-0.4",
                            "530497.05", REF, "tester"]
-    assert "hidden" not in wide
+    assert wide.splitlines()[-1] == ("(hidden at 120 columns: Detail — widen the terminal or "
+                                     "use --json)")
 
 
 def test_a_pipe_gets_every_column_whole(world: Any) -> None:
@@ -330,7 +343,7 @@ def test_a_pipe_gets_every_column_whole(world: Any) -> None:
     assert any(NOTE in line for line in lines)  # on one line, not wrapped nor cut
     assert any(REF in line for line in lines)
     assert lines[1].split() == ["ID", "At", "(UTC)", "Kind", "Amount", "Balance", "Ref", "Note",
-                                "Actor"]
+                                "Actor", "Detail"]
     assert max(map(len, lines)) > 120
 
 
@@ -338,15 +351,15 @@ def test_a_narrow_table_wraps_notes_and_names_what_it_hides(world: Any) -> None:
     labels = [label for label, _ in without_user(EVENTS)]
     text = world("log", DAVE, width=120)
     rows, hidden, is_table = parse(text, labels)
-    assert is_table and hidden == ["Actor"]
+    assert is_table and hidden == ["Actor", "Detail"]
     assert rows[0]["Note"] == NOTE or rows[0]["Note"].endswith("…")
     assert rows[1]["Ref"] == REF
     wrapped = [line for line in text.splitlines() if line.startswith(" " * 20)]
     assert wrapped, "the note wraps under its column"
     text = world("log", DAVE, width=80)
     rows, hidden, is_table = parse(text, labels)
-    assert is_table and hidden == ["Ref", "Note", "Actor"]
-    assert text.splitlines()[-1] == ("(hidden at 80 columns: Ref, Note, Actor — widen the "
+    assert is_table and hidden == ["Ref", "Note", "Detail"]  # the actor fits again
+    assert text.splitlines()[-1] == ("(hidden at 80 columns: Ref, Note, Detail — widen the "
                                      "terminal or use --json)")
 
 

@@ -115,13 +115,15 @@ def _run_steps(steps: list[tuple[str, list[str]]], path: str) -> None:
     shown = (contextlib.redirect_stdout(io.StringIO()) if output().silent
              else contextlib.nullcontext())
     command_ = typer.main.get_command(app)
+    quiet = ["--quiet"] if output().silent else []  # also what a step says on stderr
     for caption, args in steps:
         if caption:
             console.print(f"\n[bold]{caption}[/bold]")
         console.print(f"[dim]$[/dim] smscredits {shlex.join(args)}", markup=True, highlight=False)
         console.file.flush()
         with contextlib.suppress(typer.Exit), shown:
-            command_.main([*args, "--db", path], prog_name="smscredits", standalone_mode=False)
+            command_.main([*args, *quiet, "--db", path], prog_name="smscredits",
+                          standalone_mode=False)
 
 
 def register_verify(root: typer.Typer) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
 import typer
 
@@ -13,38 +14,68 @@ from smscredits.errors import BadInput
 EVENT_COLUMNS = [
     ("id", "ID"), ("at", "At (UTC)"), ("user", "User"), ("kind", "Kind"), ("amount", "Amount"),
     ("balance_after", "Balance"), ("ref", "Ref"), ("note", "Note"), ("actor", "Actor"),
+    ("detail", "Detail"),
 ]
 # The columns a short width may leave out, with their priority (lowest first).
 # The id goes last: a log without ids still reads well, but `--before` pages by them.
-EVENT_OPTIONAL = {"actor": 1, "note": 2, "ref": 3, "id": 4}
+EVENT_OPTIONAL = {"actor": 1, "detail": 2, "note": 3, "ref": 4, "id": 5}
+# Rows read at a time by a full export (--limit 0): memory stays the same at any length.
+CHUNK = 1000
 
 UserOpt = OptionalUser
 Since = Annotated[str | None, typer.Option(help="From this time: 2026-11-25, "
                                                  "2026-11-25T10:00Z, or an age like 7d.")]
 Until = Annotated[str | None, typer.Option(help="Before this time (same forms).")]
 Kind = Annotated[list[str] | None, typer.Option(help="Only this kind (repeatable), "
-                                                      "e.g. message.charged.")]
-Limit = Annotated[int, typer.Option(help="At most this many rows.", min=1, max=100_000)]
+                                                      "e.g. message.charged; see the README "
+                                                      "for every kind.")]
+Limit = Annotated[int, typer.Option(help="At most this many rows; 0: all of them, streamed "
+                                         "(for exports).", min=0, max=100_000)]
 Before = Annotated[int | None, typer.Option(help="Page on: rows older than this event id.")]
 
 
 def _show(user: str | None, since: str | None, until: str | None, kind: list[str] | None,
           limit: int, before: int | None, credit_only: bool) -> None:
-    from smscredits import clock, reads, validate
+    from smscredits import clock, journal, reads, validate
 
     if before is not None and not 1 <= before <= 2**62:
         raise BadInput(f"bad --before {before}: not an event id")
+    for k in kind or []:
+        if k not in journal.KINDS:
+            raise BadInput(f"unknown kind {k!r}: one of {', '.join(journal.KINDS)}",
+                           code="unknown_kind")
     now = clock.now()
     lo = clock.to_us(validate.instant(since, now=now, what="--since")) if since else None
     hi = clock.to_us(validate.instant(until, now=now, what="--until")) if until else None
     if lo is not None and hi is not None and lo >= hi:
         raise BadInput(f"--since {since!r} is not before --until {until!r}")
-    rows = reads.query_events(reader(), user, since=lo, until=hi, kinds=kind, before=before,
-                              limit=limit, credit_only=credit_only)
-    title = "Credit log" if credit_only else "Events"
+    source, out = reader(), output()
+
+    def page(older_than: int | None, n: int) -> list[Any]:
+        return reads.query_events(source, user, since=lo, until=hi, kinds=kind,
+                                  before=older_than, limit=n, credit_only=credit_only)
+
+    title = ("Credit log" if credit_only else "Events") + (f" of {user}" if user else "")
     columns = [c for c in EVENT_COLUMNS if c[0] != "user"] if user else EVENT_COLUMNS
-    output().rows(rows, columns, title=title + (f" of {user}" if user else ""),
-                  empty="no events match", optional=EVENT_OPTIONAL)
+    shown = dict(title=title, empty="no events match", optional=EVENT_OPTIONAL)
+    if limit == 0:
+        out.stream(_pages(page, before), columns, **shown)
+        return
+    rows = page(before, limit + 1)  # one more says whether there is a next page
+    out.rows(rows[:limit], columns, **shown)
+    if len(rows) > limit and not out.quiet:
+        out.err.write(f"more: --before {rows[limit - 1].id}\n")
+
+
+def _pages(page: Callable[[int | None, int], list[Any]], before: int | None) -> Iterator[
+        list[Any]]:
+    """Every matching event, newest first, read by keyset pages of ``CHUNK`` rows."""
+    while True:
+        rows = page(before, CHUNK)
+        yield rows
+        if len(rows) < CHUNK:
+            return
+        before = rows[-1].id
 
 
 def register(root: typer.Typer) -> None:

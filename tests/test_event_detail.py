@@ -1,0 +1,120 @@
+"""Every event carries its detail in every format, a change with the old value beside the
+new; `log`/`events` say when there is more, export everything with --limit 0, and know
+their kinds."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import pytest
+
+from smscredits import journal
+from smscredits.commands import logs
+
+
+def ok(run: Any) -> Any:
+    assert run.exit_code == 0, run.stderr
+    return run
+
+
+def changes(cli: Any) -> None:
+    for args in (["user", "add", "alice"], ["power", "create", "alice", "credits"],
+                 ["limits", "set", "alice", "--daily", "20"],
+                 ["limits", "set", "alice", "--daily", "30", "--weekly", "100"],
+                 ["price", "set", "GB", "1"], ["price", "set", "GB", "1.5"],
+                 ["price", "delete", "GB"], ["power", "overdraft", "alice", "5"],
+                 ["refill", "schedule", "alice", "--every", "day", "--add", "1"],
+                 ["refill", "pause", "1"]):
+        ok(cli(*args))
+
+
+def test_a_change_keeps_the_old_value_beside_the_new_in_json(cli: Any) -> None:
+    changes(cli)
+    detail = {(e["kind"], e["id"]): e["detail"]
+              for e in json.loads(ok(cli("events", "--json")).stdout)}
+    by_kind = [d for (_, _), d in sorted(detail.items(), key=lambda kv: kv[0][1])]
+    assert by_kind[2:] == [
+        {"day": "20", "old": {"day": "unlimited"}},
+        {"day": "30", "week": "100", "old": {"day": "20", "week": "unlimited"}},
+        {"price": "1", "old": {"price": None}},
+        {"price": "1.5", "old": {"price": "1"}},
+        {"old": {"price": "1.5"}},
+        {"overdraft": "5", "old": {"overdraft": "0"}},
+        {"plan": 1},
+        {"plan": 1, "status": "paused", "old": {"status": "active"}},
+    ]
+
+
+def test_the_detail_is_a_table_column_and_json_text_in_csv(cli: Any,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    changes(cli)
+    monkeypatch.setenv("COLUMNS", "120")
+    text = ok(cli("events", "alice", "--kind", "limits.set")).stdout
+    rows = [line.split() for line in text.splitlines() if "limits.set" in line]
+    assert [r[-2:] if len(r) > 6 else r[-1:] for r in rows] == [
+        ["day=20->30", "week=unlimited->100"], ["day=unlimited->20"]]
+    exported = list(csv.DictReader(io.StringIO(ok(cli("events", "--kind", "price.set",
+                                                      "--csv")).stdout)))
+    assert [json.loads(r["detail"]) for r in exported] == [
+        {"price": "1.5", "old": {"price": "1"}}, {"price": "1", "old": {"price": None}}]
+
+
+def test_a_page_says_how_to_get_the_next_one(cli: Any) -> None:
+    changes(cli)
+    run = ok(cli("events", "--limit", "3", "--json"))
+    ids = [e["id"] for e in json.loads(run.stdout)]
+    assert len(ids) == 3
+    assert run.stderr == f"more: --before {ids[-1]}\n"
+    rest = ok(cli("events", "--before", str(ids[-1]), "--limit", "100", "--json"))
+    assert rest.stderr == ""  # nothing more after the last page
+    assert ok(cli("events", "--limit", "3", "--quiet")).stderr == ""
+
+
+@pytest.mark.parametrize("mode", ["--json", "--jsonl", "--csv"])
+def test_limit_0_exports_every_event_in_chunks(cli: Any, mode: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    changes(cli)
+    monkeypatch.setattr(logs, "CHUNK", 3)  # small pages: the export crosses their borders
+    every = [e["id"] for e in json.loads(ok(cli("events", "--limit", "100", "--json")).stdout)]
+    run = ok(cli("events", "--limit", "0", mode))
+    assert run.stderr == ""
+    if mode == "--json":
+        got = [e["id"] for e in json.loads(run.stdout)]
+    elif mode == "--jsonl":
+        got = [json.loads(line)["id"] for line in run.stdout.splitlines()]
+    else:
+        got = [int(r["id"]) for r in csv.DictReader(io.StringIO(run.stdout))]
+    assert got == every and len(every) == 10
+    empty = ok(cli("events", "--limit", "0", "--kind", "refill.skipped", mode)).stdout
+    assert empty == {"--json": "[]\n", "--jsonl": "", "--csv": empty}[mode]
+    if mode == "--csv":
+        assert empty.startswith("id,at,user,kind,")
+
+
+def test_an_unknown_kind_is_refused_with_the_known_ones(cli: Any) -> None:
+    run = cli("events", "--kind", "limit.set")
+    assert run.exit_code == 2
+    assert run.stderr.startswith("Error: unknown kind 'limit.set': one of user.added, ")
+    assert "limits.set" in run.stderr and run.stderr.count("\n") == 1
+    run = cli("log", "--kind", "nope", "--json")
+    assert json.loads(run.stderr)["error"]["code"] == "unknown_kind"
+
+
+def test_every_kind_the_commands_record_is_a_known_kind(cli: Any) -> None:
+    changes(cli)
+    ok(cli("price", "set", "default", "1"))
+    ok(cli("credits", "add", "alice", "10"))
+    ok(cli("credits", "add", "alice", "-1"))
+    ok(cli("credits", "set", "alice", "50"))
+    ok(cli("charge", "alice", "--to", "+36301234567", "--parts", "1", "--id", "m-1"))
+    ok(cli("refund", "m-1"))
+    ok(cli("user", "disable", "alice"))
+    ok(cli("user", "enable", "alice"))
+    ok(cli("refill", "cancel", "1"))
+    seen = {e["kind"] for e in json.loads(ok(cli("events", "--limit", "0", "--json")).stdout)}
+    assert seen <= set(journal.KINDS)
+    assert len(seen) == 16
