@@ -34,12 +34,10 @@ def _show(user: str | None, since: str | None, until: str | None, kind: list[str
 
     if before is not None and not 1 <= before <= 2**62:
         raise BadInput(f"bad --before {before}: not an event id")
-    now = clock.now()
-    lo = clock.to_us(validate.instant(since, now=now, what="--since")) if since else None
-    hi = clock.to_us(validate.instant(until, now=now, what="--until")) if until else None
-    if lo is not None and hi is not None and lo >= hi:
-        raise BadInput(f"--since {since!r} is not before --until {until!r}")
-    rows = reads.query_events(reader(), user, since=lo, until=hi, kinds=kind, before=before,
+    lo, hi = validate.time_range(since, until, now=clock.now())
+    rows = reads.query_events(reader(), user, since=None if lo is None else clock.to_us(lo),
+                              until=None if hi is None else clock.to_us(hi), kinds=kind,
+                              before=before,
                               limit=limit, credit_only=credit_only)
     title = "Credit log" if credit_only else "Events"
     columns = [c for c in EVENT_COLUMNS if c[0] != "user"] if user else EVENT_COLUMNS
