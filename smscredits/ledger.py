@@ -178,8 +178,8 @@ def delete_user(db: Db, name: str) -> UserInfo:
         prow = _power_of(conn, row["id"])
         if prow is not None and prow["balance"] != 0:
             raise Conflict(
-                f"{name}: still holds {format_amount(prow['balance'])} credits: set them to 0 "
-                "before deleting the user", code="balance_not_zero")
+                f"{name}: balance {format_amount(prow['balance'])}, not 0: set it to 0 "
+                f"(credits set {name} 0) before deleting the user", code="balance_not_zero")
         open_plans = conn.execute(
             select(refill_plans.c.id).where(refill_plans.c.user_id == row["id"],
                                             refill_plans.c.status != "cancelled")

@@ -66,7 +66,7 @@ def test_delete_is_refused_while_the_power_holds_credits(bob: Db, cli: Any) -> N
     r = cli("user", "delete", "bob")
     assert r.exit_code == 6
     assert r.stderr.strip().endswith(
-        "bob: still holds 5 credits: set them to 0 before deleting the user")
+        "bob: balance 5, not 0: set it to 0 (credits set bob 0) before deleting the user")
     r = cli("--json", "user", "delete", "bob")
     assert r.exit_code == 6 and "balance_not_zero" in r.stderr
     assert ledger.get_user(bob, "bob").balance == 5
@@ -151,6 +151,23 @@ def test_set_tz_recounts_open_windows_in_the_new_zone(bob: Db, cli: Any) -> None
         _charge(bob, "m-5", 1)
         assert limits.show_limits(bob, "bob").windows[0].spent == 1
         assert verify(bob).ok, verify(bob).problems
+
+
+def test_verify_finds_a_window_edited_after_a_zone_change(bob: Db) -> None:
+    from sqlalchemy import update
+
+    from smscredits.storage.tables import powers
+
+    with freeze_time("2027-12-01T12:00:00Z"):
+        ledger.create_power(bob, "bob", initial=100_000)
+        _charge(bob, "m-1", 2)
+        ledger.set_tz(bob, "bob", "Asia/Tokyo")
+        assert verify(bob).ok, verify(bob).problems
+        with bob.write() as conn:
+            conn.execute(update(powers).values(day_spent=0))
+        problems = verify(bob).problems
+    assert [(p.check, p.detail, p.expected, p.found) for p in problems] == [
+        ("window", "day counter differs from its journal", 2, 0)]
 
 
 def test_verify_finds_a_zone_changed_by_hand(bob: Db) -> None:
