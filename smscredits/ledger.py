@@ -212,20 +212,24 @@ def set_tz(db: Db, name: str, tz: str) -> UserInfo:
     """Move a user to another zone. The open limit windows become the new zone's current
     day, week and month, their spending recounted from the journal: every charge whose
     instant falls in the new window, less the refunded ones. Refill plans follow the new
-    zone (their times are the user's)."""
+    zone (their times are the user's). The zone the user already has changes nothing."""
     validate.time_zone(tz)
     with db.write() as conn:
         row = _user_row(conn, name, lock=True)
-        old = row["tz"] or db.default_tz
-        prow = _power_of(conn, row["id"])  # held: no charge moves the counters meanwhile
-        conn.execute(update(users).where(users.c.id == row["id"]).values(tz=tz))
-        now = clock.now_us()
-        if prow is not None and prow["month_key"]:  # an account never charged has no windows
-            conn.execute(update(powers).where(powers.c.id == prow["id"])
-                         .values(**_recounted(conn, prow, tz, max(now, prow["last_at"]))))
-        journal.record(conn, at=now, kind="user.tz_changed", actor=db.actor,
-                       user_id=row["id"], detail={"tz": tz, "old": {"tz": old}})
+        if row["tz"] != tz:
+            _move(conn, db, row, tz)
     return get_user(db, name)
+
+
+def _move(conn: Connection, db: Db, row: RowMapping, tz: str) -> None:
+    prow = _power_of(conn, row["id"])  # held: no charge moves the counters meanwhile
+    conn.execute(update(users).where(users.c.id == row["id"]).values(tz=tz))
+    now = clock.now_us()
+    if prow is not None and prow["month_key"]:  # an account never charged has no windows
+        conn.execute(update(powers).where(powers.c.id == prow["id"])
+                     .values(**_recounted(conn, prow, tz, max(now, prow["last_at"]))))
+    journal.record(conn, at=now, kind="user.tz_changed", actor=db.actor, user_id=row["id"],
+                   detail={"tz": tz, "old": {"tz": row["tz"] or db.default_tz}})
 
 
 def _recounted(conn: Connection, prow: RowMapping, tz: str, now: int) -> dict[str, int]:

@@ -30,6 +30,11 @@ def _details(db: Db, kind: str) -> list[dict[str, Any]]:
     return [json.loads(row[0]) for row in rows]
 
 
+def ok_run(run: Any) -> bool:
+    assert run.exit_code == 0, run.stderr
+    return True
+
+
 @pytest.fixture
 def bob(db: Db) -> Db:
     pricing.set_price(db, "default", "1")
@@ -107,6 +112,8 @@ def test_set_tz_journals_old_and_new_zone(bob: Db, cli: Any) -> None:
     assert (r.exit_code, r.stdout) == (0, "bob: time zone America/New_York\n")
     assert _details(bob, "user.tz_changed") == [
         {"old": {"tz": "Europe/Budapest"}, "tz": "America/New_York"}]
+    assert ok_run(cli("user", "set-tz", "bob", "America/New_York"))  # already: no event
+    assert len(_details(bob, "user.tz_changed")) == 1
     r = cli("user", "set-tz", "bob", "Mars/Olympus")
     assert r.exit_code == 2 and "unknown time zone 'Mars/Olympus'" in r.stderr
     assert verify(bob).ok
