@@ -984,7 +984,8 @@ def _refund_refused(conn: Connection, msg_id: str, power_id: int, cost: int) -> 
 def refund(db: Db, msg_id: str, *, note: str | None = None) -> Refund:
     """Give a charged message's credits back, once, and free the windows it was charged in."""
     with db.write() as conn:
-        stmt = select(messages, users.c.name).outerjoin(users, users.c.id == messages.c.user_id)
+        stmt = select(messages, users.c.name, users.c.tz).outerjoin(
+            users, users.c.id == messages.c.user_id)
         stmt = stmt.where(messages.c.id == msg_id)
         if conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update(of=messages)
@@ -998,14 +999,17 @@ def refund(db: Db, msg_id: str, *, note: str | None = None) -> Refund:
                            code="not_metered")
         cost = msg["cost"]
         values: dict[str, Any] = {"balance": powers.c.balance + cost}
-        for window in WINDOWS:
+        # The message's windows in the user's zone now: after `user set-tz` the counters
+        # hold the new zone's windows (the keys stored with the message are the old zone's).
+        mkeys = window_keys(msg["at"], msg["tz"] or db.default_tz)
+        for window, mkey in zip(WINDOWS, mkeys, strict=True):
             col = powers.c[f"{window}_spent"]
             key_col = powers.c[f"{window}_key"]
             # Only the window the message was charged in gets its room back.
             values[f"{window}_spent"] = text(
                 f"CASE WHEN {key_col.name} = :{window}_mkey THEN {col.name} - :refund "
                 f"ELSE {col.name} END"
-            ).bindparams(**{f"{window}_mkey": msg[f"{window}_key"], "refund": cost})
+            ).bindparams(**{f"{window}_mkey": mkey, "refund": cost})
         row = conn.execute(
             update(powers).where(powers.c.id == msg["power_id"],
                                  powers.c.balance <= MAX_MILLIS - cost).values(**values)

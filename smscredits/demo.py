@@ -40,6 +40,16 @@ STEPS: list[tuple[str, list[str]]] = [
     ("The balance, the limits and the refill plans at a glance.",
      ["credits", "balance", "alice"]),
     ("Spend per day (or week, month, country).", ["usage", "alice", "--by", "country"]),
+    ("The whole gateway: every user's spend of the last 7 days (or --by day, week, month, "
+     "country), and every limit window, least left first.",
+     ["usage", "--by", "user", "--since", "7d"]),
+    ("", ["limits", "show"]),
+    ("Users come and go: bob is added, renamed, moved to another zone (his open limit "
+     "windows are recounted in it) and deleted; the journal keeps his events.",
+     ["user", "add", "bob"]),
+    ("", ["user", "rename", "bob", "robert"]),
+    ("", ["user", "set-tz", "robert", "America/New_York"]),
+    ("", ["user", "delete", "robert"]),
     ("The credit log: every change of the balance, newest first.", ["log", "alice"]),
     ("The event journal shows everything else too.", ["events", "alice", "--limit", "6"]),
     ("Scripts read JSON.", ["credits", "balance", "alice", "--json"]),

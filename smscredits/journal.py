@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 # Every kind of event, by what it is about. A change (of a price, a limit, an overdraft, a
 # plan's status) keeps the old value beside the new one in its detail: see ``change``.
 KINDS = (
-    "user.added", "user.disabled", "user.enabled",
+    "user.added", "user.renamed", "user.tz_changed", "user.disabled", "user.enabled",
+    "user.deleted",
     "power.created", "power.overdraft", "power.deleted",
     "credits.added", "credits.subtracted", "credits.set",
     "limits.set", "price.set", "price.deleted",

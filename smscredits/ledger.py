@@ -99,7 +99,7 @@ def add_user(db: Db, name: str, *, tz: str | None = None) -> UserInfo:
             ).scalar_one()
             journal.record(
                 conn, at=now, kind="user.added", actor=db.actor, user_id=user_id,
-                detail={"tz": tz} if tz else None,
+                detail={"name": name, "tz": tz} if tz else {"name": name},
             )
     except exc.IntegrityError:
         raise Conflict(f"user {name!r} already exists", code="user_exists") from None
@@ -148,6 +148,112 @@ def set_disabled(db: Db, name: str, disabled: bool) -> UserInfo:
                 actor=db.actor, user_id=row["id"],
             )
     return get_user(db, name)
+
+
+def rename_user(db: Db, old: str, new: str) -> UserInfo:
+    """Give a user another name; its id, power, plans and journal stay its own."""
+    validate.user_name(new)
+    try:
+        with db.write() as conn:
+            row = _user_row(conn, old, lock=True)
+            if new == old:
+                raise Conflict(f"user {new!r} already exists", code="user_exists")
+            conn.execute(update(users).where(users.c.id == row["id"]).values(name=new))
+            journal.record(conn, at=clock.now_us(), kind="user.renamed", actor=db.actor,
+                           user_id=row["id"], detail={"name": new, "old": {"name": old}})
+    except exc.IntegrityError:
+        raise Conflict(f"user {new!r} already exists", code="user_exists") from None
+    return get_user(db, new)
+
+
+def delete_user(db: Db, name: str) -> UserInfo:
+    """Remove a user whose power holds no credits: its plans are cancelled and removed, its
+    power deleted; the journal keeps every event under the user's id, never given again, so
+    the name may be taken by a new user."""
+    from smscredits.storage.tables import refill_plans
+
+    with db.write() as conn:
+        row = _user_row(conn, name, lock=True)
+        info = _user_info(row, None, db.default_tz)
+        prow = _power_of(conn, row["id"])
+        if prow is not None and prow["balance"] != 0:
+            raise Conflict(
+                f"{name}: balance {format_amount(prow['balance'])}, not 0: set it to 0 "
+                f"(credits set {name} 0) before deleting the user", code="balance_not_zero")
+        open_plans = conn.execute(
+            select(refill_plans.c.id).where(refill_plans.c.user_id == row["id"],
+                                            refill_plans.c.status != "cancelled")
+        ).scalars().all()
+        now = clock.now_us()
+        for plan_id in sorted(open_plans):  # as `refill cancel` journals it
+            journal.record(conn, at=now, kind="refill.cancelled", actor=db.actor,
+                           user_id=row["id"], ref=f"plan:{plan_id}", note="user deleted",
+                           detail={"plan": plan_id})
+        if prow is not None:
+            journal.record(conn, at=now, kind="power.deleted", actor=db.actor,
+                           user_id=row["id"], power_id=prow["id"], amount=0, balance_after=0)
+            conn.execute(delete(powers).where(powers.c.id == prow["id"]))
+        conn.execute(delete(refill_plans).where(refill_plans.c.user_id == row["id"]))
+        journal.record(conn, at=now, kind="user.deleted", actor=db.actor, user_id=row["id"],
+                       detail={"name": name})
+        conn.execute(delete(users).where(users.c.id == row["id"]))
+    return info
+
+
+def _power_of(conn: Connection, user_id: int) -> RowMapping | None:
+    """The user's credits power, held to the end of the transaction, or None."""
+    stmt = select(powers).where(powers.c.user_id == user_id, powers.c.kind == "credits")
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return conn.execute(stmt).mappings().first()
+
+
+def set_tz(db: Db, name: str, tz: str) -> UserInfo:
+    """Move a user to another zone. The open limit windows become the new zone's current
+    day, week and month, their spending recounted from the journal: every charge whose
+    instant falls in the new window, less the refunded ones. Refill plans follow the new
+    zone (their times are the user's). The zone the user already has changes nothing."""
+    validate.time_zone(tz)
+    with db.write() as conn:
+        row = _user_row(conn, name, lock=True)
+        if row["tz"] != tz:
+            _move(conn, db, row, tz)
+    return get_user(db, name)
+
+
+def _move(conn: Connection, db: Db, row: RowMapping, tz: str) -> None:
+    prow = _power_of(conn, row["id"])  # held: no charge moves the counters meanwhile
+    conn.execute(update(users).where(users.c.id == row["id"]).values(tz=tz))
+    now = clock.now_us()
+    if prow is not None and prow["month_key"]:  # an account never charged has no windows
+        conn.execute(update(powers).where(powers.c.id == prow["id"])
+                     .values(**_recounted(conn, prow, tz, max(now, prow["last_at"]))))
+    journal.record(conn, at=now, kind="user.tz_changed", actor=db.actor, user_id=row["id"],
+                   detail={"tz": tz, "old": {"tz": row["tz"] or db.default_tz}})
+
+
+def _recounted(conn: Connection, prow: RowMapping, tz: str, now: int) -> dict[str, int]:
+    """The window keys and spending of an account at ``now`` in ``tz``, from its journal."""
+    from smscredits import schedule
+    from smscredits.reads import WINDOWS, window_keys
+    from smscredits.storage.tables import events
+
+    keys = window_keys(now, tz)
+    starts = [clock.to_us(schedule.window_reset(w, k - (7 if w == "week" else 1), tz))
+              for w, k in zip(WINDOWS, keys, strict=True)]
+    rows = conn.execute(
+        select(events.c.kind, events.c.ref, events.c.at, events.c.amount)
+        .where(events.c.power_id == prow["id"], events.c.at >= min(starts),
+               events.c.kind.in_(("message.charged", "message.refunded")))
+    ).all()
+    refunded = {r.ref for r in rows if r.kind == "message.refunded"}
+    values: dict[str, int] = {}
+    for window, key, start in zip(WINDOWS, keys, starts, strict=True):
+        values[f"{window}_key"] = key
+        values[f"{window}_spent"] = sum(
+            -r.amount for r in rows
+            if r.kind == "message.charged" and r.at >= start and r.ref not in refunded)
+    return values
 
 
 # -- powers ------------------------------------------------------------------------------

@@ -299,6 +299,37 @@ def accounts_with_windows(db: Source, at: datetime | None = None
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class UserWindow:
+    """One limit window of one user, as the gateway-wide view lists it."""
+
+    user: str
+    user_id: int
+    tz: str
+    window: str
+    limit: Decimal | None
+    spent: Decimal
+    remaining: Decimal | None
+    resets_at: str
+
+
+def every_window(db: Source, at: datetime | None = None) -> list[UserWindow]:
+    """Every credits account's windows, least left first; windows without a limit last (by
+    what they spent, most first), then by user name and day, week, month."""
+    found = [
+        UserWindow(account.user, account.user_id, account.tz, w.window, w.limit, w.spent,
+                   w.remaining, w.resets_at)
+        for account, windows in accounts_with_windows(db, at) for w in windows
+    ]
+
+    def order(w: UserWindow) -> tuple[Any, ...]:
+        unlimited = w.remaining is None
+        return (unlimited, -w.spent if unlimited else w.remaining, w.user,
+                WINDOWS.index(w.window))
+
+    return sorted(found, key=order)
+
+
 def show_limits(db: Source, user: str, at: datetime | None = None) -> Limits:
     at_us = clock.to_us(at or clock.now())
     q = _queries(db)

@@ -1,58 +1,113 @@
-"""Spend and message counts per day, week, month or country, from the message records."""
+"""Spend and message counts per day, week, month, country or user, from the message records.
+
+Periods are the calendar days, ISO weeks and months of one zone: the user's for one user,
+the configured default zone for the whole gateway. They are counted from each message's
+instant (not from the window keys stored with it, which are the zone's of the charge
+time), so a period starts and ends at its local midnight even across a DST change.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func, select, text
 
+from smscredits import clock
 from smscredits.amounts import to_decimal
 from smscredits.errors import BadInput
 from smscredits.ledger import _user_row
 from smscredits.storage import blocks, queries
 from smscredits.storage.engine import Db
-from smscredits.storage.tables import events, messages
+from smscredits.storage.tables import events, messages, users
 
-BY = ("day", "week", "month", "country")
+BY = ("day", "week", "month", "country", "user")
+PERIODS = ("day", "week", "month")
 # The one event each sent message has.
 MESSAGE_EVENTS = ("message.charged", "message.unmetered")
+MINUTE = 60_000_000  # µs; every zone's offset is whole minutes, so is every period boundary
 
 
 @dataclass(frozen=True, slots=True)
 class UsageRow:
-    period: str
+    period: str  # 2026-11-25, 2026-W48, 2026-11, a country code or a user name
     messages: int
     parts: int
     spent: Decimal
     refunded: int
+    since: str | None  # ISO UTC: the period's start (by country/user: the asked range)
+    until: str | None  # ISO UTC: its end, exclusive
 
 
-def _label(by: str, key: int | str | None) -> str:
-    if key is None:
-        return "-"
-    if by == "country":
-        return str(key)
+@dataclass(slots=True)
+class _Sums:
+    messages: int = 0
+    parts: int = 0
+    spent: int = 0
+    refunded: int = 0
+
+    def add(self, row: Any) -> None:
+        self.messages += row.n
+        self.parts += int(row.parts or 0)
+        self.spent += int(row.spent or 0)
+        self.refunded += row.refunded
+
+
+def _label(by: str, key: int) -> str:
     if by == "month":
-        year, month = divmod(int(key), 12)
+        year, month = divmod(key, 12)
         return f"{year}-{month + 1:02d}"
-    day = date.fromordinal(int(key))
+    day = date.fromordinal(key)
     if by == "week":
         iso = day.isocalendar()
         return f"{iso.year}-W{iso.week:02d}"
     return day.isoformat()
 
 
-def usage(db: Db, user: str, by: str = "day", limit: int = 31) -> list[UsageRow]:
-    """Newest periods first; refunded messages count as messages but not as spend."""
+def usage(db: Db, user: str | None = None, by: str = "day", limit: int = 31, *,
+          since: datetime | None = None, until: datetime | None = None) -> list[UsageRow]:
+    """Newest periods first (countries and users: most spent first); refunded messages count
+    as messages but not as spend. Without ``user``: the whole gateway."""
     if by not in BY:
         raise BadInput(f"bad --by {by!r}: expected one of {', '.join(BY)}")
-    col = messages.c.country if by == "country" else messages.c[f"{by}_key"]
+    if by == "user" and user is not None:
+        raise BadInput("--by user needs no USER: it lists every user")
+    if limit < 1:
+        raise BadInput(f"bad limit {limit}: must be at least 1")
+    if by in PERIODS:
+        col = messages.c.at // MINUTE  # grouped to periods below, in the zone
+    else:
+        col = messages.c.country if by == "country" else messages.c.user_id
+    stmt = _grouped(col)
+    if since is not None:
+        stmt = stmt.where(messages.c.at >= clock.to_us(since))
+    if until is not None:
+        stmt = stmt.where(messages.c.at < clock.to_us(until))
+    if by not in PERIODS:
+        stmt = stmt.order_by(func.sum(messages.c.cost).desc(), col).limit(limit)
+    with db.read() as conn:
+        if user is None:
+            tz = db.default_tz
+            rows = conn.execute(stmt.select_from(messages)).all()
+        else:
+            urow = _user_row(conn, user)
+            tz = urow["tz"] or db.default_tz
+            rows = _of_user(conn, stmt, urow["id"])
+        names = _names(conn, [r.k for r in rows]) if by == "user" else {}
+    if by in PERIODS:
+        return _periods(rows, by, tz, limit)
+    lo = None if since is None else clock.iso(clock.to_us(since))
+    hi = None if until is None else clock.iso(clock.to_us(until))
+    return [_row(names.get(r.k, "-") if by == "user" else r.k or "-", _one(r), lo, hi)
+            for r in rows]
+
+
+def _grouped(col: Any) -> Any:
     charged = messages.c.status == "charged"
-    # A user's messages are found through their events (the account index, every block):
-    # each charged or unmetered message has exactly one such event; a rejected one none.
-    stmt = (
+    return (
         select(
             col.label("k"),
             func.count().label("n"),
@@ -60,16 +115,59 @@ def usage(db: Db, user: str, by: str = "day", limit: int = 31) -> list[UsageRow]
             func.sum(func.coalesce(messages.c.cost, 0)).filter(charged).label("spent"),
             func.count().filter(messages.c.status == "refunded").label("refunded"),
         )
-        .select_from(events.join(messages, messages.c.id == events.c.ref))
-        .where(events.c.kind.in_(MESSAGE_EVENTS), messages.c.status != "rejected")
+        .where(messages.c.status != "rejected")
         .group_by(col)
-        .order_by(func.sum(messages.c.cost).desc() if by == "country" else col.desc())
-        .limit(limit)
     )
-    with db.read() as conn:
-        uid = _user_row(conn, user)["id"]
-        every_block = text(blocks.up_to(queries.top_block(conn)))
-        rows = conn.execute(stmt.where(every_block, events.c.user_id == uid,
-                                       messages.c.user_id == uid)).all()
-    return [UsageRow(_label(by, r.k), r.n, int(r.parts or 0), to_decimal(int(r.spent or 0)),
-                     r.refunded) for r in rows]
+
+
+def _of_user(conn: Any, stmt: Any, user_id: int) -> list[Any]:
+    """A user's messages are found through their events (the account index, every block):
+    each charged or unmetered message has exactly one such event; a rejected one none."""
+    every_block = text(blocks.up_to(queries.top_block(conn)))
+    return list(conn.execute(
+        stmt.select_from(events.join(messages, messages.c.id == events.c.ref))
+        .where(events.c.kind.in_(MESSAGE_EVENTS), every_block, events.c.user_id == user_id,
+               messages.c.user_id == user_id)
+    ).all())
+
+
+def _names(conn: Any, user_ids: list[Any]) -> dict[Any, str]:
+    """Current names; a deleted user's messages keep the name they were sent under."""
+    ids = [i for i in user_ids if i is not None]
+    found = dict(conn.execute(select(users.c.id, users.c.name).where(users.c.id.in_(ids))).all())
+    missing = [i for i in ids if i not in found]
+    if missing:
+        found.update(conn.execute(
+            select(messages.c.user_id, func.max(messages.c.user_name))
+            .where(messages.c.user_id.in_(missing)).group_by(messages.c.user_id)).all())
+    return found
+
+
+def _one(row: Any) -> _Sums:
+    sums = _Sums()
+    sums.add(row)
+    return sums
+
+
+def _row(label: str, sums: _Sums, since: str | None, until: str | None) -> UsageRow:
+    return UsageRow(label, sums.messages, sums.parts, to_decimal(sums.spent), sums.refunded,
+                    since, until)
+
+
+def _periods(rows: Iterable[Any], by: str, tz: str, limit: int) -> list[UsageRow]:
+    """Minutes summed into the zone's periods, newest first."""
+    from smscredits import schedule
+    from smscredits.reads import window_keys
+
+    index = PERIODS.index(by)
+    sums: dict[int, _Sums] = {}
+    for row in rows:
+        key = window_keys(int(row.k) * MINUTE, tz)[index]
+        sums.setdefault(key, _Sums()).add(row)
+    back = 7 if by == "week" else 1
+    return [
+        _row(_label(by, key), sums[key],
+             clock.iso(clock.to_us(schedule.window_reset(by, key - back, tz))),
+             clock.iso(clock.to_us(schedule.window_reset(by, key, tz))))
+        for key in sorted(sums, reverse=True)[:limit]
+    ]

@@ -103,3 +103,14 @@ def instant(value: str, *, now: datetime, what: str = "time") -> datetime:
             "or an age like 7d, 12h, 30m"
         ) from None
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def time_range(since: str | None, until: str | None, *, now: datetime
+               ) -> tuple[datetime | None, datetime | None]:
+    """``--since``/``--until`` as every command reads them: instants (see ``instant``), the
+    first before the second; None where not given."""
+    lo = instant(since, now=now, what="--since") if since is not None else None
+    hi = instant(until, now=now, what="--until") if until is not None else None
+    if lo is not None and hi is not None and lo >= hi:
+        raise BadInput(f"--since {since!r} is not before --until {until!r}")
+    return lo, hi

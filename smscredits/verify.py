@@ -232,6 +232,8 @@ def _deleted_problems(name: str, acc: _Account) -> list[Problem]:
 # -- the pass ----------------------------------------------------------------------------------
 
 _STATE_KINDS = frozenset({"power.created", "power.overdraft", "limits.set"})
+_USER_KINDS = frozenset({"user.added", "user.disabled", "user.enabled", "user.tz_changed",
+                         "user.renamed", "user.deleted"})
 _PLAN_STATUS = {"refill.scheduled": ACTIVE, "refill.resumed": ACTIVE, "refill.paused": PAUSED,
                 "refill.cancelled": CANCELLED}
 
@@ -246,9 +248,10 @@ class _Replay:
         self.names = names
         self.accounts = {pid: _Account(row, default_tz) for pid, row in self.rows.items()}
         self.deleted: dict[int, tuple[int | None, _Account]] = {}  # no row: user, account
-        self.users: dict[int, list[Any]] = {}  # user id: [disabled, tz]
+        self.users: dict[int, list[Any]] = {}  # user id: [disabled, tz, name, deleted]
         self.plans: dict[int, tuple[int | None, str, int]] = {}  # id: user, status, event
         self.plans_of: dict[int | None, list[int]] = {}
+        self.deleted_users: set[int] = set()
         self.stray: list[Problem] = []  # events that cannot be as they are
         self.events = 0
 
@@ -317,15 +320,34 @@ class _Replay:
                 "event", self.names.get(user_id, "") if user_id is not None else "",
                 "event without an account carries an amount", None,
                 to_decimal(amount if amount is not None else after or 0), event_id))
-        if kind == "user.added":
-            self.users[user_id or 0] = [False, json.loads(detail).get("tz") if detail else None]
-        elif kind in ("user.disabled", "user.enabled") and user_id in self.users:
-            self.users[user_id][0] = kind == "user.disabled"
+        if kind in _USER_KINDS:
+            self.user_event(kind, user_id or 0, json.loads(detail) if detail else {})
         elif kind in _PLAN_STATUS and ref is not None and ref.startswith("plan:"):
             plan_id = int(ref[5:])
             if kind == "refill.scheduled":
                 self.plans_of.setdefault(user_id, []).append(plan_id)
             self.plans[plan_id] = (user_id, _PLAN_STATUS[kind], event_id)
+
+    def user_event(self, kind: str, user_id: int, values: dict[str, Any]) -> None:
+        """A user's state (disabled, zone, name, deleted) as its events leave it."""
+        if kind == "user.added":
+            # Journals from before names were journaled give none: the name is then unknown.
+            self.users[user_id] = [False, values.get("tz"), values.get("name"), False]
+            if values.get("name"):
+                self.names.setdefault(user_id, values["name"])
+            return
+        state = self.users.get(user_id)
+        if state is None:
+            return  # told by user_problems: no user.added
+        if kind in ("user.disabled", "user.enabled"):
+            state[0] = kind == "user.disabled"
+        elif kind == "user.tz_changed":
+            state[1] = values["tz"]
+        elif kind == "user.renamed":
+            state[2] = values["name"]
+        else:  # user.deleted: its plans went with it
+            state[3] = True
+            self.deleted_users.add(user_id)
 
     def cancel_plans(self, user_id: int | None, event_id: int) -> None:
         """Deleting a power cancels its user's plans (journals from before it said so with a
@@ -358,6 +380,11 @@ class _Replay:
             if state[1] != person.tz:
                 found.append(Problem("user", person.name, "time zone differs from its journal",
                                      state[1], person.tz))
+            if state[2] is not None and state[2] != person.name:
+                found.append(Problem("user", person.name, "name differs from its journal",
+                                     state[2], person.name))
+            if state[3]:
+                found.append(Problem("user", person.name, "user deleted in the journal exists"))
         return found
 
     def plan_problems(self, plans: Any) -> list[Problem]:
@@ -372,6 +399,8 @@ class _Replay:
                 found.append(Problem("plan", name, f"plan {plan.id} status differs from its "
                                      "journal", journaled[1], plan.status, journaled[2]))
         for plan_id, (user_id, status, event_id) in self.plans.items():
+            if user_id in self.deleted_users and status == CANCELLED:
+                continue  # removed with its user
             found.append(Problem("plan", self.names.get(user_id or 0, ""),
                                  f"journal names plan {plan_id}, which does not exist",
                                  status, None, event_id))

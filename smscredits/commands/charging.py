@@ -11,7 +11,7 @@ from typing import Annotated, Any, BinaryIO
 import typer
 
 from smscredits.commands.base import app, command, db, output
-from smscredits.commands.users import UserArg
+from smscredits.commands.users import OptionalUser, UserArg
 from smscredits.errors import BadInput, NotFound
 
 price_app = app("price", "Set prices per message part by destination; quote a message.",
@@ -169,11 +169,26 @@ def limits_set(user: UserArg, daily: LimitOpt = None, weekly: LimitOpt = None,
 
 
 @command(limits_app, "show", example="smscredits limits show alice")
-def limits_show(user: UserArg) -> None:
-    """Each limit with what is spent, what is left and when it resets."""
+def limits_show(user: OptionalUser = None) -> None:
+    """Each limit with what is spent, what is left and when it resets (without USER: every
+    user's windows, least left first)."""
     from smscredits import limits
 
+    if user is None:
+        _show_every_window()
+        return
     _show_limits(limits.show_limits(db(), user))
+
+
+def _show_every_window() -> None:
+    from smscredits.reads import every_window
+    from smscredits.render import in_zone
+
+    out = output()
+    found = every_window(db())
+    shown = found if out.machine else [in_zone(w, w.tz) for w in found]
+    out.rows(shown, [("user", "User"), *CHARGE_COLUMNS], title="Limits left",
+             empty="no powers yet", optional={"resets_at": 1})
 
 
 def _show_limits(lim: Any, title: str = "Limits of") -> None:
@@ -229,18 +244,31 @@ def register(root: typer.Typer) -> None:
         output().message(
             f"{r.user}: refunded {r.amount} for message {r.id}, balance {r.balance}", r)
 
-    @command(root, "usage", rich_help_panel="Logs", example="smscredits usage alice --by country")
+    @command(root, "usage", rich_help_panel="Logs",
+             example="smscredits usage --by user --since 7d")
     def usage(
-        user: UserArg,
-        by: Annotated[str, typer.Option(help="day, week, month or country.")] = "day",
+        user: OptionalUser = None,
+        by: Annotated[str, typer.Option(help="day, week, month, country, or user (the "
+                                             "whole gateway only).")] = "day",
+        since: Annotated[str | None, typer.Option(
+            help="From this time: 2026-11-25, 2026-11-25T10:00Z, or an age like 7d.")] = None,
+        until: Annotated[str | None, typer.Option(help="Before this time (same forms).")
+                         ] = None,
         limit: Annotated[int, typer.Option(help="Most recent periods shown.", min=1)] = 31,
     ) -> None:
-        """Spend and message counts per day, week, month or country."""
+        """Spend and message counts per day, week, month, country or user: of one user (in
+        the user's zone) or of the whole gateway (in the default zone)."""
+        from smscredits import clock, validate
         from smscredits import usage as usage_mod
 
-        rows = usage_mod.usage(db(), user, by, limit)
+        lo, hi = validate.time_range(since, until, now=clock.now())
+        handle = db()
+        rows = usage_mod.usage(handle, user, by, limit, since=lo, until=hi)
         out = output()
-        title = f"Spend of {user} by {by}"
+        title = f"Spend of {user or 'the gateway'} by {by}"
+        if by in usage_mod.PERIODS:
+            tz = handle.default_tz if user is None else _user_zone(handle, user)
+            title += f" ({tz})"
         if not out.machine and rows:
             from smscredits.render import usage_chart
 
@@ -249,6 +277,12 @@ def register(root: typer.Typer) -> None:
         out.rows(rows, [("period", by.capitalize()), ("messages", "Messages"),
                         ("parts", "Parts"), ("spent", "Spent"), ("refunded", "Refunded")],
                  title=title, empty="no messages yet", optional={"parts": 1, "refunded": 2})
+
+
+def _user_zone(handle: Any, user: str) -> str:
+    from smscredits import ledger
+
+    return ledger.get_user(handle, user).tz
 
 
 def _charge_one(user: str, to: str, text: str | None, parts: int | None,

@@ -44,11 +44,9 @@ def _show(user: str | None, since: str | None, until: str | None, kind: list[str
         if k not in journal.KINDS:
             raise BadInput(f"unknown kind {k!r}: one of {', '.join(journal.KINDS)}",
                            code="unknown_kind")
-    now = clock.now()
-    lo = clock.to_us(validate.instant(since, now=now, what="--since")) if since else None
-    hi = clock.to_us(validate.instant(until, now=now, what="--until")) if until else None
-    if lo is not None and hi is not None and lo >= hi:
-        raise BadInput(f"--since {since!r} is not before --until {until!r}")
+    since_at, until_at = validate.time_range(since, until, now=clock.now())
+    lo = None if since_at is None else clock.to_us(since_at)
+    hi = None if until_at is None else clock.to_us(until_at)
     source, out = reader(), output()
 
     def page(older_than: int | None, n: int) -> list[Any]:

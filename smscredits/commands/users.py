@@ -8,7 +8,8 @@ import typer
 
 from smscredits.commands.base import amount, app, command, db, output
 
-users_app = app("user", "Add, list, show, disable and enable users (gateway accounts).",
+users_app = app("user", "Add, list, show, rename, disable, enable and delete users (gateway "
+                "accounts).",
                 "smscredits user add alice --tz Europe/Budapest")
 power_app = app("power", "Give users a credits power (put them under credit control).",
                 "smscredits power create alice credits --initial 100")
@@ -100,6 +101,41 @@ def user_disable(name: UserArg) -> None:
 def user_enable(name: UserArg) -> None:
     """Enable a disabled user."""
     _set_disabled(name, False)
+
+
+@command(users_app, "rename", example="smscredits user rename alice alice.smith")
+def user_rename(
+    old: UserArg,
+    new: Annotated[str, typer.Argument(help="The new name: 1-64 letters, digits and . _ @ -",
+                                       show_default=False)],
+) -> None:
+    """Rename a user: power, plans, limits and journal stay the user's."""
+    from smscredits import ledger
+
+    user = ledger.rename_user(db(), old, new)
+    output().message(f"{user.user}: renamed from {old}", user)
+
+
+@command(users_app, "delete", example="smscredits user delete alice")
+def user_delete(name: UserArg) -> None:
+    """Delete a user whose power holds no credits; the journal is kept."""
+    from smscredits import ledger
+
+    user = ledger.delete_user(db(), name)
+    output().message(f"{user.user}: user deleted (journal kept)", user)
+
+
+@command(users_app, "set-tz", example="smscredits user set-tz alice America/New_York")
+def user_set_tz(
+    name: UserArg,
+    tz: Annotated[str, typer.Argument(metavar="ZONE", help="IANA time zone.",
+                                      show_default=False)],
+) -> None:
+    """Change a user's time zone: open limit windows are recounted in the new zone."""
+    from smscredits import ledger
+
+    user = ledger.set_tz(db(), name, tz)
+    output().message(f"{user.user}: time zone {user.tz}", user)
 
 
 def _overdraft(text: str) -> int | None:
