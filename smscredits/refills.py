@@ -40,7 +40,7 @@ OUT_OF_RANGE = "amount_out_of_range"
 
 @dataclass(frozen=True, slots=True)
 class Application:
-    plan: int
+    plan_id: int
     user: str
     period: str
     amount: Decimal

@@ -397,7 +397,7 @@ def test_two_refill_runs_apply_each_period_once(db: Any, db_url: str) -> None:
         applied = []
         for d in done:
             assert d.returncode == 0, d.stderr
-            mine = [a for a in json.loads(d.stdout) if a["plan"] == plan.id and a["applied"]]
+            mine = [a for a in json.loads(d.stdout) if a["plan_id"] == plan.id and a["applied"]]
             applied += mine
             split.append(len(mine))
         periods = Counter(a["period"] for a in applied)

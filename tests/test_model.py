@@ -701,7 +701,7 @@ class ModelMachine(RuleBasedStateMachine):
         want = [(*a[:4], a[4] and not dry_run, a[5]) for a in self.expect_run()]
         if dry_run:
             self.users, self.plans = saved
-        got = [(a.plan, a.period, a.amount, a.balance, a.applied, a.skipped)
+        got = [(a.plan_id, a.period, a.amount, a.balance, a.applied, a.skipped)
                for a in refills.run(self.db, dry_run=dry_run)]
         assert got == want
         n = min(len(got), 3)
@@ -734,7 +734,7 @@ class ModelMachine(RuleBasedStateMachine):
 
         refills._run_one = hooked
         try:
-            got = [(a.plan, a.period, a.amount, a.balance, a.applied, a.skipped)
+            got = [(a.plan_id, a.period, a.amount, a.balance, a.applied, a.skipped)
                    for a in refills.run(self.db)]
         finally:
             refills._run_one = real

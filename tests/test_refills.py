@@ -54,7 +54,7 @@ def run(cli: Any, *args: str) -> list[dict[str, Any]]:
 
 def periods(cli: Any, plan: int | None = None) -> list[str]:
     """Periods applied by one `refill run` (of one plan, if given)."""
-    return [a["period"] for a in run(cli) if plan is None or a["plan"] == plan]
+    return [a["period"] for a in run(cli) if plan is None or a["plan_id"] == plan]
 
 
 def balance(cli: Any, user: str = "alice") -> Decimal:
@@ -239,7 +239,7 @@ def test_three_missed_days_with_add_are_caught_up_one_event_each(cli: Any, db: A
         plan = schedule(cli, "--every", "day", "--at", "08:00", "--add", "5")
         clock.move_to(local(2026, 5, 4, 9, 0))
         done = run(cli)
-    assert [(a["plan"], a["period"], a["amount"]) for a in done] == [
+    assert [(a["plan_id"], a["period"], a["amount"]) for a in done] == [
         (plan, "2026-05-02", D(5)), (plan, "2026-05-03", D(5)), (plan, "2026-05-04", D(5))]
     assert [a["balance"] for a in done] == [D(15), D(20), D(25)]
     assert balance(cli) == D(25)
@@ -293,7 +293,7 @@ def test_dry_run_shows_what_is_due_and_changes_nothing(cli: Any) -> None:
         clock.move_to(local(2026, 5, 3, 1, 0))
         before = credit_log(cli)
         dry = run(cli, "--dry-run")
-        assert [(a["plan"], a["period"], a["amount"]) for a in dry] == [
+        assert [(a["plan_id"], a["period"], a["amount"]) for a in dry] == [
             (plan, "2026-05-02", D(5)), (plan, "2026-05-03", D(5))]
         table = ok(cli("refill", "run", "--dry-run"))
         assert "2026-05-02" in table.stdout and "2026-05-03" in table.stdout
@@ -334,7 +334,7 @@ def test_cancelled_plan_is_never_applied_and_hidden_from_list(cli: Any) -> None:
         other = schedule(cli, "--every", "week", "--add", "1")
         ok(cli("refill", "cancel", str(plan)))
         clock.move_to(local(2026, 5, 9, 12, 0))
-        assert {a["plan"] for a in run(cli)} == {other}
+        assert {a["plan_id"] for a in run(cli)} == {other}
         assert run(cli) == []
         assert list(plans(cli)) == [other]
         assert list(plans(cli, "alice")) == [other]
@@ -372,7 +372,7 @@ def test_concurrent_runs_apply_each_period_once(cli: Any, db_url: str) -> None:
         outs = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
         applied = [a for out, _ in outs for a in json.loads(out, parse_float=Decimal)
-                   if a["plan"] == plan]
+                   if a["plan_id"] == plan]
         assert len(applied) == 5
         assert len({a["period"] for a in applied}) == 5
         total += 5 * 7
@@ -455,7 +455,7 @@ def test_a_threshold_plan_cancelled_during_a_run_does_not_fire(
         hook_after(monkeypatch, 1, lambda: refills.set_status(other, low, "cancelled"))
         done = run(cli)
         other.dispose()
-    assert [a["plan"] for a in done] == [daily, daily]
+    assert [a["plan_id"] for a in done] == [daily, daily]
     assert refill_events(cli, low) == []
     assert balance(cli) == D(9)
     assert doc(ok(cli("verify", "--json")))["ok"] is True
@@ -603,7 +603,7 @@ def test_a_skipped_refill_is_in_the_json_and_a_dry_run_shows_it(cli: Any) -> Non
         before = journal(cli)
         done = cli("refill", "run", "--json")
         assert done.exit_code == 1
-        assert [(a["plan"], a["amount"], a["balance"], a["applied"], a["skipped"])
+        assert [(a["plan_id"], a["amount"], a["balance"], a["applied"], a["skipped"])
                 for a in doc(done)] == [(plan, D(1), D(HUGE), False, "amount_out_of_range")]
     assert len(journal(cli)) == len(before) + 1
     assert balance(cli) == D(HUGE)
@@ -724,7 +724,7 @@ def test_refill_run_applies_an_armed_threshold_plan_below_it(alice7: Any, db: An
     assert balance(cli) == D(4)
     assert refill_events(cli, plan) == []
     done = run(cli)
-    assert [(a["plan"], a["amount"], a["balance"]) for a in done] == [(plan, D(10), D(14))]
+    assert [(a["plan_id"], a["amount"], a["balance"]) for a in done] == [(plan, D(10), D(14))]
     assert run(cli) == []
     assert balance(cli) == D(14)
     assert len(refill_events(cli, plan)) == 1
@@ -805,7 +805,7 @@ def test_periodic_refill_back_above_threshold_rearms_it(alice7: Any) -> None:
         assert charge(cli, 4)["balance"] == D(4)  # 3: fires, 4
         assert charge(cli)["balance"] == D(3)  # spent: no fire
         clock.move_to(local(2026, 5, 2, 12, 0))
-        assert [(a["plan"], a["balance"]) for a in run(cli)] == [(daily, D(7))]  # re-armed
+        assert [(a["plan_id"], a["balance"]) for a in run(cli)] == [(daily, D(7))]  # re-armed
         assert charge(cli, 4)["balance"] == D(4)
     assert len(refill_events(cli, low)) == 2
 

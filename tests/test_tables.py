@@ -288,7 +288,7 @@ def test_refill_run_shows_whole_periods_and_amounts(world: Any) -> None:
     due = data(world, "refill", "run", "--dry-run")
     assert [(r["user"], r["period"]) for r in due] == [("alice", "2026-12-04"),
                                                        ("alice", "2026-12-05")]
-    columns = [("Plan", "plan"), ("User", "user"), ("Period", "period"), ("Added", "amount"),
+    columns = [("Plan", "plan_id"), ("User", "user"), ("Period", "period"), ("Added", "amount"),
                ("Balance", "balance")]
     for width in (*WIDTHS, None):
         check(world("refill", "run", "--dry-run", width=width), due, columns, width)

@@ -115,7 +115,7 @@ def refill_run(
         out.message("nothing due")
     elif shown:
         title = "Refills due (dry run: nothing applied)" if dry_run else "Refills applied"
-        out.rows(shown, [("plan", "Plan"), ("user", "User"), ("period", "Period"),
+        out.rows(shown, [("plan_id", "Plan"), ("user", "User"), ("period", "Period"),
                          ("amount", "Added"), ("balance", "Balance")], title=title)
     _report_skipped([a for a in done if a.skipped is not None], dry_run)
 
@@ -132,7 +132,7 @@ def _report_skipped(skipped: list[Any], dry_run: bool) -> None:
         why = (f"the refill {a.amount} is out of range (at most {bound})"
                if a.amount > to_decimal(MAX_MILLIS)
                else f"adding {a.amount} to the balance {a.balance} would exceed {bound}")
-        out.error(a.skipped, f"refill plan {a.plan} of {a.user!r} "
+        out.error(a.skipped, f"refill plan {a.plan_id} of {a.user!r} "
                   f"{'would be skipped' if dry_run else 'skipped'} for {a.period}: {why} "
                   f"({a.skipped})")
     raise typer.Exit(int(Exit.FAILURE))
