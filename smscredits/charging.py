@@ -379,12 +379,16 @@ class _Lookups:
         # queue instead of deadlocking) and read as they are once locked.
         lock = (select(powers.c.id, *_state).where(any_of(powers.c.id, "ids"))
                 .order_by(powers.c.id).with_for_update())
-        # The usual case in one query: accounts with a credits power, that row locked.
+        # The usual case in one query: accounts with a credits power, that row locked. The
+        # user's row is share-locked first, as `user set-tz` takes it before the power row:
+        # a charge waiting for a zone change then reads the new zone with the recounted
+        # windows (an unlocked row would be read as it was before the wait).
         held = (select(*_ACCOUNT_COLUMNS, *_state)
                 .select_from(users.join(powers, and_(powers.c.user_id == users.c.id,
                                                      powers.c.kind == "credits")))
                 .where(any_of(users.c.name, "names"))
-                .order_by(powers.c.id).with_for_update(of=powers))
+                .order_by(powers.c.id).with_for_update(of=users, read=True)
+                .suffix_with("FOR UPDATE OF powers"))
         return _Lookups(select(*_ACCOUNT_COLUMNS).select_from(joined)
                         .where(any_of(users.c.name, "names")),
                         select(messages).where(any_of(messages.c.id, "ids")), lock, held)
