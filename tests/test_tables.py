@@ -252,6 +252,7 @@ TABLES: list[tuple[list[str], list[tuple[str, str]], str | None]] = [
     (["power", "list"], ACCOUNTS, None),
     (["credits", "balance"], ACCOUNTS, None),
     (["limits", "show", DAVE], WINDOWS, "windows"),
+    (["limits", "show"], [("User", "user"), *WINDOWS], None),
     (["refill", "list"], PLANS, None),
     (["refill", "list", DAVE], without_user(PLANS), None),
     (["price", "list"], [("Destination", "key"), ("Kind", "kind"), ("Price", "price"),
@@ -270,6 +271,9 @@ def test_every_table_shows_whole_values_at_every_width(world: Any) -> None:
         doc = data(world, *args)
         records = doc[nested] if nested else doc
         zone = doc.get("tz") if isinstance(doc, dict) else None
+        if args == ["limits", "show"]:  # every user's windows, each in its user's zone
+            def zone(record: dict[str, Any]) -> str:
+                return str(record["tz"])
         if args[0] == "refill":
             plans = {p["id"]: p["tz"] for p in records}
 
