@@ -114,6 +114,7 @@ class Window:
 @dataclass(frozen=True, slots=True)
 class Limits:
     user: str
+    user_id: int
     tz: str
     windows: list[Window]
 
@@ -339,7 +340,7 @@ def show_limits(db: Source, user: str, at: datetime | None = None) -> Limits:
             _user_id(q, conn, user)
             raise no_power(user)
     tz = rows[0]["tz"] or db.default_tz
-    return Limits(user, tz, windows_of(rows[0], tz, at_us))
+    return Limits(user, rows[0]["user_id"], tz, windows_of(rows[0], tz, at_us))
 
 
 def list_plans(db: Source, user: str | None = None, *, all_: bool = False) -> list[Plan]:

@@ -196,7 +196,8 @@ def _show_limits(lim: Any, title: str = "Limits of") -> None:
 
     out = output()
     if out.mode == "csv":  # a row per window, as the table has it
-        out.rows([{"user": lim.user, "tz": lim.tz, **plain(w)} for w in lim.windows], [])
+        out.rows([{"user": lim.user, "user_id": lim.user_id, "tz": lim.tz,
+                  **plain(w)} for w in lim.windows], [])
     elif out.machine:
         out.one(lim)
     else:
