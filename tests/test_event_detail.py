@@ -8,6 +8,8 @@ import csv
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +166,12 @@ def test_every_kind_written_in_the_code_is_a_known_kind() -> None:
                for name in pattern.findall(path.read_text())}
     assert written - set(journal.KINDS) == set()
     assert set(journal.KINDS) - written == set()  # none is listed without a writer
+
+
+def test_the_kinds_are_known_without_loading_sqlalchemy() -> None:
+    # `log --kind` validates before it opens a database: journal stays off the heavy imports.
+    code = ("import sys, smscredits.journal as j; "
+            "print(len(j.KINDS), 'sqlalchemy' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout
+    assert shown == f"{len(journal.KINDS)} False\n"
