@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Connection, RowMapping, and_, delete, exc, insert, or_, select, update
 
@@ -146,6 +147,7 @@ def set_disabled(db: Db, name: str, disabled: bool) -> UserInfo:
             journal.record(
                 conn, at=clock.now_us(), kind="user.disabled" if disabled else "user.enabled",
                 actor=db.actor, user_id=row["id"],
+                detail=journal.change({"disabled": disabled}, {"disabled": row["disabled"]}),
             )
     return get_user(db, name)
 
@@ -166,6 +168,11 @@ def rename_user(db: Db, old: str, new: str) -> UserInfo:
     return get_user(db, new)
 
 
+def _plan_cancelled(plan_id: int, status: str) -> dict[str, Any]:
+    """The detail of a plan cancelled with its user or power, as `refill cancel` writes it."""
+    return {"plan": plan_id, **journal.change({"status": "cancelled"}, {"status": status})}
+
+
 def delete_user(db: Db, name: str) -> UserInfo:
     """Remove a user whose power holds no credits: its plans are cancelled and removed, its
     power deleted; the journal keeps every event under the user's id, never given again, so
@@ -181,14 +188,15 @@ def delete_user(db: Db, name: str) -> UserInfo:
                 f"{name}: balance {format_amount(prow['balance'])}, not 0: set it to 0 "
                 f"(credits set {name} 0) before deleting the user", code="balance_not_zero")
         open_plans = conn.execute(
-            select(refill_plans.c.id).where(refill_plans.c.user_id == row["id"],
-                                            refill_plans.c.status != "cancelled")
-        ).scalars().all()
+            select(refill_plans.c.id, refill_plans.c.status)
+            .where(refill_plans.c.user_id == row["id"], refill_plans.c.status != "cancelled")
+            .with_for_update()
+        ).all()
         now = clock.now_us()
-        for plan_id in sorted(open_plans):  # as `refill cancel` journals it
+        for plan_id, status in sorted(open_plans):  # as `refill cancel` journals it
             journal.record(conn, at=now, kind="refill.cancelled", actor=db.actor,
                            user_id=row["id"], ref=f"plan:{plan_id}", note="user deleted",
-                           detail={"plan": plan_id})
+                           detail=_plan_cancelled(plan_id, status))
         if prow is not None:
             journal.record(conn, at=now, kind="power.deleted", actor=db.actor,
                            user_id=row["id"], power_id=prow["id"], amount=0, balance_after=0)
@@ -330,16 +338,17 @@ def delete_power(db: Db, user: str, kind: str = "credits", *, force: bool = Fals
             )
         from smscredits.storage.tables import refill_plans
 
+        open_plans = refill_plans.c.user_id == account.user_id, refill_plans.c.status != "cancelled"
+        # Read (and held) before the update: the journal keeps the status each plan had.
         cancelled = conn.execute(
-            update(refill_plans)
-            .where(refill_plans.c.user_id == account.user_id, refill_plans.c.status != "cancelled")
-            .values(status="cancelled").returning(refill_plans.c.id)
-        ).scalars().all()
-        for plan_id in sorted(cancelled):  # a plan's status is journaled, like `refill cancel`
+            select(refill_plans.c.id, refill_plans.c.status).where(*open_plans).with_for_update()
+        ).all()
+        conn.execute(update(refill_plans).where(*open_plans).values(status="cancelled"))
+        for plan_id, status in sorted(cancelled):  # journaled like `refill cancel`
             journal.record(
                 conn, at=clock.now_us(), kind="refill.cancelled", actor=db.actor,
                 user_id=account.user_id, ref=f"plan:{plan_id}", note=f"{kind} power deleted",
-                detail={"plan": plan_id},
+                detail=_plan_cancelled(plan_id, status),
             )
         journal.record(
             conn, at=clock.now_us(), kind="power.deleted", actor=db.actor,

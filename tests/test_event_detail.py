@@ -7,6 +7,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,3 +122,56 @@ def test_every_kind_the_commands_record_is_a_known_kind(cli: Any) -> None:
     seen = {e["kind"] for e in json.loads(ok(cli("events", "--limit", "0", "--json")).stdout)}
     assert seen <= set(journal.KINDS)
     assert len(seen) == 16
+
+
+def test_disabling_and_cancelling_with_a_power_keep_the_old_state(cli: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    changes(cli)
+    ok(cli("refill", "schedule", "alice", "--every", "week", "--add", "2"))
+    ok(cli("user", "disable", "alice"))
+    ok(cli("user", "enable", "alice"))
+    ok(cli("power", "delete", "alice", "credits", "--force"))
+    newest = json.loads(ok(cli("events", "alice", "--limit", "5", "--json")).stdout)
+    assert [(e["kind"], e["detail"]) for e in newest] == [
+        ("power.deleted", None),
+        ("refill.cancelled", {"plan": 2, "status": "cancelled", "old": {"status": "active"}}),
+        ("refill.cancelled", {"plan": 1, "status": "cancelled", "old": {"status": "paused"}}),
+        ("user.enabled", {"disabled": False, "old": {"disabled": True}}),
+        ("user.disabled", {"disabled": True, "old": {"disabled": False}}),
+    ]
+    monkeypatch.setenv("COLUMNS", "120")
+    text = ok(cli("events", "alice", "--kind", "user.disabled")).stdout
+    assert "disabled=no->yes" in text
+    assert ok(cli("verify")).exit_code == 0
+
+
+def test_deleting_a_user_journals_each_open_plan_with_its_status(cli: Any) -> None:
+    ok(cli("user", "add", "bob"))
+    ok(cli("power", "create", "bob", "credits"))
+    ok(cli("refill", "schedule", "bob", "--every", "day", "--add", "1"))
+    ok(cli("user", "delete", "bob"))
+    cancelled = json.loads(ok(cli("events", "--kind", "refill.cancelled", "--json")).stdout)
+    assert [e["detail"] for e in cancelled] == [
+        {"plan": 1, "status": "cancelled", "old": {"status": "active"}}]
+    assert ok(cli("verify")).exit_code == 0
+
+
+def test_every_kind_written_in_the_code_is_a_known_kind() -> None:
+    # The commands above record most kinds; the source names every one a writer can record.
+    prefixes = "|".join(sorted({k.split(".")[0] for k in journal.KINDS}))
+    pattern = re.compile(rf'"((?:{prefixes})\.[a-z_]+)"')
+    package = Path(journal.__file__).parent
+    written = {name for path in package.rglob("*.py") if path.name != "journal.py"
+               for name in pattern.findall(path.read_text())}
+    assert written - set(journal.KINDS) == set()
+    assert set(journal.KINDS) - written == set()  # none is listed without a writer
+
+
+def test_the_kinds_are_known_without_loading_sqlalchemy() -> None:
+    # `log --kind` validates before it opens a database: journal stays off the heavy imports.
+    code = ("import sys, smscredits.journal as j; "
+            "print(len(j.KINDS), 'sqlalchemy' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout
+    assert shown == f"{len(journal.KINDS)} False\n"

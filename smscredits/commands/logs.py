@@ -16,9 +16,10 @@ EVENT_COLUMNS = [
     ("balance_after", "Balance"), ("ref", "Ref"), ("note", "Note"), ("actor", "Actor"),
     ("detail", "Detail"),
 ]
-# The columns a short width may leave out, with their priority (lowest first).
-# The id goes last: a log without ids still reads well, but `--before` pages by them.
-EVENT_OPTIONAL = {"actor": 1, "detail": 2, "note": 3, "ref": 4, "id": 5}
+# The columns a short width may leave out, with their priority (lowest first). The detail,
+# free text that may be long, goes first; the id last: a log without ids still reads well,
+# but `--before` pages by them.
+EVENT_OPTIONAL = {"detail": 0, "actor": 1, "note": 3, "ref": 4, "id": 5}
 # Rows read at a time by a full export (--limit 0): memory stays the same at any length.
 CHUNK = 1000
 
