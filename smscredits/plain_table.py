@@ -31,7 +31,7 @@ from typing import Any, TextIO
 ESSENTIAL = 1_000
 FREE_MIN = 16  # free text is not narrowed below this (or its label, or its widest cell)
 FREE_LINES = 3  # ... and shows at most this many lines, the last one cut with "…"
-_DIGIT = re.compile(r"[0-9]")
+_DATUM = re.compile(r"[0-9=]")
 GAP = 2  # between two columns: a padding space and a separator
 HIDDEN_NOTE = "widen the terminal or use --json"
 
@@ -111,7 +111,7 @@ def layout_texts(
     natural = [max([measure(labels[i]), *map(measure, texts[i])]) or 1
                for i in range(len(columns))]
     is_free = [c[0] in free for c in columns]
-    least = [max(measure(labels[i]), min(natural[i], FREE_MIN), _widest_number(texts[i], measure))
+    least = [max(measure(labels[i]), min(natural[i], FREE_MIN), _widest_datum(texts[i], measure))
              if is_free[i] else natural[i] for i in range(len(columns))]
     shown = list(range(len(columns)))
     if limit is not None:
@@ -145,10 +145,13 @@ def layout_texts(
                   limit, None)
 
 
-def _widest_number(texts: Sequence[str], measure: Callable[[str], int]) -> int:
-    """The widest word with a digit in a column of free text (an amount, a date, an invoice
-    number, ``day=20->30``): free text wraps between words, and such a word is never split."""
-    return max((measure(w) for t in texts for w in t.split(" ") if _DIGIT.search(w)), default=0)
+def _widest_datum(texts: Sequence[str], measure: Callable[[str], int]) -> int:
+    """The widest word of a column of free text that is data rather than prose: one with a
+    digit (an amount, a date, an invoice number) or a ``key=value`` of an event's detail
+    (``status=active->paused``). Free text wraps between words, and such a word is never
+    split: the column is at least that wide."""
+    return max((measure(w) for t in texts for w in t.split(" ") if _DATUM.search(w)),
+               default=0)
 
 
 def wrap(text: str, width: int, measure: Callable[[str], int] = len,
