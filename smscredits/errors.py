@@ -44,10 +44,6 @@ class InsufficientCredits(SmsCreditsError):
     code = "insufficient_credits"
 
 
-class LimitReached(SmsCreditsError):
-    exit_code = Exit.LIMIT
-    code = "limit_reached"
-
 
 class Conflict(SmsCreditsError):
     exit_code = Exit.CONFLICT
@@ -58,7 +54,3 @@ class DatabaseError(SmsCreditsError):
     exit_code = Exit.DATABASE
     code = "database_unavailable"
 
-
-class VerifyFailed(SmsCreditsError):
-    exit_code = Exit.FAILURE
-    code = "verify_failed"

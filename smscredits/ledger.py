@@ -28,16 +28,6 @@ from smscredits.storage.engine import Db
 from smscredits.storage.tables import powers, users
 
 KINDS = ("credits",)
-# Event kinds that change a balance: the credit log.
-CREDIT_KINDS = (
-    "power.created",
-    "credits.added",
-    "credits.subtracted",
-    "credits.set",
-    "message.charged",
-    "message.refunded",
-    "refill.applied",
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """Daily, weekly and monthly spending limits.
 
 Spending is kept as counters of the current day, ISO week and calendar month (in the user's
-time zone) on the power row, updated by the charge's own conditional UPDATE; a check never
-sums the history. A counter whose key is not the current window's reads as 0 spent.
+time zone) on the power row, moved by the charge batch that holds the row (``charging``); a
+check never sums the history. A counter whose key is not the current window's reads as 0 spent.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from smscredits.storage.engine import Db
 from smscredits.storage.tables import powers
 
 REASON = {"day": "daily_limit", "week": "weekly_limit", "month": "monthly_limit"}
-UNSET = object()  # "leave this limit as it is"
 
 
 def set_limits(db: Db, user: str, changes: dict[str, int | None]) -> Limits:
