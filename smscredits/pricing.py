@@ -199,8 +199,15 @@ def _kind(key: str) -> str:
     return "default" if key == "default" else "prefix" if key.startswith("+") else "country"
 
 
+def parse_price(text: str) -> int:
+    """A price per part: an amount that is never negative."""
+    if text.startswith("-") and text[1:2].isdigit():
+        raise BadInput(f"bad price {text}: a price cannot be negative")
+    return parse_amount(text, what="price")
+
+
 def set_price(db: Db, key_text: str, price_text: str) -> PriceRow:
-    key, price = parse_key(key_text), parse_amount(price_text, what="price")
+    key, price = parse_key(key_text), parse_price(price_text)
     with db.write() as conn:
         _upsert(conn, key, price, db.actor)
     return PriceRow(key, _kind(key), to_decimal(price), clock.iso(clock.now_us()))

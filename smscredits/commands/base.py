@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -99,6 +99,7 @@ def hoist(root: Any, ctx: Any, args: list[str]) -> list[str]:
 
 # Typer vendors click; its ClickException is the base of every parsing error.
 _ClickException: type[Exception] = typer.BadParameter.__mro__[2]
+_UsageError: Any = typer.BadParameter.__mro__[1]
 
 
 def _usage_error(e: Any) -> None:
@@ -146,10 +147,23 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
               "Users low on credits or near a limit (for cron and monitoring)."),
     "verify": ("admin", "register_verify", "Logs",
                "Recompute balances and limit windows from the journal."),
+    "help": ("base", "register_help", "Setup", "Show a command's help: help price set."),
     "demo": ("admin", "register", "Setup", "Walk through the tutorial on a throwaway database."),
     "db": ("admin", "db_app", "Setup", "Create and upgrade the database schema."),
     "config": ("admin", "config_app", "Setup", "Show and change settings (config file)."),
 }
+
+
+def suggestion(typo: str, names: list[str]) -> str:
+    """`` Did you mean 'credits'?`` for the closest name, or nothing."""
+    from difflib import get_close_matches
+
+    lowered = typo.lower()
+    # A name the typo starts or ends (`credit`, `refil`) beats a merely similar one.
+    near = [n for n in names if len(lowered) >= 3 and (n.startswith(lowered)
+                                                         or lowered.startswith(n))]
+    near = near or get_close_matches(lowered, names, n=1, cutoff=0.6)
+    return f" Did you mean {near[0]!r}?" if near else ""
 
 
 def _load(name: str) -> Any:
@@ -305,6 +319,15 @@ class RootGroup(PlainGroup):
     def list_commands(self, ctx: Any) -> list[str]:
         return list(LAZY)
 
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        # Suggestions from the lazy table: Typer's own only know the commands loaded so far.
+        try:
+            return self._click_resolve_command(ctx, args)
+        except _UsageError as e:
+            if args and not args[0].startswith("-"):
+                e.message = e.message + suggestion(args[0], list(LAZY))
+            raise
+
     def get_command(self, ctx: Any, name: str) -> Any:
         if name not in self.commands and name in LAZY:
             self.commands[name] = _load(name)
@@ -407,3 +430,33 @@ def amount(text: str, *, what: str = "amount", signed: bool = False) -> int:
     from smscredits.amounts import parse_amount
 
     return parse_amount(text, what=what, signed=signed)
+
+
+def register_help(root: typer.Typer) -> None:
+    @root.command("help", cls=PlainCommand, epilog="Example: smscredits help price set")
+    def help_(
+        ctx: typer.Context,
+        names: Annotated[list[str] | None, typer.Argument(
+            metavar="[COMMAND [SUB]]", help="The command (and sub-command) to explain.")]
+        = None,
+    ) -> None:
+        """Show the help of a command, as COMMAND --help does."""
+        typer.echo(help_text(ctx, names or []), nl=False)
+
+
+def help_text(ctx: Any, names: list[str]) -> str:
+    """The help of the command that ``names`` leads to, from the root; a wrong name is a
+    usage error with a suggestion."""
+    current_ctx = ctx.find_root()
+    current = current_ctx.command
+    for name in names:
+        known = list(LAZY) if current is current_ctx.find_root().command else list(
+            getattr(current, "commands", {}))
+        found = current.get_command(current_ctx, name) if hasattr(current, "get_command") \
+            else None
+        if found is None:
+            raise BadInput(f"No such command {name!r} in {current_ctx.command_path}."
+                           + suggestion(name, known), code="usage")
+        current_ctx = type(ctx)(found, info_name=name, parent=current_ctx)
+        current = found
+    return str(current.get_help(current_ctx)) + "\n"

@@ -40,7 +40,10 @@ def _parts(text: str | None, parts: int | None) -> Any:
 # -- prices ------------------------------------------------------------------------------
 
 
-@command(price_app, "set", example="smscredits price set +3630 0.8")
+# A negative price (`-0.1`) reaches the command, which refuses it by name, instead of
+# being read as an unknown option.
+@command(price_app, "set", example="smscredits price set +3630 0.8",
+         context_settings={"ignore_unknown_options": True})
 def price_set(
     destination: Annotated[str, typer.Argument(help="default, a country code (HU) or a "
                                                     "prefix (+3630).")],
