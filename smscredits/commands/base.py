@@ -173,7 +173,8 @@ def _load(name: str) -> Any:
     module_name, attr, panel, _ = LAZY[name]
     target = getattr(importlib.import_module(f"smscredits.commands.{module_name}"), attr)
     if not isinstance(target, typer.Typer):  # a register(app) function of top-level commands
-        holder = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False)
+        holder = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False,
+                             add_completion=False)
         target(holder)
         target = holder
     built = typer.main.get_command(target)
@@ -187,10 +188,21 @@ def _set_metavars(cmd: Any) -> None:
     for param in getattr(cmd, "params", []):
         if param.param_type_name == "argument":
             param.metavar = param.metavar or (param.name or "").upper()
+            _plain_argument(param)
         elif not getattr(param, "is_flag", False):
             param.metavar = param.metavar or METAVARS.get(param.opts[0], "VALUE")
     for sub in getattr(cmd, "commands", {}).values():
         _set_metavars(sub)
+
+
+def _plain_argument(param: Any) -> None:
+    """Shown as ``USER`` or ``[USER]`` (Typer writes ``{USER}`` and ``USER <str>``)."""
+    shown = param.metavar
+    if not shown.startswith("["):
+        shown = shown if param.required else f"[{shown}]"
+        shown += "..." if param.nargs != 1 else ""
+    param._usage_display_name = lambda: shown
+    param.display_type_rich = lambda ctx: None
 
 
 _NOT_PLAIN = object()
@@ -280,7 +292,25 @@ def check_text(ctx: Any) -> None:
             raise BadInput(f"bad {label}: not valid UTF-8 text")
 
 
+# The root's options, which every command takes too (the examples use them).
+GLOBAL_HELP = [
+    ("--db URL", "Database URL or SQLite file."),
+    ("--json, --jsonl, --csv", "Output for scripts."),
+    ("--quiet, -q", "Print nothing on success."),
+    ("--actor NAME", "Who is recorded as making changes."),
+]
+
+
+def format_globals(formatter: Any) -> None:
+    with formatter.section("Global options (before or after the command)"):
+        formatter.write_dl(GLOBAL_HELP)
+
+
 class PlainCommand(TyperCommand):
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        super().format_options(ctx, formatter)
+        format_globals(formatter)  # last before the example, which ends every help
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         plain_coercion(self.get_params(ctx))  # with the help option, made on first use
         rest = super().parse_args(ctx, args)
@@ -289,6 +319,11 @@ class PlainCommand(TyperCommand):
 
 
 class PlainGroup(TyperGroup):
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        super().format_options(ctx, formatter)
+        if ctx.parent is not None:  # the root lists them as its own options
+            format_globals(formatter)
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         plain_coercion(self.get_params(ctx))
         rest = super().parse_args(ctx, args)
@@ -415,7 +450,7 @@ def reader() -> Db | LiteDb:
 def app(name: str, help_: str, example: str) -> typer.Typer:
     return typer.Typer(
         name=name, help=help_, cls=PlainGroup, no_args_is_help=True, epilog=f"Example: {example}",
-        pretty_exceptions_enable=False, rich_markup_mode=None,
+        pretty_exceptions_enable=False, rich_markup_mode=None, add_completion=False,
     )
 
 
