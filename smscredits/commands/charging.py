@@ -77,31 +77,46 @@ def price_list() -> None:
                   optional={"kind": 2, "updated_at": 1})
 
 
-@command(price_app, "import", example="smscredits price import prices.csv")
+@command(price_app, "import", example="smscredits price list --csv | smscredits price import -")
 def price_import(
-    file: Annotated[Path, typer.Argument(help="CSV of destination,price rows.")],
+    file: Annotated[Path, typer.Argument(help="CSV of destination,price rows (as price list "
+                                              "--csv writes them); - reads stdin.")],
 ) -> None:
-    """Import prices from CSV; any bad row is reported and nothing is imported."""
+    """Import prices from CSV; any bad row is reported and nothing is imported. Prices the
+    file repeats unchanged are left as they are."""
     from smscredits import pricing
     from smscredits.render import Progress
 
+    text = _price_file(file)
     progress = Progress("importing prices", None)
     try:
-        report = pricing.import_csv(db(create=True), file, progress=progress.advance)
+        report = pricing.import_text(db(create=True), text, progress=progress.advance)
     finally:
         progress.close()
     out = output()
     if report.errors:
         if out.machine:
-            out.one({"imported": 0, "errors": report.errors})
+            out.one({"imported": 0, "unchanged": 0, "errors": report.errors})
         else:
             for e in report.errors:
                 out.err.write(f"{file}:{e['line']}: {e['error']}\n")
         out.error("bad_input", f"{len(report.errors)} bad row(s) in {str(file)!r}: "
                                "nothing imported")
         raise typer.Exit(2)
-    out.message(f"imported {report.imported} price(s) from {file}",
-                {"imported": report.imported, "errors": []})
+    source = "stdin" if str(file) == "-" else file
+    out.message(f"imported {report.imported} price(s) from {source}, "
+                f"{report.unchanged} unchanged",
+                {"imported": report.imported, "unchanged": report.unchanged, "errors": []})
+
+
+def _price_file(file: Path) -> str:
+    """The text of a price file, or of stdin for ``-``."""
+    try:
+        if str(file) == "-":
+            return sys.stdin.buffer.read().decode("utf-8-sig")
+        return file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"cannot read price file {str(file)!r}: {e}") from None
 
 
 @command(price_app, "quote", example="smscredits price quote --to +36301234567 --text 'Hello'")
