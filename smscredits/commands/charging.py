@@ -183,7 +183,13 @@ def limits_set(user: UserArg, daily: LimitOpt = None, weekly: LimitOpt = None,
 
     given = {"day": daily, "week": weekly, "month": monthly}
     changes = {w: parse_optional(v, what=f"{w} limit") for w, v in given.items() if v is not None}
-    _show_limits(limits.set_limits(db(), user, changes))
+    lim = limits.set_limits(db(), user, changes)
+    warnings = limits.unreachable(lim)
+    out = output()
+    if not out.silent:
+        for w in warnings:
+            out.err.write(f"{w['message']}\n")
+    _show_limits(lim, warning=warnings[0] if warnings else None)
 
 
 @command(limits_app, "show", example="smscredits limits show alice")
@@ -209,14 +215,15 @@ def _show_every_window() -> None:
              empty="no powers yet", optional={"resets_at": 1})
 
 
-def _show_limits(lim: Any, title: str = "Limits of") -> None:
+def _show_limits(lim: Any, title: str = "Limits of", warning: Any = None) -> None:
     from smscredits.render import in_zone, plain
 
     out = output()
     if out.mode == "csv":  # a row per window, as the table has it
         out.rows([{"user": lim.user, "tz": lim.tz, **plain(w)} for w in lim.windows], [])
     elif out.machine:
-        out.one(lim)
+        out.one(lim if warning is None else
+                {"user": lim.user, "tz": lim.tz, "windows": lim.windows, "warning": warning})
     else:
         out.rows([in_zone(w, lim.tz) for w in lim.windows], CHARGE_COLUMNS,
                  title=f"{title} {lim.user} ({lim.tz})", optional={"resets_at": 1})
