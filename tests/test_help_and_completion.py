@@ -105,3 +105,70 @@ def test_usage_of_a_required_and_an_optional_user() -> None:
     assert invoke("limits", "show", "--help").stdout.startswith(
         "Usage: smscredits limits show [OPTIONS] [USER]\n")
     assert "  USER    User name.  [required]\n" in invoke("credits", "add", "--help").stdout
+
+
+# -- shell completion ----------------------------------------------------------------------
+
+
+def complete(line: str) -> list[str]:
+    """What bash is offered for the last word of ``line`` (a trailing space: a new word)."""
+    words = line.split()
+    cword = len(words) if line.endswith(" ") else len(words) - 1
+    result = CliRunner().invoke(app, [], prog_name="smscredits", env={
+        "_SMSCREDITS_COMPLETE": "complete_bash", "COMP_WORDS": line, "COMP_CWORD": str(cword)})
+    assert result.exit_code == 0, result.output
+    return [word for word in result.stdout.splitlines() if word]
+
+
+def test_zones_complete() -> None:
+    assert complete("smscredits user add bob --tz Europe/Bu") == [
+        "Europe/Bucharest", "Europe/Budapest", "Europe/Busingen"]
+    assert "localtime" not in complete("smscredits user add bob --tz local")
+
+
+def test_event_kinds_complete() -> None:
+    assert complete("smscredits events --kind price") == ["price.set", "price.deleted"]
+    assert complete("smscredits log alice --kind refill.s") == ["refill.scheduled",
+                                                                "refill.skipped"]
+
+
+def test_schedule_words_complete() -> None:
+    assert complete("smscredits refill schedule alice --every ") == ["day", "week", "month"]
+    assert complete("smscredits refill schedule alice --every week --on ") == [
+        "mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    assert complete("smscredits refill schedule alice --every month --on 3") == ["3", "30",
+                                                                               "31"]
+    assert complete("smscredits usage --by c") == ["country"]
+
+
+def test_help_completes_command_names() -> None:
+    assert complete("smscredits help pr") == ["price"]
+    assert complete("smscredits help price ") == ["set", "delete", "list", "import", "quote"]
+
+
+@pytest.fixture
+def filled(cli: Any) -> Any:
+    for args in (["user", "add", "alice"], ["user", "add", "albert"], ["user", "add", "bob"],
+                 ["power", "create", "alice"], ["credits", "add", "alice", "100"],
+                 ["price", "set", "HU", "0.5"], ["price", "set", "+3630", "0.4"],
+                 ["refill", "schedule", "alice", "--every", "month", "--add", "5"],
+                 ["charge", "alice", "--to", "+36301234567", "--parts", "1", "--id", "m-1"],
+                 ["charge", "alice", "--to", "+36301234567", "--parts", "1", "--id", "m-2"]):
+        assert cli(*args).exit_code == 0, (args, cli(*args).stderr)
+    return cli
+
+
+@pytest.mark.usefixtures("filled")
+def test_names_from_the_database_complete() -> None:
+    assert complete("smscredits credits add al") == ["albert", "alice"]
+    assert complete("smscredits user show ") == ["albert", "alice", "bob"]
+    assert complete("smscredits price quote --to +36301234567 --user b") == ["bob"]
+    assert complete("smscredits price delete ") == ["default", "+3630", "HU"]
+    assert complete("smscredits refill pause ") == ["1"]
+    assert complete("smscredits refund m-") == ["m-2", "m-1"]  # newest first
+
+
+def test_no_database_completes_nothing(tmp_path: Any) -> None:
+    line = f"smscredits --db {tmp_path / 'none.db'} credits add "
+    assert complete(line) == []
+    assert not (tmp_path / "none.db").exists()

@@ -185,7 +185,11 @@ def _load(name: str) -> Any:
 
 
 def _set_metavars(cmd: Any) -> None:
+    from smscredits.commands.complete import completer
+
     for param in getattr(cmd, "params", []):
+        param._custom_shell_complete = completer(cmd.name or "", param.name or "") or getattr(
+            param, "_custom_shell_complete", None)
         if param.param_type_name == "argument":
             param.metavar = param.metavar or (param.name or "").upper()
             _plain_argument(param)
