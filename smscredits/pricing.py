@@ -155,6 +155,28 @@ class PriceBook:
             return "default", self.table["default"]
         raise Rejected("no_price", f"no price for {dest.number} and no default price")
 
+    def near_misses(self, dest: Destination, rule: str) -> list[dict[str, str]]:
+        """Prices that almost applied to ``dest`` and did not: a country sharing its calling
+        code (+447911123456 is Guernsey, GG, so a GB price does not apply) and a prefix off
+        by its last digit (+36301 for +36302...), longer than the rule that matched."""
+        import phonenumbers
+
+        found: list[dict[str, str]] = []
+        if _kind(rule) == "default" and dest.country:
+            code = phonenumbers.country_code_for_region(dest.country)
+            for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code, ()):
+                if region != dest.country and region in self.table:
+                    found.append({"rule": region, "kind": "country",
+                                  "reason": f"{dest.number} is in {dest.country}, which "
+                                            f"shares the calling code +{code} with {region}"})
+        matched = len(rule) if rule.startswith("+") else 0
+        for key in sorted(k for k in self.table if k.startswith("+") and len(k) > matched):
+            near = dest.number[: len(key)]
+            if len(near) == len(key) and key[:-1] == near[:-1] and key != near:
+                found.append({"rule": key, "kind": "prefix",
+                              "reason": f"{dest.number} starts with {near}, not {key}"})
+        return found
+
     def quote(self, to: str, parts: Parts) -> Quote:
         key = (to, parts.encoding, parts.units, parts.parts)
         made = self._quotes.get(key)
@@ -193,6 +215,11 @@ class PriceRow:
     kind: str
     price: Decimal
     updated_at: str | None
+
+
+def kind_of(key: str) -> str:
+    """``default``, ``country`` or ``prefix``: what kind of price rule a key is."""
+    return _kind(key)
 
 
 def _kind(key: str) -> str:

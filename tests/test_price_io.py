@@ -97,3 +97,42 @@ def test_an_export_row_missing_a_column_is_reported(cli: Any) -> None:
     assert run.exit_code == 2
     assert "-:2: expected 4 fields, got 3\n" in run.stderr
     assert listed(cli) == []
+
+
+# -- which rule matched, and which almost did ----------------------------------------------
+
+
+def test_a_guernsey_number_misses_the_gb_price(cli: Any) -> None:
+    for key, price in [("default", "2"), ("GB", "0.3")]:
+        assert cli("price", "set", key, price).exit_code == 0
+    run = cli("price", "quote", "--to", "+447911123456", "--parts", "1", "--json")
+    assert run.exit_code == 0, run.stderr
+    q = doc(run)
+    assert (q["country"], q["rule"], q["cost"]) == ("GG", "default", Decimal(2))
+    assert q["matched"] == {"rule": "default", "kind": "default", "country": "GG"}
+    assert q["near_misses"] == [{
+        "rule": "GB", "kind": "country",
+        "reason": "+447911123456 is in GG, which shares the calling code +44 with GB"}]
+    text = cli("price", "quote", "--to", "+447911123456", "--parts", "1").stdout
+    assert "Price rule      default (no price for GG)\n" in text
+    assert text.endswith("Near misses     GB (+447911123456 is in GG, which shares the "
+                         "calling code +44 with GB)\n")
+
+
+def test_a_prefix_off_by_its_last_digit_is_a_near_miss(cli: Any) -> None:
+    for key, price in [("HU", "0.8"), ("+36301", "0.5")]:
+        assert cli("price", "set", key, price).exit_code == 0
+    q = doc(cli("price", "quote", "--to", "+36302123456", "--parts", "1", "--json"))
+    assert q["matched"] == {"rule": "HU", "kind": "country", "country": "HU"}
+    assert q["near_misses"] == [{"rule": "+36301", "kind": "prefix",
+                                 "reason": "+36302123456 starts with +36302, not +36301"}]
+
+
+def test_an_exact_match_has_no_near_misses(cli: Any) -> None:
+    for key, price in [("HU", "0.8"), ("+3630", "0.4")]:
+        assert cli("price", "set", key, price).exit_code == 0
+    q = doc(cli("price", "quote", "--to", "+36301234567", "--parts", "1", "--json"))
+    assert q["matched"] == {"rule": "+3630", "kind": "prefix", "country": "HU"}
+    assert q["near_misses"] == []
+    text = cli("price", "quote", "--to", "+36301234567", "--parts", "1").stdout
+    assert "Price rule      +3630 (prefix)\n" in text and "Near misses" not in text

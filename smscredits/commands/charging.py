@@ -128,7 +128,7 @@ def price_quote(
 ) -> None:
     """What a message would cost: encoding, parts, matching price rule, cost."""
     from smscredits import limits
-    from smscredits.pricing import PriceBook, Rejected
+    from smscredits.pricing import PriceBook, Rejected, destination, kind_of
 
     handle = db()
     counted = _parts(text, parts)
@@ -146,6 +146,8 @@ def price_quote(
         "encoding": counted.encoding if counted_here else None,
         "units": counted.units if counted_here else None, "parts": quote.parts,
         "rule": quote.rule, "price": _dec(quote.price), "cost": _dec(quote.cost),
+        "matched": {"rule": quote.rule, "kind": kind_of(quote.rule), "country": quote.country},
+        "near_misses": book.near_misses(destination(quote.to), quote.rule),
     }
     lim = limits.show_limits(handle, user) if user is not None else None
     if lim is not None:
@@ -154,13 +156,24 @@ def price_quote(
     if out.machine:
         out.one(data)
         return
-    shown = {**data, **{k: "-" for k in ("encoding", "units") if data[k] is None}}
+    shown = {**data, **{k: "-" for k in ("encoding", "units") if data[k] is None},
+             "rule": _rule_text(data["matched"]),
+             "near_misses": "; ".join(f"{m['rule']} ({m['reason']})"
+                                      for m in data["near_misses"])}
     out.record(shown, [("to", "To"), ("country", "Country"), ("encoding", "Encoding"),
                        ("units", "Units"), ("parts", "Parts"), ("rule", "Price rule"),
-                       ("price", "Price per part"), ("cost", "Cost")])
+                       ("price", "Price per part"), ("cost", "Cost")]
+               + ([("near_misses", "Near misses")] if data["near_misses"] else []))
     if lim is not None:
         out.out.write("\n")
         _show_limits(lim, "Limits left for")
+
+
+def _rule_text(matched: dict[str, Any]) -> str:
+    """``+3630 (prefix)``, ``HU (country)``, ``default (no price for GG)``."""
+    if matched["kind"] == "default" and matched["country"]:
+        return f"default (no price for {matched['country']})"
+    return f"{matched['rule']} ({matched['kind']})"
 
 
 def _dec(millis: int) -> Any:
