@@ -54,6 +54,29 @@ def set_limits(db: Db, user: str, changes: dict[str, int | None]) -> Limits:
     return show_limits(db, user)
 
 
+_ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly"}
+
+
+def unreachable(lim: Limits) -> list[dict[str, object]]:
+    """Warnings for a limit above the limit of a larger window (daily 50, weekly 30): it is
+    accepted, since either may change next, but the larger window's limit binds first."""
+    found: list[dict[str, object]] = []
+    windows = [w for w in lim.windows if w.limit is not None]
+    for i, small in enumerate(windows):
+        large = next((w for w in windows[i + 1:] if w.limit is not None), None)
+        if large is not None and small.limit is not None and large.limit is not None \
+                and small.limit > large.limit:
+            found.append({
+                "code": "unreachable_limit",
+                "message": f"{lim.user}: {_ADJECTIVE[small.window]} limit {small.limit} is "
+                           f"above the {_ADJECTIVE[large.window]} limit {large.limit}; the "
+                           f"{_ADJECTIVE[large.window]} limit is reached first",
+                "window": small.window, "limit": small.limit,
+                "reached_first": large.window, "reached_first_limit": large.limit,
+            })
+    return found
+
+
 def _limits_held(conn: Connection, user_id: int) -> RowMapping | None:
     """The credits power's limits before a change, its row held to the end of the
     transaction (Postgres), so that the old values journaled are the ones replaced."""

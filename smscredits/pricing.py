@@ -155,6 +155,28 @@ class PriceBook:
             return "default", self.table["default"]
         raise Rejected("no_price", f"no price for {dest.number} and no default price")
 
+    def near_misses(self, dest: Destination, rule: str) -> list[dict[str, str]]:
+        """Prices that almost applied to ``dest`` and did not: a country sharing its calling
+        code (+447911123456 is Guernsey, GG, so a GB price does not apply) and a prefix off
+        by its last digit (+36301 for +36302...), longer than the rule that matched."""
+        import phonenumbers
+
+        found: list[dict[str, str]] = []
+        if _kind(rule) == "default" and dest.country:
+            code = phonenumbers.country_code_for_region(dest.country)
+            for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code, ()):
+                if region != dest.country and region in self.table:
+                    found.append({"rule": region, "kind": "country",
+                                  "reason": f"{dest.number} is in {dest.country}, which "
+                                            f"shares the calling code +{code} with {region}"})
+        matched = len(rule) if rule.startswith("+") else 0
+        for key in sorted(k for k in self.table if k.startswith("+") and len(k) > matched):
+            near = dest.number[: len(key)]
+            if len(near) == len(key) and key[:-1] == near[:-1] and key != near:
+                found.append({"rule": key, "kind": "prefix",
+                              "reason": f"{dest.number} starts with {near}, not {key}"})
+        return found
+
     def quote(self, to: str, parts: Parts) -> Quote:
         key = (to, parts.encoding, parts.units, parts.parts)
         made = self._quotes.get(key)
@@ -195,12 +217,24 @@ class PriceRow:
     updated_at: str | None
 
 
+def kind_of(key: str) -> str:
+    """``default``, ``country`` or ``prefix``: what kind of price rule a key is."""
+    return _kind(key)
+
+
 def _kind(key: str) -> str:
     return "default" if key == "default" else "prefix" if key.startswith("+") else "country"
 
 
+def parse_price(text: str) -> int:
+    """A price per part: an amount that is never negative."""
+    if text.startswith("-") and text[1:2].isdigit():
+        raise BadInput(f"bad price {text}: a price cannot be negative")
+    return parse_amount(text, what="price")
+
+
 def set_price(db: Db, key_text: str, price_text: str) -> PriceRow:
-    key, price = parse_key(key_text), parse_amount(price_text, what="price")
+    key, price = parse_key(key_text), parse_price(price_text)
     with db.write() as conn:
         _upsert(conn, key, price, db.actor)
     return PriceRow(key, _kind(key), to_decimal(price), clock.iso(clock.now_us()))
@@ -242,39 +276,66 @@ def list_prices(db: Db) -> list[PriceRow]:
 
 @dataclass(frozen=True, slots=True)
 class ImportReport:
-    imported: int
+    imported: int  # prices written (new or changed)
     errors: list[dict[str, object]]
+    unchanged: int = 0  # prices the file repeats as they are: not rewritten
+
+
+_KEY_COLUMNS = ("destination", "key", "prefix")
 
 
 def import_csv(
     db: Db, path: Path, *, progress: Callable[[int], None] | None = None
 ) -> ImportReport:
-    """Import ``destination,price`` rows (a header row is optional); all or nothing.
-
-    Every bad row is reported with its line number; if there is any, nothing is imported.
-    """
+    """Import a price file; see ``import_text``."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise BadInput(f"cannot read price file {str(path)!r}: {e}") from None
+    return import_text(db, text, progress=progress)
+
+
+def _columns(header: list[str]) -> tuple[int, int] | None:
+    """Where the destination and the price are, from a header row (``price list --csv``
+    writes ``key,kind,price,updated_at``); None for a row that is no header."""
+    names = [h.strip().lower() for h in header]
+    if not names or names[0] not in _KEY_COLUMNS:
+        return None
+    return 0, names.index("price") if "price" in names else 1
+
+
+def import_text(
+    db: Db, text: str, *, progress: Callable[[int], None] | None = None
+) -> ImportReport:
+    """Import ``destination,price`` rows (a header row is optional, and with one any other
+    column, such as an export's kind and updated_at, is ignored); all or nothing.
+
+    Every bad row is reported with its line number; if there is any, nothing is imported.
+    A price the file repeats as it is stays untouched (no journal event, same updated_at).
+    """
     good: dict[str, int] = {}
     errors: list[dict[str, object]] = []
-    for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
+    key_at, price_at, width = 0, 1, 2
+    for lineno, row in enumerate(csv.reader(text.lstrip("\ufeff").splitlines()), start=1):
         if not row or not "".join(row).strip() or row[0].startswith("#"):
             continue
-        if lineno == 1 and row[0].strip().lower() in ("destination", "key", "prefix"):
+        if lineno == 1 and (found := _columns(row)) is not None:
+            (key_at, price_at), width = found, len(row)
             continue
         try:
-            if len(row) != 2:
-                raise BadInput(f"expected 2 fields (destination,price), got {len(row)}")
-            good[parse_key(row[0].strip())] = parse_amount(row[1].strip(), what="price")
+            if len(row) != width:
+                raise BadInput(f"expected {width} fields (destination,price), got {len(row)}"
+                               if width == 2 else f"expected {width} fields, got {len(row)}")
+            good[parse_key(row[key_at].strip())] = parse_price(row[price_at].strip())
         except BadInput as e:
             errors.append({"line": lineno, "row": ",".join(row), "error": e.message})
     if errors:
         return ImportReport(0, errors)
     with db.write() as conn:
-        for key, price in good.items():
+        current = {k: p for k, p in conn.execute(select(prices.c.key, prices.c.price))}
+        changed = {k: p for k, p in good.items() if current.get(k) != p}
+        for key, price in changed.items():
             _upsert(conn, key, price, db.actor)
             if progress is not None:
                 progress(1)
-    return ImportReport(len(good), [])
+    return ImportReport(len(changed), [], len(good) - len(changed))

@@ -82,6 +82,8 @@ def schedule_plan(
                            f"{format_amount(MAX_MILLIS)})", code=OUT_OF_RANGE)
     if add is not None and add <= 0:
         raise BadInput(f"bad --add {format_amount(add)}: must be more than 0")
+    if top_up_to is not None and top_up_to <= 0:  # a plan that could never add anything
+        raise BadInput(f"bad --top-up-to {format_amount(top_up_to)}: must be more than 0")
     if top_up_to is not None and below is not None and top_up_to < below:
         raise BadInput("--top-up-to must be at least --when-below, or the plan fires forever")
     on_day, at_minute = None, 0

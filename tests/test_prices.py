@@ -218,7 +218,7 @@ def test_import_with_a_header_sets_every_row(cli: Any, tmp_path: Path) -> None:
     path = write(tmp_path, "destination,price\ndefault,1\nHU,0.5\n+3630,0.25\nde, 0.75 \n")
     run = cli("price", "import", str(path), "--json")
     assert run.exit_code == 0, run.stderr
-    assert run.json() == {"imported": 4, "errors": []}
+    assert run.json() == {"imported": 4, "unchanged": 0, "errors": []}
     assert prices(cli) == {"default": Decimal(1), "HU": Decimal("0.5"),
                            "+3630": Decimal("0.25"), "DE": Decimal("0.75")}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -99,6 +99,7 @@ def hoist(root: Any, ctx: Any, args: list[str]) -> list[str]:
 
 # Typer vendors click; its ClickException is the base of every parsing error.
 _ClickException: type[Exception] = typer.BadParameter.__mro__[2]
+_UsageError: Any = typer.BadParameter.__mro__[1]
 
 
 def _usage_error(e: Any) -> None:
@@ -146,10 +147,23 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
               "Users low on credits or near a limit (for cron and monitoring)."),
     "verify": ("admin", "register_verify", "Logs",
                "Recompute balances and limit windows from the journal."),
+    "help": ("base", "register_help", "Setup", "Show a command's help: help price set."),
     "demo": ("admin", "register", "Setup", "Walk through the tutorial on a throwaway database."),
     "db": ("admin", "db_app", "Setup", "Create and upgrade the database schema."),
     "config": ("admin", "config_app", "Setup", "Show and change settings (config file)."),
 }
+
+
+def suggestion(typo: str, names: list[str]) -> str:
+    """`` Did you mean 'credits'?`` for the closest name, or nothing."""
+    from difflib import get_close_matches
+
+    lowered = typo.lower()
+    # A name the typo starts or ends (`credit`, `refil`) beats a merely similar one.
+    near = [n for n in names if len(lowered) >= 3 and (n.startswith(lowered)
+                                                         or lowered.startswith(n))]
+    near = near or get_close_matches(lowered, names, n=1, cutoff=0.6)
+    return f" Did you mean {near[0]!r}?" if near else ""
 
 
 def _load(name: str) -> Any:
@@ -159,7 +173,8 @@ def _load(name: str) -> Any:
     module_name, attr, panel, _ = LAZY[name]
     target = getattr(importlib.import_module(f"smscredits.commands.{module_name}"), attr)
     if not isinstance(target, typer.Typer):  # a register(app) function of top-level commands
-        holder = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False)
+        holder = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False,
+                             add_completion=False)
         target(holder)
         target = holder
     built = typer.main.get_command(target)
@@ -170,13 +185,28 @@ def _load(name: str) -> Any:
 
 
 def _set_metavars(cmd: Any) -> None:
+    from smscredits.commands.complete import completer
+
     for param in getattr(cmd, "params", []):
+        param._custom_shell_complete = completer(cmd.name or "", param.name or "") or getattr(
+            param, "_custom_shell_complete", None)
         if param.param_type_name == "argument":
             param.metavar = param.metavar or (param.name or "").upper()
+            _plain_argument(param)
         elif not getattr(param, "is_flag", False):
             param.metavar = param.metavar or METAVARS.get(param.opts[0], "VALUE")
     for sub in getattr(cmd, "commands", {}).values():
         _set_metavars(sub)
+
+
+def _plain_argument(param: Any) -> None:
+    """Shown as ``USER`` or ``[USER]`` (Typer writes ``{USER}`` and ``USER <str>``)."""
+    shown = param.metavar
+    if not shown.startswith("["):
+        shown = shown if param.required else f"[{shown}]"
+        shown += "..." if param.nargs != 1 else ""
+    param._usage_display_name = lambda: shown
+    param.display_type_rich = lambda ctx: None
 
 
 _NOT_PLAIN = object()
@@ -266,7 +296,25 @@ def check_text(ctx: Any) -> None:
             raise BadInput(f"bad {label}: not valid UTF-8 text")
 
 
+# The root's options, which every command takes too (the examples use them).
+GLOBAL_HELP = [
+    ("--db URL", "Database URL or SQLite file."),
+    ("--json, --jsonl, --csv", "Output for scripts."),
+    ("--quiet, -q", "Print nothing on success."),
+    ("--actor NAME", "Who is recorded as making changes."),
+]
+
+
+def format_globals(formatter: Any) -> None:
+    with formatter.section("Global options (before or after the command)"):
+        formatter.write_dl(GLOBAL_HELP)
+
+
 class PlainCommand(TyperCommand):
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        super().format_options(ctx, formatter)
+        format_globals(formatter)  # last before the example, which ends every help
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         plain_coercion(self.get_params(ctx))  # with the help option, made on first use
         rest = super().parse_args(ctx, args)
@@ -275,6 +323,11 @@ class PlainCommand(TyperCommand):
 
 
 class PlainGroup(TyperGroup):
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        super().format_options(ctx, formatter)
+        if ctx.parent is not None:  # the root lists them as its own options
+            format_globals(formatter)
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         plain_coercion(self.get_params(ctx))
         rest = super().parse_args(ctx, args)
@@ -304,6 +357,15 @@ class RootGroup(PlainGroup):
     # build only what they run (the whole tree costs ~20 ms of a ~60 ms start).
     def list_commands(self, ctx: Any) -> list[str]:
         return list(LAZY)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        # Suggestions from the lazy table: Typer's own only know the commands loaded so far.
+        try:
+            return self._click_resolve_command(ctx, args)
+        except _UsageError as e:
+            if args and not args[0].startswith("-"):
+                e.message = e.message + suggestion(args[0], list(LAZY))
+            raise
 
     def get_command(self, ctx: Any, name: str) -> Any:
         if name not in self.commands and name in LAZY:
@@ -392,7 +454,7 @@ def reader() -> Db | LiteDb:
 def app(name: str, help_: str, example: str) -> typer.Typer:
     return typer.Typer(
         name=name, help=help_, cls=PlainGroup, no_args_is_help=True, epilog=f"Example: {example}",
-        pretty_exceptions_enable=False, rich_markup_mode=None,
+        pretty_exceptions_enable=False, rich_markup_mode=None, add_completion=False,
     )
 
 
@@ -407,3 +469,33 @@ def amount(text: str, *, what: str = "amount", signed: bool = False) -> int:
     from smscredits.amounts import parse_amount
 
     return parse_amount(text, what=what, signed=signed)
+
+
+def register_help(root: typer.Typer) -> None:
+    @root.command("help", cls=PlainCommand, epilog="Example: smscredits help price set")
+    def help_(
+        ctx: typer.Context,
+        names: Annotated[list[str] | None, typer.Argument(
+            metavar="[COMMAND [SUB]]", help="The command (and sub-command) to explain.")]
+        = None,
+    ) -> None:
+        """Show the help of a command, as COMMAND --help does."""
+        typer.echo(help_text(ctx, names or []), nl=False)
+
+
+def help_text(ctx: Any, names: list[str]) -> str:
+    """The help of the command that ``names`` leads to, from the root; a wrong name is a
+    usage error with a suggestion."""
+    current_ctx = ctx.find_root()
+    current = current_ctx.command
+    for name in names:
+        known = list(LAZY) if current is current_ctx.find_root().command else list(
+            getattr(current, "commands", {}))
+        found = current.get_command(current_ctx, name) if hasattr(current, "get_command") \
+            else None
+        if found is None:
+            raise BadInput(f"No such command {name!r} in {current_ctx.command_path}."
+                           + suggestion(name, known), code="usage")
+        current_ctx = type(ctx)(found, info_name=name, parent=current_ctx)
+        current = found
+    return str(current.get_help(current_ctx)) + "\n"

@@ -40,7 +40,10 @@ def _parts(text: str | None, parts: int | None) -> Any:
 # -- prices ------------------------------------------------------------------------------
 
 
-@command(price_app, "set", example="smscredits price set +3630 0.8")
+# A negative price (`-0.1`) reaches the command, which refuses it by name, instead of
+# being read as an unknown option.
+@command(price_app, "set", example="smscredits price set +3630 0.8",
+         context_settings={"ignore_unknown_options": True})
 def price_set(
     destination: Annotated[str, typer.Argument(help="default, a country code (HU) or a "
                                                     "prefix (+3630).")],
@@ -74,31 +77,46 @@ def price_list() -> None:
                   optional={"kind": 2, "updated_at": 1})
 
 
-@command(price_app, "import", example="smscredits price import prices.csv")
+@command(price_app, "import", example="smscredits price list --csv | smscredits price import -")
 def price_import(
-    file: Annotated[Path, typer.Argument(help="CSV of destination,price rows.")],
+    file: Annotated[Path, typer.Argument(help="CSV of destination,price rows (as price list "
+                                              "--csv writes them); - reads stdin.")],
 ) -> None:
-    """Import prices from CSV; any bad row is reported and nothing is imported."""
+    """Import prices from CSV; any bad row is reported and nothing is imported. Prices the
+    file repeats unchanged are left as they are."""
     from smscredits import pricing
     from smscredits.render import Progress
 
+    text = _price_file(file)
     progress = Progress("importing prices", None)
     try:
-        report = pricing.import_csv(db(create=True), file, progress=progress.advance)
+        report = pricing.import_text(db(create=True), text, progress=progress.advance)
     finally:
         progress.close()
     out = output()
     if report.errors:
         if out.machine:
-            out.one({"imported": 0, "errors": report.errors})
+            out.one({"imported": 0, "unchanged": 0, "errors": report.errors})
         else:
             for e in report.errors:
                 out.err.write(f"{file}:{e['line']}: {e['error']}\n")
         out.error("bad_input", f"{len(report.errors)} bad row(s) in {str(file)!r}: "
                                "nothing imported")
         raise typer.Exit(2)
-    out.message(f"imported {report.imported} price(s) from {file}",
-                {"imported": report.imported, "errors": []})
+    source = "stdin" if str(file) == "-" else file
+    out.message(f"imported {report.imported} price(s) from {source}, "
+                f"{report.unchanged} unchanged",
+                {"imported": report.imported, "unchanged": report.unchanged, "errors": []})
+
+
+def _price_file(file: Path) -> str:
+    """The text of a price file, or of stdin for ``-``."""
+    try:
+        if str(file) == "-":
+            return sys.stdin.buffer.read().decode("utf-8-sig")
+        return file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"cannot read price file {str(file)!r}: {e}") from None
 
 
 @command(price_app, "quote", example="smscredits price quote --to +36301234567 --text 'Hello'")
@@ -110,7 +128,7 @@ def price_quote(
 ) -> None:
     """What a message would cost: encoding, parts, matching price rule, cost."""
     from smscredits import limits
-    from smscredits.pricing import PriceBook, Rejected
+    from smscredits.pricing import PriceBook, Rejected, destination, kind_of
 
     handle = db()
     counted = _parts(text, parts)
@@ -128,6 +146,8 @@ def price_quote(
         "encoding": counted.encoding if counted_here else None,
         "units": counted.units if counted_here else None, "parts": quote.parts,
         "rule": quote.rule, "price": _dec(quote.price), "cost": _dec(quote.cost),
+        "matched": {"rule": quote.rule, "kind": kind_of(quote.rule), "country": quote.country},
+        "near_misses": book.near_misses(destination(quote.to), quote.rule),
     }
     lim = limits.show_limits(handle, user) if user is not None else None
     if lim is not None:
@@ -136,13 +156,24 @@ def price_quote(
     if out.machine:
         out.one(data)
         return
-    shown = {**data, **{k: "-" for k in ("encoding", "units") if data[k] is None}}
+    shown = {**data, **{k: "-" for k in ("encoding", "units") if data[k] is None},
+             "rule": _rule_text(data["matched"]),
+             "near_misses": "; ".join(f"{m['rule']} ({m['reason']})"
+                                      for m in data["near_misses"])}
     out.record(shown, [("to", "To"), ("country", "Country"), ("encoding", "Encoding"),
                        ("units", "Units"), ("parts", "Parts"), ("rule", "Price rule"),
-                       ("price", "Price per part"), ("cost", "Cost")])
+                       ("price", "Price per part"), ("cost", "Cost")]
+               + ([("near_misses", "Near misses")] if data["near_misses"] else []))
     if lim is not None:
         out.out.write("\n")
         _show_limits(lim, "Limits left for")
+
+
+def _rule_text(matched: dict[str, Any]) -> str:
+    """``+3630 (prefix)``, ``HU (country)``, ``default (no price for GG)``."""
+    if matched["kind"] == "default" and matched["country"]:
+        return f"default (no price for {matched['country']})"
+    return f"{matched['rule']} ({matched['kind']})"
 
 
 def _dec(millis: int) -> Any:
@@ -165,7 +196,13 @@ def limits_set(user: UserArg, daily: LimitOpt = None, weekly: LimitOpt = None,
 
     given = {"day": daily, "week": weekly, "month": monthly}
     changes = {w: parse_optional(v, what=f"{w} limit") for w, v in given.items() if v is not None}
-    _show_limits(limits.set_limits(db(), user, changes))
+    lim = limits.set_limits(db(), user, changes)
+    warnings = limits.unreachable(lim)
+    out = output()
+    if not out.silent:
+        for w in warnings:
+            out.err.write(f"{w['message']}\n")
+    _show_limits(lim, warning=warnings[0] if warnings else None)
 
 
 @command(limits_app, "show", example="smscredits limits show alice")
@@ -191,7 +228,7 @@ def _show_every_window() -> None:
              empty="no powers yet", optional={"resets_at": 1})
 
 
-def _show_limits(lim: Any, title: str = "Limits of") -> None:
+def _show_limits(lim: Any, title: str = "Limits of", warning: Any = None) -> None:
     from smscredits.render import in_zone, plain
 
     out = output()
@@ -199,7 +236,8 @@ def _show_limits(lim: Any, title: str = "Limits of") -> None:
         out.rows([{"user": lim.user, "user_id": lim.user_id, "tz": lim.tz,
                   **plain(w)} for w in lim.windows], [])
     elif out.machine:
-        out.one(lim)
+        out.one(lim if warning is None else
+                {"user": lim.user, "tz": lim.tz, "windows": lim.windows, "warning": warning})
     else:
         out.rows([in_zone(w, lim.tz) for w in lim.windows], CHARGE_COLUMNS,
                  title=f"{title} {lim.user} ({lim.tz})", optional={"resets_at": 1})
