@@ -82,7 +82,10 @@ def test_file_summary_counts_charges_replays_refusals_and_errors_apart(
                     + line(user="alice", to=TO, parts=1, id="f-1"))  # same id, other cost
     run = cli("charge", "--file", str(path))
     assert run.exit_code == 2
-    assert len(run.stdout.splitlines()) == 5
+    results = [json.loads(r) for r in run.stdout.splitlines()]
+    assert [(r["line"], r["status"], r["reason"]) for r in results] == [
+        (1, "charged", None), (2, "rejected", "insufficient_credits"), (3, "error", "bad_input"),
+        (4, "rejected", "unknown_user"), (5, "error", "conflict")]
     assert run.stderr == ("5 line(s): charged 1, replayed 0, refused 2 (insufficient_credits 1, "
                           "unknown_user 1), errors 2 (bad_input 1, conflict 1); "
                           "2 credits charged\n")
