@@ -82,7 +82,10 @@ def test_file_summary_counts_charges_replays_refusals_and_errors_apart(
                     + line(user="alice", to=TO, parts=1, id="f-1"))  # same id, other cost
     run = cli("charge", "--file", str(path))
     assert run.exit_code == 2
-    assert len(run.stdout.splitlines()) == 5
+    results = [json.loads(r) for r in run.stdout.splitlines()]
+    assert [(r["line"], r["status"], r["reason"]) for r in results] == [
+        (1, "charged", None), (2, "rejected", "insufficient_credits"), (3, "error", "bad_input"),
+        (4, "rejected", "unknown_user"), (5, "error", "conflict")]
     assert run.stderr == ("5 line(s): charged 1, replayed 0, refused 2 (insufficient_credits 1, "
                           "unknown_user 1), errors 2 (bad_input 1, conflict 1); "
                           "2 credits charged\n")
@@ -94,3 +97,30 @@ def test_file_summary_counts_charges_replays_refusals_and_errors_apart(
         "lines": 5, "charged": 0, "replayed": 3, "rejected": 0, "errors": 2, "cost": 0,
         "rejected_by_reason": {}, "errors_by_reason": {"bad_input": 1, "conflict": 1}}}
     assert ok(cli("credits", "balance", "alice", "--json")).json()["balance"] == 1
+
+
+@freeze_time(datetime(2026, 12, 20, 12, 0, tzinfo=UTC))
+def test_the_python_api_has_the_numbers_of_a_refusal(db: Any) -> None:
+    """An overdrawn account and a monthly limit: the numbers are on the result itself."""
+    from smscredits import ledger, limits, pricing
+    from smscredits.charging import Charger, ChargeRequest
+
+    pricing.set_price(db, "default", "1")
+    ledger.add_user(db, "alice", tz="America/New_York")
+    ledger.create_power(db, "alice", initial=1000)
+    ledger.set_overdraft(db, "alice", 2000)
+    charger = Charger(db)
+    [first] = charger.charge_batch([ChargeRequest("alice", TO, parts=2)])
+    assert (first.status, first.balance, first.refusal) == ("charged", -1, None)
+    [broke] = charger.charge_batch([ChargeRequest("alice", TO, parts=2)])
+    assert (broke.reason, broke.message) == (
+        "insufficient_credits",
+        "insufficient credits: cost 2, available 1 (balance -1, overdraft 2)")
+    assert broke.refusal == {"cost": 2, "available": 1, "balance": -1, "overdraft": 2}
+    limits.set_limits(db, "alice", {"month": 2500})
+    [capped] = charger.charge_batch([ChargeRequest("alice", TO, parts=1)])
+    assert (capped.reason, capped.message) == (
+        "monthly_limit", "monthly limit reached: limit 2.5, spent 2, cost 1, "
+        "resets 2027-01-01 00:00 EST")
+    assert capped.refusal == {"window": "month", "limit": Decimal("2.5"), "spent": 2,
+                              "cost": 1, "resets_at": "2027-01-01T05:00:00Z"}

@@ -40,22 +40,30 @@ def test_charged_event_is_the_general_event(at: int, uid: int, pid: int, cost: i
 amounts = st.none() | st.decimals(min_value=-(10**12), max_value=10**12, places=3,
                                   allow_nan=False)
 optional = st.none() | text_
+_numbers = st.decimals(min_value=-(10**12), max_value=10**12, places=3, allow_nan=False)
+# The two shapes of a refusal's numbers: by the balance, and by a limit window.
+refusals = st.none() | st.fixed_dictionaries(
+    {"cost": _numbers, "available": _numbers, "balance": _numbers, "overdraft": _numbers}) | (
+    st.fixed_dictionaries({"window": st.sampled_from(["day", "week", "month"]),
+                           "limit": _numbers, "spent": _numbers, "cost": _numbers,
+                           "resets_at": text_}))
 
 
 @given(status=st.sampled_from(["charged", "rejected", "error"]), id_=optional, user=optional,
        to=optional, reason=optional, message=optional, cost=amounts,
        parts=st.none() | st.integers(1, 255), encoding=optional, price=amounts, rule=optional,
        country=optional, balance=amounts, metered=st.booleans(), replayed=st.booleans(),
-       line=st.integers(1, 10**9))
+       refusal=refusals, line=st.integers(1, 10**9))
 def test_result_line_is_the_general_json(status: str, id_: str | None, user: str | None,
                                          to: str | None, reason: str | None,
                                          message: str | None, cost: Decimal | None,
                                          parts: int | None, encoding: str | None,
                                          price: Decimal | None, rule: str | None,
                                          country: str | None, balance: Decimal | None,
-                                         metered: bool, replayed: bool, line: int) -> None:
+                                         metered: bool, replayed: bool,
+                                         refusal: dict[str, Any] | None, line: int) -> None:
     r = ChargeResult(status, id_, user, to, reason, message, cost, parts, encoding, price,
-                     rule, country, balance, metered, replayed)
+                     rule, country, balance, metered, replayed, refusal)
     assert charge_line(r, line) == to_json({**r.as_dict(), "line": line})
 
 

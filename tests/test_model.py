@@ -253,6 +253,7 @@ class Outcome:
     balance: int | None = None
     replayed: bool = False
     first: ChargeResult | None = None  # a replay returns the first result
+    refusal: dict[str, Any] | None = None  # a refusal's numbers, resets_at apart
 
 
 class ModelMachine(RuleBasedStateMachine):
@@ -452,9 +453,12 @@ class ModelMachine(RuleBasedStateMachine):
             reason = "unknown_user"
         if reason is None and u is not None and u.disabled:
             reason = "user_disabled"
+        refusal: dict[str, Any] | None = None
         if reason is None and u is not None and cost is not None:
             if u.overdraft is not None and u.balance - cost < -u.overdraft:
                 reason = "insufficient_credits"
+                refusal = {"cost": dec(cost), "available": dec(u.balance + u.overdraft),
+                           "balance": dec(u.balance), "overdraft": dec(u.overdraft)}
             elif out_of_range(u.balance - cost):  # an unlimited overdraft
                 reason = OUT
             else:
@@ -464,6 +468,8 @@ class ModelMachine(RuleBasedStateMachine):
                     limit = u.limits[window]
                     if limit is not None and spent[window] + cost > limit:
                         reason = why
+                        refusal = {"window": window, "limit": dec(limit),
+                                   "spent": dec(spent[window]), "cost": dec(cost)}
                         break
                 if reason is None and out_of_range(*(spent[w] + cost for w in WINDOWS)):
                     reason = OUT  # a window counter would leave the range
@@ -474,7 +480,8 @@ class ModelMachine(RuleBasedStateMachine):
                 kept = None if cost is not None and out_of_range(cost) else cost
                 self.messages[msg_id] = MMessage(user, kept, "rejected", reason)
             # What an out-of-range cost is shown as is not specified: not compared.
-            return Outcome("rejected", reason, None if reason == OUT else cost)
+            return Outcome("rejected", reason, None if reason == OUT else cost,
+                           refusal=refusal)
         assert u is not None and cost is not None
         u.balance -= cost
         charge = MCharge(user, cost, self.now)
@@ -501,6 +508,7 @@ class ModelMachine(RuleBasedStateMachine):
             return
         if req.id is not None:
             self.messages[req.id].first = result
+        self.check_refusal(result, want, req)
         if want.status == "charged":
             assert result.balance == dec(want.balance or 0), (req, result, want)
             if req.id is None:
@@ -509,6 +517,17 @@ class ModelMachine(RuleBasedStateMachine):
                                                     self.charges[-1])
             assert result.id is not None
             self.refundable.append(result.id)
+
+    def check_refusal(self, result: ChargeResult, want: Outcome, req: ChargeRequest) -> None:
+        """A refusal by the balance or a limit carries the numbers that decided it; the reset
+        of the window is an instant in UTC (its exact value is the schedule's tests')."""
+        got = None if result.refusal is None else dict(result.refusal)
+        resets_at = None if got is None else got.pop("resets_at", None)
+        assert got == want.refusal, (req, result, want)
+        if want.refusal is not None and "window" in want.refusal:
+            assert isinstance(resets_at, str) and resets_at.endswith("Z"), (req, result)
+            reset = datetime.fromisoformat(resets_at.replace("Z", "+00:00"))
+            assert reset > self.now, (req, result)
 
     def request(self, req: tuple[int, str, int, str | None]) -> ChargeRequest:
         who, to, parts, msg_id = req
