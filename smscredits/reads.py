@@ -123,11 +123,12 @@ class Limits:
 class Plan:
     id: int
     user: str
+    user_id: int
     rule: str  # in words
     action: str  # "add 10" / "top up to 50"
     status: str
-    next_due: str | None  # ISO 8601 UTC, like every instant in JSON; tables show local time
-    last_applied: str | None
+    next_due_at: str | None  # ISO 8601 UTC, like every instant in JSON; tables show local time
+    last_applied_at: str | None
     armed: bool | None  # threshold plans only
     tz: str  # the zone of the plan's rule (its user's)
 
@@ -236,8 +237,9 @@ def plan_of(row: Row, default_tz: str, now: datetime) -> Plan:
         due = None if row["status"] != ACTIVE else clock.iso(
             clock.to_us(schedule.next_due(rule, now)))
     return Plan(
-        id=row["id"], user=row["name"], rule=rule_text, action=action, status=row["status"],
-        next_due=due, last_applied=clock.iso(row["last_applied_at"]),
+        id=row["id"], user=row["name"], user_id=row["user_id"], rule=rule_text, action=action,
+        status=row["status"],
+        next_due_at=due, last_applied_at=clock.iso(row["last_applied_at"]),
         armed=bool(row["armed"]) if row["every"] is None else None, tz=tz,
     )
 

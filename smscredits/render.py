@@ -429,7 +429,7 @@ def detail_text(detail: Mapping[str, Any]) -> str:
     return " ".join(shown)
 
 
-TIMES = {"at", "created_at", "updated_at", "resets_at", "next_due", "last_applied"}
+TIMES = {"at", "created_at", "updated_at", "resets_at", "next_due_at", "last_applied_at"}
 # Columns of free text: they wrap (and are cut with "…" after a few lines). Every other
 # column holds ids, numbers, times, names or references, which are never cut nor wrapped.
 FREE = {"note", "rule", "detail", "meaning"}
@@ -516,7 +516,7 @@ def balance_panel(account: Any, windows: Sequence[Any], plans: Sequence[Any],
     if active:
         rows = []
         for p in active:
-            when = (f"next {local_time(p.next_due, account.tz)}" if p.next_due
+            when = (f"next {local_time(p.next_due_at, account.tz)}" if p.next_due_at
                     else ("armed" if p.armed else "fired"))
             what = Text(f"{p.action} {p.rule}")
             if fits(len(f"#{p.id}"), plain_table.FREE_MIN, cell_len(when)):

@@ -833,13 +833,13 @@ class ModelMachine(RuleBasedStateMachine):
             if mine.below is not None:
                 assert plan.armed is mine.armed, (plan, mine)
             elif mine.status != "active":
-                assert plan.next_due is None, (plan, mine)
+                assert plan.next_due_at is None, (plan, mine)
             else:
                 tz = self.users[mine.user].tz
                 day = local_date(self.now, tz) - timedelta(days=1)
                 while (nxt := occurrence(day, mine.minute, tz)) <= self.now:
                     day += timedelta(days=1)
-                assert plan.next_due == nxt.astimezone(UTC).strftime(
+                assert plan.next_due_at == nxt.astimezone(UTC).strftime(
                     "%Y-%m-%dT%H:%M:%SZ"), (plan, mine)
         report = verify.verify(self.db)
         assert report.ok, report.problems

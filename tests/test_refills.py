@@ -299,7 +299,7 @@ def test_dry_run_shows_what_is_due_and_changes_nothing(cli: Any) -> None:
         assert "2026-05-02" in table.stdout and "2026-05-03" in table.stdout
         assert balance(cli) == D(10)
         assert credit_log(cli) == before
-        assert plans(cli)[plan]["last_applied"] is None
+        assert plans(cli)[plan]["last_applied_at"] is None
         assert periods(cli, plan) == ["2026-05-02", "2026-05-03"]
     assert balance(cli) == D(20)
     assert len(refill_events(cli, plan)) == 2
@@ -885,17 +885,17 @@ def test_list_shows_rule_next_due_in_users_zone_and_last_applied(cli: Any) -> No
         assert p["user"] == "alice" and p["status"] == "active"
         assert "Monday" in p["rule"] and "06:30" in p["rule"] and "week" in p["rule"]
         assert "10" in p["action"] and "add" in p["action"]
-        assert p["next_due"] == "2026-03-30T04:30:00Z"  # 06:30 CEST, after the change
-        assert p["last_applied"] is None
+        assert p["next_due_at"] == "2026-03-30T04:30:00Z"  # 06:30 CEST, after the change
+        assert p["last_applied_at"] is None
         assert "5" in shown[low]["rule"] and "below" in shown[low]["rule"]
-        assert shown[nyc]["next_due"] == "2026-03-31T13:15:00Z"  # 09:15 in New York (EDT)
+        assert shown[nyc]["next_due_at"] == "2026-03-31T13:15:00Z"  # 09:15 in New York (EDT)
         assert "31" in shown[nyc]["rule"]
         assert list(plans(cli, "bob")) == [nyc]
         clock.move_to(local(2026, 3, 30, 7, 0))
         assert periods(cli, plan) == ["2026-W14"]
         p = plans(cli)[plan]
-        assert p["last_applied"] == "2026-03-30T05:00:00Z"
-        assert p["next_due"] == "2026-04-06T04:30:00Z"
+        assert p["last_applied_at"] == "2026-03-30T05:00:00Z"
+        assert p["next_due_at"] == "2026-04-06T04:30:00Z"
         # The table shows each plan's times in its user's zone, with the zone's abbreviation.
         table = cli("refill", "list").stdout
         row = next(line for line in table.splitlines() if line.split()[:2] == [str(plan), "alice"])

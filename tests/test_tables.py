@@ -35,12 +35,12 @@ ACCOUNTS = [("User", "user"), ("Power", "kind"), ("Balance", "balance"),
 WINDOWS = [("Window", "window"), ("Limit", "limit"), ("Spent", "spent"),
            ("Remaining", "remaining"), ("Resets at", "resets_at")]
 PLANS = [("Plan", "id"), ("User", "user"), ("Action", "action"), ("Rule", "rule"),
-         ("Status", "status"), ("Next due", "next_due"), ("Last applied", "last_applied")]
+         ("Status", "status"), ("Next due", "next_due_at"), ("Last applied", "last_applied_at")]
 NUMBERS = {"id", "amount", "balance", "balance_after", "overdraft", "available", "limit",
            "spent", "remaining", "price"}
 FREE = {"note", "rule", "detail"}
 UTC_TIMES = {"at", "updated_at"}
-LOCAL_TIMES = {"resets_at", "next_due", "last_applied"}
+LOCAL_TIMES = {"resets_at", "next_due_at", "last_applied_at"}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -451,7 +451,7 @@ def test_csv_of_limits_is_a_row_per_window(world: Any) -> None:
 
 def test_every_time_in_json_and_csv_is_iso_utc(world: Any) -> None:
     plans = data(world, "refill", "list")
-    times = [p[k] for p in plans for k in ("next_due", "last_applied") if p[k] is not None]
+    times = [p[k] for p in plans for k in ("next_due_at", "last_applied_at") if p[k] is not None]
     times += [w["resets_at"] for w in data(world, "limits", "show", DAVE)["windows"]]
     times += [e["at"] for e in data(world, "events")]
     times += [u["created_at"] for u in data(world, "user", "list")]
@@ -460,11 +460,11 @@ def test_every_time_in_json_and_csv_is_iso_utc(world: Any) -> None:
                                            "--parts", "1", "--user", DAVE)["limits"]]
     assert times and all(ISO.match(t) for t in times), times
     by_user = {p["user"]: p for p in plans}
-    assert by_user[DAVE]["next_due"] == "2026-12-31T08:15:00Z"  # 09:15 CET
-    assert by_user["alice"]["last_applied"] == "2026-12-03T08:00:00Z"
-    assert by_user["alice"]["next_due"] == "2026-12-04T00:30:00Z"  # 06:00 IST
+    assert by_user[DAVE]["next_due_at"] == "2026-12-31T08:15:00Z"  # 09:15 CET
+    assert by_user["alice"]["last_applied_at"] == "2026-12-03T08:00:00Z"
+    assert by_user["alice"]["next_due_at"] == "2026-12-04T00:30:00Z"  # 06:00 IST
     rows = list(csv.DictReader(io.StringIO(world("refill", "list", "--csv"))))
-    assert {r["user"]: r["next_due"] for r in rows}[DAVE] == "2026-12-31T08:15:00Z"
+    assert {r["user"]: r["next_due_at"] for r in rows}[DAVE] == "2026-12-31T08:15:00Z"
 
 
 def test_refill_list_shows_the_last_application_in_the_users_zone(world: Any) -> None:

@@ -69,3 +69,17 @@ def test_admin_messages_name_their_subject_first(cli: Any) -> None:
     run = ok(cli("refill", "schedule", "carol", "--when-below", "5", "--add", "20"))
     assert run.stdout.splitlines()[0] == "carol: plan 1 scheduled, add 20"
     assert ok(cli("refill", "pause", "1")).stdout == "carol: plan 1 paused\n"
+
+
+def test_refill_plans_name_their_user_and_times_end_in_at(cli: Any) -> None:
+    setup(cli)
+    ok(cli("refill", "schedule", "alice", "--when-below", "5", "--add", "20"))
+    plans = json.loads(ok(cli("refill", "list", "--json")).stdout)
+    assert plans == [{"id": 1, "user": "alice", "user_id": 1,
+                      "rule": "when the balance drops below 5", "action": "add 20",
+                      "status": "active", "next_due_at": None, "last_applied_at": None,
+                      "armed": True, "tz": "Europe/Budapest"}]
+    rows = list(csv.DictReader(io.StringIO(ok(cli("refill", "list", "--csv")).stdout)))
+    assert list(rows[0]) == ["id", "user", "user_id", "rule", "action", "status",
+                             "next_due_at", "last_applied_at", "armed", "tz"]
+    assert rows[0]["armed"] == "true"

@@ -14,9 +14,10 @@ refill_app = app("refill", "Automatic refill plans, applied exactly once by `ref
                  "smscredits refill schedule alice --every month --on 1 --add 100")
 
 PLAN_COLUMNS = [("id", "Plan"), ("user", "User"), ("action", "Action"), ("rule", "Rule"),
-                ("status", "Status"), ("next_due", "Next due"), ("last_applied", "Last applied")]
+                ("status", "Status"), ("next_due_at", "Next due"),
+                ("last_applied_at", "Last applied")]
 # The columns a short width may leave out, with their priority (lowest first).
-PLAN_OPTIONAL = {"last_applied": 1, "rule": 2, "status": 3, "next_due": 4}
+PLAN_OPTIONAL = {"last_applied_at": 1, "rule": 2, "status": 3, "next_due_at": 4}
 PlanArg = Annotated[int, typer.Argument(metavar="PLAN", help="Plan number (refill list).")]
 
 
@@ -49,7 +50,7 @@ def refill_schedule(
     )
     from smscredits.render import local_time
 
-    due = f"\n  next due {local_time(plan.next_due, plan.tz)}" if plan.next_due else ""
+    due = f"\n  next due {local_time(plan.next_due_at, plan.tz)}" if plan.next_due_at else ""
     output().message(
         f"{plan.user}: plan {plan.id} scheduled, {plan.action}\n  {plan.rule}{due}", plan)
 
