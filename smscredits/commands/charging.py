@@ -236,8 +236,7 @@ def _show_limits(lim: Any, title: str = "Limits of", warning: Any = None) -> Non
         out.rows([{"user": lim.user, "user_id": lim.user_id, "tz": lim.tz,
                   **plain(w)} for w in lim.windows], [])
     elif out.machine:
-        out.one(lim if warning is None else
-                {"user": lim.user, "tz": lim.tz, "windows": lim.windows, "warning": warning})
+        out.one(lim if warning is None else {**plain(lim), "warning": warning})
     else:
         out.rows([in_zone(w, lim.tz) for w in lim.windows], CHARGE_COLUMNS,
                  title=f"{title} {lim.user} ({lim.tz})", optional={"resets_at": 1})
