@@ -52,9 +52,10 @@ from smscredits.errors import (
     Exit,
     NotFound,
 )
-from smscredits.limits import REASON, WINDOWS, window_keys
+from smscredits.limits import REASON
 from smscredits.parts import Parts, count_parts
 from smscredits.pricing import PriceBook, Quote, Rejected, given_parts
+from smscredits.reads import WINDOWS, window_keys
 from smscredits.schedule import window_reset
 from smscredits.storage.engine import (
     BULK_CHECKPOINT_PAGES,
@@ -70,6 +71,7 @@ from smscredits.storage.hot import (
     prepared_update,
 )
 from smscredits.storage.tables import events, messages, powers, users
+from smscredits.thresholds import rearm
 from smscredits.validate import is_message_id
 
 # A batch at least this big is part of a bulk run (see ``set_checkpoint_pages``).
@@ -1021,7 +1023,6 @@ def refund(db: Db, msg_id: str, *, note: str | None = None) -> Refund:
         ).first()
         if row is None:
             _refund_refused(conn, msg_id, msg["power_id"], cost)
-        from smscredits.refills import rearm
 
         rearm(conn, msg["user_id"], row.balance)
         conn.execute(update(messages).where(messages.c.id == msg_id).values(status="refunded"))

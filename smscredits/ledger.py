@@ -19,13 +19,11 @@ from smscredits.errors import BadInput, Conflict, InsufficientCredits
 
 # The read side, kept importable without SQLAlchemy, is re-exported under its old names.
 from smscredits.reads import Account, get_account, no_power, unknown_user
-from smscredits.reads import EventRow as EventRow
 from smscredits.reads import dec as _dec
-from smscredits.reads import list_accounts as list_accounts
-from smscredits.reads import query_events as query_events
 from smscredits.storage import queries
 from smscredits.storage.engine import Db
 from smscredits.storage.tables import powers, users
+from smscredits.thresholds import rearm
 
 KINDS = ("credits",)
 
@@ -48,14 +46,14 @@ class Change:
     event_id: int
 
 
-def _user_row(conn: Connection, name: str, *, lock: bool = False) -> RowMapping:
+def user_row(conn: Connection, name: str, *, lock: bool = False) -> RowMapping:
     row = queries.user_row(conn, name, lock=lock)
     if row is None:
         raise unknown_user(name)
     return row
 
 
-def _power_row(conn: Connection, user_id: int, name: str, kind: str = "credits") -> RowMapping:
+def power_row(conn: Connection, user_id: int, name: str, kind: str = "credits") -> RowMapping:
     """The user's power row, held for the rest of the write transaction (Postgres; SQLite's
     write transaction holds the whole database). Writers take the power row before any plan
     row, as charges and refills do, so that none waits for another in the opposite order."""
@@ -99,7 +97,7 @@ def add_user(db: Db, name: str, *, tz: str | None = None) -> UserInfo:
 
 def get_user(db: Db, name: str) -> UserInfo:
     with db.read() as conn:
-        row = _user_row(conn, name)
+        row = user_row(conn, name)
         balance = conn.execute(
             select(powers.c.balance).where(powers.c.user_id == row["id"])
         ).scalar()
@@ -131,7 +129,7 @@ def list_users(db: Db) -> list[UserInfo]:
 def set_disabled(db: Db, name: str, disabled: bool) -> UserInfo:
     """Disable (no charges accepted; the balance is kept) or enable a user."""
     with db.write() as conn:
-        row = _user_row(conn, name, lock=True)
+        row = user_row(conn, name, lock=True)
         if row["disabled"] != disabled:
             conn.execute(update(users).where(users.c.id == row["id"]).values(disabled=disabled))
             journal.record(
@@ -147,7 +145,7 @@ def rename_user(db: Db, old: str, new: str) -> UserInfo:
     validate.user_name(new)
     try:
         with db.write() as conn:
-            row = _user_row(conn, old, lock=True)
+            row = user_row(conn, old, lock=True)
             if new == old:
                 raise Conflict(f"user {new!r} already exists", code="user_exists")
             conn.execute(update(users).where(users.c.id == row["id"]).values(name=new))
@@ -170,7 +168,7 @@ def delete_user(db: Db, name: str) -> UserInfo:
     from smscredits.storage.tables import refill_plans
 
     with db.write() as conn:
-        row = _user_row(conn, name, lock=True)
+        row = user_row(conn, name, lock=True)
         info = _user_info(row, None, db.default_tz)
         prow = _power_of(conn, row["id"])
         if prow is not None and prow["balance"] != 0:
@@ -213,7 +211,7 @@ def set_tz(db: Db, name: str, tz: str) -> UserInfo:
     zone (their times are the user's). The zone the user already has changes nothing."""
     validate.time_zone(tz)
     with db.write() as conn:
-        row = _user_row(conn, name, lock=True)
+        row = user_row(conn, name, lock=True)
         if row["tz"] != tz:
             _move(conn, db, row, tz)
     return get_user(db, name)
@@ -276,7 +274,7 @@ def create_power(
     now = clock.now_us()
     try:
         with db.write() as conn:
-            urow = _user_row(conn, user)
+            urow = user_row(conn, user)
             power_id = conn.execute(
                 insert(powers).returning(powers.c.id),
                 {"user_id": urow["id"], "kind": kind, "balance": initial,
@@ -297,8 +295,8 @@ def set_overdraft(db: Db, user: str, overdraft: int | None) -> Account:
         raise BadInput(f"bad overdraft {format_amount(overdraft)}: expected 0 to "
                        f"{format_amount(MAX_MILLIS)} or unlimited", code="amount_out_of_range")
     with db.write() as conn:
-        urow = _user_row(conn, user)
-        prow = _power_row(conn, urow["id"], user)
+        urow = user_row(conn, user)
+        prow = power_row(conn, urow["id"], user)
         stmt = update(powers).where(powers.c.id == prow["id"]).values(overdraft=overdraft)
         if overdraft is not None:
             stmt = stmt.where(powers.c.balance >= -overdraft)
@@ -320,7 +318,7 @@ def delete_power(db: Db, user: str, kind: str = "credits", *, force: bool = Fals
     _check_kind(kind)
     account = get_account(db, user, kind)
     with db.write() as conn:
-        prow = _power_row(conn, account.user_id, user, kind)
+        prow = power_row(conn, account.user_id, user, kind)
         if prow["balance"] != 0 and not force:
             raise Conflict(
                 f"{user!r} still has {format_amount(prow['balance'])} credits: "
@@ -361,7 +359,7 @@ def add_credits(db: Db, user: str, amount: int, *, note: str | None = None) -> C
                        f"{format_amount(MAX_MILLIS)} either way", code="amount_out_of_range")
     validate.note(note)
     with db.write() as conn:
-        urow = _user_row(conn, user)
+        urow = user_row(conn, user)
         stmt = (
             update(powers)
             .where(powers.c.user_id == urow["id"], powers.c.kind == "credits")
@@ -378,7 +376,7 @@ def add_credits(db: Db, user: str, amount: int, *, note: str | None = None) -> C
             stmt = stmt.where(powers.c.balance <= MAX_MILLIS - amount)
         row = conn.execute(stmt).first()
         if row is None:
-            prow = _power_row(conn, urow["id"], user)
+            prow = power_row(conn, urow["id"], user)
             after, floor = prow["balance"] + amount, prow["overdraft"]
             if amount > 0 or floor is None or after >= -floor:
                 raise _out_of_range(f"cannot add {format_amount(amount)} to {user!r}", after)
@@ -401,7 +399,7 @@ def set_credits(db: Db, user: str, target: int, *, note: str | None = None) -> C
     if not -MAX_MILLIS <= target <= MAX_MILLIS:
         raise _out_of_range(f"cannot set {user!r} to {format_amount(target)}", target)
     with db.write() as conn:
-        urow = _user_row(conn, user)
+        urow = user_row(conn, user)
         stmt = select(powers).where(powers.c.user_id == urow["id"], powers.c.kind == "credits")
         if conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update()
@@ -438,6 +436,5 @@ def _out_of_range(what: str, balance: int) -> BadInput:
 def _balance_rose(conn: Connection, user_id: int, balance: int, change: int) -> None:
     """Threshold refill plans re-arm once the balance is back at or above their threshold."""
     if change > 0:
-        from smscredits.refills import rearm
 
         rearm(conn, user_id, balance)

@@ -12,15 +12,8 @@ from sqlalchemy import Connection, RowMapping, select, update
 from smscredits import clock, journal
 from smscredits.amounts import MAX_MILLIS, format_amount
 from smscredits.errors import BadInput
-from smscredits.ledger import _user_row
-
-# The read side (windows, counters, show_limits) is in reads, importable without SQLAlchemy.
+from smscredits.ledger import user_row
 from smscredits.reads import LIMIT_COLUMN, Limits, no_power, show_limits
-from smscredits.reads import WINDOWS as WINDOWS
-from smscredits.reads import Window as Window
-from smscredits.reads import spent_now as spent_now
-from smscredits.reads import window_keys as window_keys
-from smscredits.reads import windows_of as windows_of
 from smscredits.storage.engine import Db
 from smscredits.storage.tables import powers
 
@@ -36,7 +29,7 @@ def set_limits(db: Db, user: str, changes: dict[str, int | None]) -> Limits:
             raise BadInput(f"bad {window} limit {format_amount(value)}: expected 0 to "
                            f"{format_amount(MAX_MILLIS)} or none", code="amount_out_of_range")
     with db.write() as conn:
-        urow = _user_row(conn, user)
+        urow = user_row(conn, user)
         before = _limits_held(conn, urow["id"])
         values = {LIMIT_COLUMN[w]: v for w, v in changes.items()}
         row = conn.execute(

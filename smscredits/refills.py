@@ -21,19 +21,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, func, select, update
+from sqlalchemy import Connection, RowMapping, select, update
 
 from smscredits import clock, journal, schedule
 from smscredits.amounts import MAX_MILLIS, format_amount, to_decimal
 from smscredits.errors import BadInput, Conflict, NotFound
-from smscredits.ledger import _power_row, _user_row
+from smscredits.ledger import power_row, user_row
 
 # Plans as shown (and list_plans) are in reads, importable without SQLAlchemy.
 from smscredits.reads import ACTIVE, CANCELLED, PAUSED, Plan, plan_of, rule_of
-from smscredits.reads import list_plans as list_plans
 from smscredits.storage.engine import Db
 from smscredits.storage.queries import plan_rows_where
 from smscredits.storage.tables import powers, refill_applications, refill_plans, users
+from smscredits.thresholds import rearm, sync_threshold
 
 OUT_OF_RANGE = "amount_out_of_range"
 
@@ -98,8 +98,8 @@ def schedule_plan(
         raise BadInput("--on and --at go with --every, not --when-below")
     now = clock.now_us()
     with db.write() as conn:
-        urow = _user_row(conn, user)
-        _power_row(conn, urow["id"], user)  # a plan refills a credits power: it must exist
+        urow = user_row(conn, user)
+        power_row(conn, urow["id"], user)  # a plan refills a credits power: it must exist
         plan_id = conn.execute(
             refill_plans.insert().returning(refill_plans.c.id),
             {"user_id": urow["id"], "every": every, "on_day": on_day, "at_minute": at_minute,
@@ -112,29 +112,6 @@ def schedule_plan(
         )
         sync_threshold(conn, urow["id"])
     return get_plan(db, plan_id)
-
-
-def sync_threshold(conn: Connection, user_id: int) -> None:
-    """Keep ``powers.refill_below`` = the highest threshold of the user's armed plans."""
-    highest = (
-        select(func.max(refill_plans.c.below))
-        .where(refill_plans.c.user_id == user_id, refill_plans.c.below.is_not(None),
-               refill_plans.c.status == ACTIVE, refill_plans.c.armed)
-        .scalar_subquery()
-    )
-    conn.execute(update(powers).where(powers.c.user_id == user_id).values(refill_below=highest))
-
-
-def rearm(conn: Connection, user_id: int, balance: int) -> None:
-    """After a balance rose: threshold plans whose threshold it reached fire again later."""
-    done = conn.execute(
-        update(refill_plans)
-        .where(refill_plans.c.user_id == user_id, refill_plans.c.below.is_not(None),
-               refill_plans.c.below <= balance, refill_plans.c.armed.is_(False))
-        .values(armed=True)
-    ).rowcount
-    if done:
-        sync_threshold(conn, user_id)
 
 
 def get_plan(db: Db, plan_id: int) -> Plan:
@@ -291,12 +268,6 @@ def fire_thresholds(conn: Connection, user_id: int, balance: int, actor: str) ->
     return balance
 
 
-def period_label(every: str, period: int) -> str:
-    from smscredits.usage import _label
-
-    return _label(every, period)
-
-
 def run(db: Db, *, dry_run: bool = False) -> list[Application]:
     """Apply every due period of every active plan, each exactly once."""
     now = clock.now()
@@ -330,7 +301,7 @@ def _due(plan: RowMapping, default_tz: str, now: datetime, balance: int) -> list
     due = schedule.due_periods(rule, after, now)
     if plan["top_up_to"] is not None:
         due = due[-1:]  # a top-up catches up once
-    return [(p, period_label(plan["every"], p)) for p in due]
+    return [(p, schedule.period_label(plan["every"], p)) for p in due]
 
 
 def _run_one(db: Db, plan: RowMapping, period: int, label: str, dry_run: bool,

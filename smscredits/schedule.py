@@ -151,6 +151,18 @@ def window_keys(at: datetime, tz: str) -> tuple[int, int, int]:
     return _key_of("day", local), _key_of("week", local), _key_of("month", local)
 
 
+def period_label(kind: str, key: int) -> str:
+    """A day, week or month key as people write it: ``2026-11-25``, ``2026-W48``, ``2026-11``."""
+    if kind == "month":
+        year, month = divmod(key, 12)
+        return f"{year}-{month + 1:02d}"
+    day = date.fromordinal(key)
+    if kind == "week":
+        iso = day.isocalendar()
+        return f"{iso.year}-W{iso.week:02d}"
+    return day.isoformat()
+
+
 def window_reset(kind: str, key: int, tz: str) -> datetime:
     """UTC instant at which the window ``key`` of ``kind`` ends: the next unit's local midnight."""
     _check_kind(kind)

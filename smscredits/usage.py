@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, text
 
-from smscredits import clock
+from smscredits import clock, schedule
 from smscredits.amounts import to_decimal
 from smscredits.errors import BadInput
-from smscredits.ledger import _user_row
+from smscredits.ledger import user_row
 from smscredits.storage import blocks, queries
 from smscredits.storage.engine import Db
 from smscredits.storage.tables import events, messages, users
@@ -56,17 +56,6 @@ class _Sums:
         self.refunded += row.refunded
 
 
-def _label(by: str, key: int) -> str:
-    if by == "month":
-        year, month = divmod(key, 12)
-        return f"{year}-{month + 1:02d}"
-    day = date.fromordinal(key)
-    if by == "week":
-        iso = day.isocalendar()
-        return f"{iso.year}-W{iso.week:02d}"
-    return day.isoformat()
-
-
 def usage(db: Db, user: str | None = None, by: str = "day", limit: int = 31, *,
           since: datetime | None = None, until: datetime | None = None) -> list[UsageRow]:
     """Newest periods first (countries and users: most spent first); refunded messages count
@@ -93,7 +82,7 @@ def usage(db: Db, user: str | None = None, by: str = "day", limit: int = 31, *,
             tz = db.default_tz
             rows = conn.execute(stmt.select_from(messages)).all()
         else:
-            urow = _user_row(conn, user)
+            urow = user_row(conn, user)
             tz = urow["tz"] or db.default_tz
             rows = _of_user(conn, stmt, urow["id"])
         names = _names(conn, [r.k for r in rows]) if by == "user" else {}
@@ -156,7 +145,6 @@ def _row(label: str, sums: _Sums, since: str | None, until: str | None) -> Usage
 
 def _periods(rows: Iterable[Any], by: str, tz: str, limit: int) -> list[UsageRow]:
     """Minutes summed into the zone's periods, newest first."""
-    from smscredits import schedule
     from smscredits.reads import window_keys
 
     index = PERIODS.index(by)
@@ -166,7 +154,7 @@ def _periods(rows: Iterable[Any], by: str, tz: str, limit: int) -> list[UsageRow
         sums.setdefault(key, _Sums()).add(row)
     back = 7 if by == "week" else 1
     return [
-        _row(_label(by, key), sums[key],
+        _row(schedule.period_label(by, key), sums[key],
              clock.iso(clock.to_us(schedule.window_reset(by, key - back, tz))),
              clock.iso(clock.to_us(schedule.window_reset(by, key, tz))))
         for key in sorted(sums, reverse=True)[:limit]

@@ -42,8 +42,7 @@ from smscredits import clock, schedule
 from smscredits.amounts import parse_optional, to_decimal
 from smscredits.errors import BadInput
 from smscredits.journal import HASHED_COLUMNS, hash_of
-from smscredits.limits import WINDOWS, window_keys
-from smscredits.reads import ACTIVE, CANCELLED, LIMIT_COLUMN, PAUSED
+from smscredits.reads import ACTIVE, CANCELLED, LIMIT_COLUMN, PAUSED, WINDOWS, window_keys
 from smscredits.storage.engine import Db
 from smscredits.storage.tables import events, messages, powers, refill_plans, users
 

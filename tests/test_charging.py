@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from smscredits import ledger, limits
+from smscredits import ledger, limits, reads
 from smscredits.charging import Charger, ChargeRequest
 from smscredits.storage.engine import open_db
 
@@ -652,7 +652,7 @@ def run_threads(db_url: str, user: str, threads: int = 8, each: int = 20,
 
 
 def charged_events(db: Any, user: str) -> list[Any]:
-    return ledger.query_events(db, user, kinds=["message.charged"], limit=10_000,
+    return reads.query_events(db, user, kinds=["message.charged"], limit=10_000,
                                credit_only=True)
 
 
@@ -671,7 +671,7 @@ def test_concurrent_chargers_never_overdraw(db: Any, db_url: str) -> None:
     assert ledger.get_account(db, "alice").balance == 0
     events = charged_events(db, "alice")
     assert len(events) == 50 and sum(e.amount for e in events) == -50
-    log = ledger.query_events(db, "alice", credit_only=True, limit=10_000)
+    log = reads.query_events(db, "alice", credit_only=True, limit=10_000)
     assert sum(e.amount for e in log) == 0
 
 
@@ -686,7 +686,7 @@ def test_concurrent_chargers_never_exceed_a_daily_limit(db: Any, db_url: str) ->
     assert len([r for r in results if r.status == "charged"]) == 30
     assert {r.reason for r in results if r.status != "charged"} == {"daily_limit"}
     assert ledger.get_account(db, "alice").balance == 970
-    day = limits.show_limits(db, "alice").windows[0]
+    day = reads.show_limits(db, "alice").windows[0]
     assert (day.window, day.spent, day.remaining) == ("day", 30, 0)
     assert sum(e.amount for e in charged_events(db, "alice")) == -30
 

@@ -29,7 +29,7 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import func, select
 
-from smscredits import ledger, limits, pricing, refills
+from smscredits import ledger, limits, pricing, reads, refills
 from smscredits.storage.tables import events, messages, refill_applications
 from smscredits.verify import verify
 
@@ -227,7 +227,7 @@ def report(test: str, url: str, **numbers: Any) -> None:
 
 def credit_log(db: Any, user: str) -> list[Any]:
     """The user's credit log, oldest first."""
-    return list(reversed(ledger.query_events(db, user, credit_only=True, limit=100_000)))
+    return list(reversed(reads.query_events(db, user, credit_only=True, limit=100_000)))
 
 
 def log_overdrafts(db: Any, user: str, floor: Decimal) -> int:
@@ -286,7 +286,7 @@ def test_eight_processes_never_overdraw(db: Any, db_url: str, pool: list[Worker]
     overdrafts = sum(1 for b in seen if b < floor)
     balance = ledger.get_account(db, "alice").balance
     overdrafts += balance < floor
-    charged = ledger.query_events(db, "alice", kinds=["message.charged"], limit=100_000)
+    charged = reads.query_events(db, "alice", kinds=["message.charged"], limit=100_000)
     overdrafts += log_overdrafts(db, "alice", floor)
     report("never_overdraw", db_url, overdraft=overdraft, processes=procs, attempts=attempts,
            successes=ok, processes_with_successes=sum(1 for s in summaries if s["ok"]),
@@ -319,8 +319,8 @@ def test_eight_processes_never_exceed_a_daily_limit(db: Any, db_url: str,
 
     attempts = procs * each
     ok, refused, errors = tally(summaries)
-    charged = ledger.query_events(db, "alice", kinds=["message.charged"], limit=100_000)
-    day = limits.show_limits(db, "alice").windows[0]
+    charged = reads.query_events(db, "alice", kinds=["message.charged"], limit=100_000)
+    day = reads.show_limits(db, "alice").windows[0]
     overdrafts = log_overdrafts(db, "alice", Decimal(0))
     over_limit = max(0, ok - limit)
     report("daily_limit", db_url, processes=procs, attempts=attempts, successes=ok,

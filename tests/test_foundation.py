@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from smscredits import __version__, ledger
+from smscredits import __version__, ledger, reads
 from smscredits.config import default_db_path
 from smscredits.errors import Conflict, InsufficientCredits
 from smscredits.storage.engine import open_db
@@ -423,7 +423,7 @@ def test_core_manual_flow(db):
     change = ledger.set_credits(db, "alice", 500)
     assert (change.amount, change.balance) == (Decimal("2.499"), Decimal("0.5"))
     assert ledger.get_account(db, "alice").balance == Decimal("0.5")
-    rows = ledger.query_events(db, "alice", credit_only=True)
+    rows = reads.query_events(db, "alice", credit_only=True)
     assert [r.kind for r in rows] == ["credits.set", "credits.subtracted", "power.created"]
     assert rows[1].note == "almost all" and rows[1].actor == "tester"
 
@@ -434,7 +434,7 @@ def test_core_overdraw_raises_and_changes_nothing(db):
     with pytest.raises(InsufficientCredits):
         ledger.add_credits(db, "alice", -1_001)
     assert ledger.get_account(db, "alice").balance == 1
-    assert len(ledger.query_events(db, limit=1000)) == 2
+    assert len(reads.query_events(db, limit=1000)) == 2
 
 
 def test_core_overdraft_cannot_be_lowered_under_a_negative_balance(db):
@@ -451,7 +451,7 @@ def test_core_disabled_user_keeps_balance(db):
     ledger.add_user(db, "alice")
     ledger.create_power(db, "alice", initial=7_007)
     assert ledger.set_disabled(db, "alice", True).balance == Decimal("7.007")
-    assert ledger.list_accounts(db)[0].disabled is True
+    assert reads.list_accounts(db)[0].disabled is True
 
 
 def test_core_keyset_paging(db):
@@ -459,8 +459,8 @@ def test_core_keyset_paging(db):
     ledger.create_power(db, "alice")
     for i in range(1, 8):
         ledger.add_credits(db, "alice", i * 1000)
-    first = ledger.query_events(db, credit_only=True, limit=3)
-    second = ledger.query_events(db, credit_only=True, limit=3, before=first[-1].id)
+    first = reads.query_events(db, credit_only=True, limit=3)
+    second = reads.query_events(db, credit_only=True, limit=3, before=first[-1].id)
     assert [r.amount for r in first + second] == [7, 6, 5, 4, 3, 2]
 
 
@@ -494,7 +494,7 @@ def test_concurrent_subtractions_never_overdraw(db, db_url):
     assert sorted(set(results)) == ["insufficient", "ok"]
     assert results.count("ok") == 60 and results.count("insufficient") == 40
     assert ledger.get_account(db, "alice").balance == 0
-    rows = ledger.query_events(db, "alice", credit_only=True, limit=1000)
+    rows = reads.query_events(db, "alice", credit_only=True, limit=1000)
     subtracted = [r for r in rows if r.kind == "credits.subtracted"]
     assert len(subtracted) == 60
     assert sum(r.amount for r in subtracted) == -60

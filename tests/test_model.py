@@ -40,7 +40,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from smscredits import ledger, limits, pricing, refills, verify
+from smscredits import ledger, limits, pricing, reads, refills, verify
 from smscredits.amounts import MAX_MILLIS
 from smscredits.charging import Charger, ChargeRequest, ChargeResult
 from smscredits.charging import refund as refund_message
@@ -802,7 +802,7 @@ class ModelMachine(RuleBasedStateMachine):
                         totals[window] += c.cost
         return totals
 
-    def check_limits(self, name: str, shown: limits.Limits) -> None:
+    def check_limits(self, name: str, shown: reads.Limits) -> None:
         u = self.users[name]
         spent, today = self.spent(name), local_date(self.now, u.tz)
         assert shown.tz == u.tz
@@ -823,11 +823,11 @@ class ModelMachine(RuleBasedStateMachine):
             assert account.balance == dec(u.balance), name
             assert account.overdraft == (None if u.overdraft is None else dec(u.overdraft))
             assert u.overdraft is None or account.balance >= -dec(u.overdraft), name
-            self.check_limits(name, limits.show_limits(self.db, name))
-            log = ledger.query_events(self.db, name, credit_only=True, limit=100_000)
+            self.check_limits(name, reads.show_limits(self.db, name))
+            log = reads.query_events(self.db, name, credit_only=True, limit=100_000)
             assert sum(e.amount for e in log) == account.balance, name
             assert log[0].balance_after == account.balance, name
-        for plan in refills.list_plans(self.db, all_=True):
+        for plan in reads.list_plans(self.db, all_=True):
             mine = self.plans[plan.id]
             assert (plan.user, plan.status) == (mine.user, mine.status), plan
             if mine.below is not None:

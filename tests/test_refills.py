@@ -505,7 +505,7 @@ def test_postgres_a_cancel_during_a_charge_that_fires_the_plan_waits_for_it(
     then waited for the account's: Postgres then aborted one of the two)."""
     import threading
 
-    from smscredits import ledger, pricing, refills, verify
+    from smscredits import ledger, pricing, reads, refills, verify
     from smscredits.charging import Charger, ChargeRequest
     from smscredits.storage.engine import open_db
     from smscredits.storage.migrate import upgrade
@@ -535,7 +535,7 @@ def test_postgres_a_cancel_during_a_charge_that_fires_the_plan_waits_for_it(
         cancel.join(120)
     assert (result.status, result.balance) == ("charged", D("14.5"))
     assert [p.status for p in cancelled] == ["cancelled"]
-    kinds = [e.kind for e in reversed(ledger.query_events(db, "alice"))]
+    kinds = [e.kind for e in reversed(reads.query_events(db, "alice"))]
     assert kinds[-3:] == ["message.charged", "refill.applied", "refill.cancelled"]
     assert verify.verify(db).ok
     other.dispose()
@@ -644,7 +644,7 @@ def test_a_threshold_refill_past_the_maximum_is_skipped_and_the_charge_goes_thro
 def test_schedule_refuses_an_amount_out_of_range(db: Any, option: str) -> None:
     """Through the Python API (the CLI's parser refuses it first): was an OverflowError on
     SQLite, a bigint error on Postgres."""
-    from smscredits import ledger, refills
+    from smscredits import ledger, reads, refills
     from smscredits.errors import BadInput
 
     ledger.add_user(db, "alice")
@@ -655,7 +655,7 @@ def test_schedule_refuses_an_amount_out_of_range(db: Any, option: str) -> None:
         refills.schedule_plan(db, "alice", **rule, **action, **{option: 10**19})
     assert e.value.code == "amount_out_of_range"
     assert "999999999999999.999" in e.value.message
-    assert refills.list_plans(db, all_=True) == []
+    assert reads.list_plans(db, all_=True) == []
 
 
 # -- threshold plans ---------------------------------------------------------------------

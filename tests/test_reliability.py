@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from smscredits import ledger, limits, pricing, verify
+from smscredits import ledger, limits, pricing, reads, verify
 from smscredits.charging import Charger, ChargeRequest
 
 TO = "+36301234567"
@@ -103,7 +103,7 @@ def test_a_batch_stamped_before_midnight_that_commits_after_one_stamped_after_jo
         assert account.balance == Decimal(97)
         report = verify.verify(db)
         assert report.ok, report.problems
-        window = {w.window: w for w in limits.show_limits(db, "alice").windows}["day"]
+        window = {w.window: w for w in reads.show_limits(db, "alice").windows}["day"]
         assert window.spent == Decimal(3)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from smscredits import ledger, limits, pricing, refills
+from smscredits import ledger, limits, pricing, reads, refills
 from smscredits.charging import Charger, ChargeRequest, refund
 from smscredits.storage.engine import Db
 from smscredits.verify import verify
@@ -82,7 +82,7 @@ def test_delete_cancels_plans_keeps_the_journal_and_frees_the_name(bob: Db, cli:
     refills.schedule_plan(bob, "bob", every="month", on="1", add=10_000)
     r = cli("user", "delete", "bob")
     assert (r.exit_code, r.stdout) == (0, "bob: user deleted (journal kept)\n")
-    kinds = [e.kind for e in ledger.query_events(bob, limit=10)]
+    kinds = [e.kind for e in reads.query_events(bob, limit=10)]
     assert kinds[:3] == ["user.deleted", "power.deleted", "refill.cancelled"]
     assert _details(bob, "user.deleted") == [{"name": "bob"}]
     assert cli("user", "show", "bob").exit_code == 3
@@ -141,7 +141,7 @@ def test_set_tz_recounts_open_windows_in_the_new_zone(bob: Db, cli: Any) -> None
         _charge(bob, "m-3", 3)
         refund(bob, "m-3")
         _charge(bob, "m-4", 4)
-        day = limits.show_limits(bob, "bob").windows[0]
+        day = reads.show_limits(bob, "bob").windows[0]
         assert (day.spent, day.resets_at) == (6, "2027-12-02T23:00:00Z")  # m-2 + m-4
     with freeze_time("2027-12-02T04:00:00Z"):
         assert cli("user", "set-tz", "bob", "America/New_York").exit_code == 0
@@ -152,11 +152,11 @@ def test_set_tz_recounts_open_windows_in_the_new_zone(bob: Db, cli: Any) -> None
         assert verify(bob).ok, verify(bob).problems
         # A refund after the move gives the room back in the new zone's window.
         refund(bob, "m-1")
-        assert limits.show_limits(bob, "bob").windows[0].spent == 6
+        assert reads.show_limits(bob, "bob").windows[0].spent == 6
         assert verify(bob).ok, verify(bob).problems
     with freeze_time("2027-12-02T05:30:00Z"):  # past New York's midnight: a new day
         _charge(bob, "m-5", 1)
-        assert limits.show_limits(bob, "bob").windows[0].spent == 1
+        assert reads.show_limits(bob, "bob").windows[0].spent == 1
         assert verify(bob).ok, verify(bob).problems
 
 

@@ -127,7 +127,7 @@ def price_quote(
     user: Annotated[str | None, typer.Option(help="Also show this user's limits left.")] = None,
 ) -> None:
     """What a message would cost: encoding, parts, matching price rule, cost."""
-    from smscredits import limits
+    from smscredits import reads
     from smscredits.pricing import PriceBook, Rejected, destination, kind_of
 
     handle = db()
@@ -149,7 +149,7 @@ def price_quote(
         "matched": {"rule": quote.rule, "kind": kind_of(quote.rule), "country": quote.country},
         "near_misses": book.near_misses(destination(quote.to), quote.rule),
     }
-    lim = limits.show_limits(handle, user) if user is not None else None
+    lim = reads.show_limits(handle, user) if user is not None else None
     if lim is not None:
         data["limits"] = lim.windows
     out = output()
@@ -209,12 +209,12 @@ def limits_set(user: UserArg, daily: LimitOpt = None, weekly: LimitOpt = None,
 def limits_show(user: OptionalUser = None) -> None:
     """Each limit with what is spent, what is left and when it resets (without USER: every
     user's windows, least left first)."""
-    from smscredits import limits
+    from smscredits import reads
 
     if user is None:
         _show_every_window()
         return
-    _show_limits(limits.show_limits(db(), user))
+    _show_limits(reads.show_limits(db(), user))
 
 
 def _show_every_window() -> None:

@@ -98,12 +98,10 @@ def message_ids(ctx: Any, incomplete: str) -> list[str]:
 
 def commands(ctx: Any, incomplete: str) -> list[str]:
     """`help`'s names: a top-level command, then one of its sub-commands."""
-    from smscredits.commands.base import LAZY
-
     given = list(ctx.params.get("names") or [])
-    if not given:
-        return _starting(LAZY, incomplete)
     root = ctx.find_root()
+    if not given:  # the root lists its commands without loading them
+        return _starting(root.command.list_commands(root), incomplete)
     group = root.command.get_command(root, given[0]) if len(given) == 1 else None
     return _starting(getattr(group, "commands", {}), incomplete)
 

@@ -61,11 +61,11 @@ def refill_list(
     all_: Annotated[bool, typer.Option("--all", help="Include cancelled plans.")] = False,
 ) -> None:
     """List refill plans with their rule, next due time and last application."""
-    from smscredits import refills
+    from smscredits import reads
     from smscredits.render import in_zone
 
     columns = [c for c in PLAN_COLUMNS if c[0] != "user"] if user else PLAN_COLUMNS
-    plans, out = refills.list_plans(db(), user, all_=all_), output()
+    plans, out = reads.list_plans(db(), user, all_=all_), output()
     rows = plans if out.machine else [in_zone(p, p.tz) for p in plans]  # times in its zone
     out.rows(rows, columns, title="Refill plans" + (f" of {user}" if user else ""),
              empty="no refill plans", optional=PLAN_OPTIONAL)

@@ -170,9 +170,9 @@ def power_create(
 @command(power_app, "list", example="smscredits power list")
 def power_list(user: OptionalUser = None) -> None:
     """List credits powers."""
-    from smscredits import ledger
+    from smscredits import reads
 
-    output().rows(ledger.list_accounts(db(), user), ACCOUNT_COLUMNS, empty="no powers yet",
+    output().rows(reads.list_accounts(db(), user), ACCOUNT_COLUMNS, empty="no powers yet",
                   optional=ACCOUNT_OPTIONAL)
 
 

@@ -201,6 +201,11 @@ class Db:
         self.default_tz = default_tz
         self.is_sqlite = url.get_backend_name() == "sqlite"
 
+    @property
+    def shown(self) -> str:
+        """The database as every output names it (``describe``: secrets masked)."""
+        return describe(self.url)
+
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One write transaction: committed when the block ends, rolled back on error."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
@@ -14,7 +14,9 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Connection
 
 from smscredits.errors import DatabaseError
-from smscredits.storage.engine import Db, describe
+
+if TYPE_CHECKING:  # engine imports this module (to create a schema), not the reverse
+    from smscredits.storage.engine import Db
 
 SCRIPTS = Path(__file__).with_name("migrations")
 
@@ -56,7 +58,7 @@ def upgrade(db: Db, revision: str = "head") -> tuple[str | None, str | None]:
             command.upgrade(alembic_config(conn), revision)
     except CommandError:
         raise DatabaseError(
-            f"database {describe(db.url)} is at schema {before}, which this smscredits does not "
+            f"database {db.shown} is at schema {before}, which this smscredits does not "
             "know: it was upgraded by a newer smscredits"
         ) from None
     return before, db.schema_version()
