@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -359,193 +358,21 @@ def _charged_text(user: str, r: Any, *, given_id: bool) -> str:
             f"balance {r.balance}{ident}")
 
 
-def _read_batches(stream: BinaryIO, size: int = 1000, *,
-                  before_read: Callable[[], None] | None = None) -> Iterator[list[bytes]]:
-    """Lines in batches: whatever is available now, up to ``size``.
-
-    ``read1`` returns what one read brings, without waiting for more: a pipe fed one line at
-    a time yields one-line batches at once (each is charged and its result flushed before the
-    next is awaited). Lines left over from a read wait for the next one only while more input
-    is ready (always, in a file): a file yields full batches, not a short one per read.
-    ``before_read`` runs before each read.
-    """
-    pending, carried = b"", []
-    while True:
-        if before_read is not None:
-            before_read()
-        chunk = stream.read1(1 << 20)
-        if not chunk:
-            rest = [*carried, pending] if pending else carried  # under ``size`` lines
-            if rest:
-                yield rest
-            return
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        if carried:
-            lines, carried = carried + lines, []
-        whole = len(lines) - len(lines) % size
-        for i in range(0, whole, size):
-            yield lines[i : i + size]
-        if whole < len(lines):
-            if _more_ready(stream):
-                carried = lines[whole:]
-            else:
-                yield lines[whole:]
-
-
-def _more_ready(stream: BinaryIO) -> bool:
-    """Whether a read now would return at once: a regular file, or a pipe with data."""
-    import select
-    import stat
-
-    try:
-        fd = stream.fileno()
-        return stat.S_ISREG(os.fstat(fd).st_mode) or bool(select.select([fd], [], [], 0)[0])
-    except (OSError, ValueError):  # no descriptor (a test's BytesIO), or no select on it
-        return False
-
-
-_FIELDS = frozenset(("user", "to", "text", "parts", "id"))
-
-
-def _parse_line(raw: bytes, lineno: int) -> Any:
-    """A ChargeRequest, or an error result naming the line: whatever the bytes, never an
-    exception (a co-process's one bad line must not end it)."""
-    try:
-        return _request(raw)
-    except (ValueError, BadInput, RecursionError) as e:
-        message = (e.message if isinstance(e, BadInput)
-                   else "bad JSON: nested too deeply" if isinstance(e, RecursionError)
-                   else f"bad JSON: {e}")
-    from smscredits.charging import ChargeResult
-
-    return ChargeResult("error", None, None, None, reason="bad_input",
-                        message=f"line {lineno}: {message}", line=lineno)
-
-
-def _request(raw: bytes) -> Any:
-    """The ChargeRequest of a line, or BadInput (or json's ValueError) saying what is wrong."""
-    import json
-
-    from smscredits.charging import ChargeRequest, request_problem
-    from smscredits.pricing import MAX_PARTS
-
-    if not raw.strip():
-        raise BadInput("empty line: expected a JSON object")
-    try:  # UTF-8 only (a BOM is let be): not json's guess at UTF-16 or encoded surrogates
-        line = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise BadInput(f"not UTF-8 text: byte {e.object[e.start]:#04x} at {e.start}") from None
-    data = json.loads(line)
-    if not isinstance(data, dict):
-        raise BadInput("expected a JSON object")
-    unknown = sorted(set(data) - _FIELDS)
-    if unknown:
-        shown = ", ".join(repr(k[:40]) for k in unknown[:5]) + (", ..." if unknown[5:] else "")
-        raise BadInput(f"unknown field(s) {shown}")
-    user, to, text, parts, msg_id = (data.get(k) for k in ("user", "to", "text", "parts", "id"))
-    if not isinstance(user, str) or not isinstance(to, str):
-        raise BadInput("user and to must be strings")
-    if (text is None) == (parts is None):
-        raise BadInput("give exactly one of text and parts")
-    if text is not None and not isinstance(text, str):
-        raise BadInput("text must be a string")
-    if parts is not None and (not isinstance(parts, int) or isinstance(parts, bool)):
-        raise BadInput("parts must be a whole number")
-    if parts is not None and not 1 <= parts <= MAX_PARTS:
-        raise BadInput(f"bad parts {parts if abs(parts) < 10**6 else 'beyond a million'}: "
-                       f"must be 1-{MAX_PARTS}")
-    if msg_id is not None and not isinstance(msg_id, str):
-        raise BadInput("id must be a string")
-    req = ChargeRequest(user, to, text, parts, msg_id)
-    problem = request_problem(req)  # what the charger would refuse as bad input
-    if problem is not None:
-        raise BadInput(problem)
-    return req
-
-
-# The cyclic collector's thresholds while a file is charged. Each line allocates a score of
-# objects, none of them in a cycle (refcounting frees them); at the default (700, 10, 10)
-# the collector runs every few dozen lines and now and then walks every account, power row
-# and quote the charger keeps. Measured on 200 000 lines: about 8 % of the run.
-_FILE_GC_THRESHOLDS = (50_000, 50, 100)
-
-
 def _charge_file(name: str) -> int:
-    import gc
-
-    from orjson import loads
-
-    from smscredits.charging import BatchSummary, Charger, ChargeRequest, Pending
-    from smscredits.pricing import MAX_PARTS
-    from smscredits.render import Progress, charge_line
-    from smscredits.validate import is_message_id
+    from smscredits.charging import BatchSummary, Charger
+    from smscredits.charging.stream import charge_lines
+    from smscredits.render import Progress
 
     try:
         stream: BinaryIO = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
     except OSError as e:
         raise BadInput(f"cannot read {name!r}: {e.strerror}") from None
-    fields = _FIELDS
-
-    def parse(raw: bytes, lineno: int) -> Any:
-        """``_parse_line``, with a well-formed line decoded by orjson and checked in one
-        expression first. Whatever orjson refuses or decodes otherwise than ``json`` would
-        (lone surrogates, NaN, a BOM, huge numbers, deep nesting: never a well-formed line) is
-        left to ``_parse_line``, so every line gets the answer and the message ``json`` gives.
-        orjson's strings are valid Unicode; a NUL (escaped: JSON has no raw one) in any of
-        them sends the line the long way too, which refuses it where the charger would."""
-        try:
-            data = loads(raw)
-        except ValueError:
-            return _parse_line(raw, lineno)
-        if type(data) is dict and data.keys() <= fields and b"\\u0000" not in raw:
-            user, to, text, parts, msg_id = (data.get("user"), data.get("to"),
-                                             data.get("text"), data.get("parts"), data.get("id"))
-            if (type(user) is str and type(to) is str
-                    and ((type(text) is str and parts is None)
-                         or (text is None and type(parts) is int and 0 < parts <= MAX_PARTS))
-                    and (msg_id is None or (type(msg_id) is str and is_message_id(msg_id)))):
-                return ChargeRequest(user, to, text, parts, msg_id)
-        return _parse_line(raw, lineno)
-
-    charger, summary, lineno = Charger(db()), BatchSummary(), 0
-    out = sys.stdout
+    summary, out = BatchSummary(), sys.stdout
     progress = Progress("charging", None if name == "-" else os.path.getsize(name))
-    thresholds = gc.get_threshold()
-    gc.set_threshold(*_FILE_GC_THRESHOLDS)
-    # The batch whose commit is running, and its result lines: written once it is durable,
-    # at the latest before the next read can block (a co-process waits for them).
-    in_flight: tuple[Pending | None, str] | None = None
-
-    def write_in_flight() -> None:
-        nonlocal in_flight
-        if in_flight is not None:
-            pending, text = in_flight
-            in_flight = None
-            if pending is not None:
-                pending.wait()
+    with Charger(db()) as charger:  # on a failure, a batch still in flight is rolled back
+        for text in charge_lines(charger, stream, summary, progress=progress.advance):
             out.write(text)
             out.flush()
-
-    try:
-        with charger:  # on a failure, a batch still in flight is rolled back
-            for lines in _read_batches(stream, before_read=write_in_flight):
-                progress.advance(sum(len(raw) + 1 for raw in lines))
-                parsed = []
-                for raw in lines:  # every line gets its result, a blank one too
-                    lineno += 1
-                    parsed.append((lineno, parse(raw, lineno)))
-                reqs = [p for _, p in parsed if type(p) is ChargeRequest]
-                write_in_flight()  # the batch before commits while this one is read
-                pending = charger.begin(reqs) if reqs else None
-                charged = iter(pending.results if pending is not None else ())
-                results = [next(charged) if type(p) is ChargeRequest else p for _, p in parsed]
-                summary.add_all(results)
-                in_flight = (pending, "".join([charge_line(r, n) + "\n"
-                                               for r, (n, _) in zip(results, parsed, strict=True)]))
-            write_in_flight()
-    finally:
-        gc.set_threshold(*thresholds)  # in-process callers (tests, scripts) get theirs back
     progress.close()
     if name != "-":
         stream.close()

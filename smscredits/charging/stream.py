@@ -1,0 +1,213 @@
+"""`charge --file` as a library: a stream of JSON lines in, one result line per line out.
+
+``charge_lines`` reads a binary stream in batches (whatever a pipe holds now, up to 1000
+lines; a file in full batches), parses each line (orjson for a well-formed line, the stdlib
+parser for the error message of any other), charges each batch in one transaction through
+``Charger.begin`` and yields the batch's result lines once its commit is durable — the next
+batch is read and parsed while the commit runs, and what is ready is yielded before any read
+that may block. Every line gets exactly one result, in order, a blank or malformed one too.
+The CLI's ``charge --file`` is this loop writing to stdout; gateway code can run the same:
+
+    with Charger(open_db(url)) as charger:
+        for text in charge_lines(charger, sys.stdin.buffer):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+from smscredits.charging import (
+    BatchSummary,
+    Charger,
+    ChargeRequest,
+    ChargeResult,
+    Pending,
+    request_problem,
+)
+from smscredits.errors import BadInput
+from smscredits.pricing import MAX_PARTS
+from smscredits.render import charge_line
+from smscredits.validate import is_message_id
+
+
+def read_batches(stream: BinaryIO, size: int = 1000) -> Iterator[list[bytes] | None]:
+    """Lines in batches: whatever is available now, up to ``size``.
+
+    ``read1`` returns what one read brings, without waiting for more: a pipe fed one line at
+    a time yields one-line batches at once (each is charged and its result flushed before the
+    next is awaited). Lines left over from a read wait for the next one only while more input
+    is ready (always, in a file): a file yields full batches, not a short one per read.
+    ``None`` comes before each read: the moment to write the results that are ready, as the
+    read may block (a co-process waits for them before it sends more).
+    """
+    pending, carried = b"", []
+    while True:
+        yield None
+        chunk = stream.read1(1 << 20)
+        if not chunk:
+            rest = [*carried, pending] if pending else carried  # under ``size`` lines
+            if rest:
+                yield rest
+            return
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if carried:
+            lines, carried = carried + lines, []
+        whole = len(lines) - len(lines) % size
+        for i in range(0, whole, size):
+            yield lines[i : i + size]
+        if whole < len(lines):
+            if _more_ready(stream):
+                carried = lines[whole:]
+            else:
+                yield lines[whole:]
+
+
+def _more_ready(stream: BinaryIO) -> bool:
+    """Whether a read now would return at once: a regular file, or a pipe with data."""
+    import select
+    import stat
+
+    try:
+        fd = stream.fileno()
+        return stat.S_ISREG(os.fstat(fd).st_mode) or bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):  # no descriptor (a test's BytesIO), or no select on it
+        return False
+
+
+FIELDS = frozenset(("user", "to", "text", "parts", "id"))
+
+
+def parse_line(raw: bytes, lineno: int) -> Any:
+    """A ChargeRequest, or an error result naming the line: whatever the bytes, never an
+    exception (a co-process's one bad line must not end it)."""
+    try:
+        return _request(raw)
+    except (ValueError, BadInput, RecursionError) as e:
+        message = (e.message if isinstance(e, BadInput)
+                   else "bad JSON: nested too deeply" if isinstance(e, RecursionError)
+                   else f"bad JSON: {e}")
+    return ChargeResult("error", None, None, None, reason="bad_input",
+                        message=f"line {lineno}: {message}", line=lineno)
+
+
+def _request(raw: bytes) -> Any:
+    """The ChargeRequest of a line, or BadInput (or json's ValueError) saying what is wrong."""
+    if not raw.strip():
+        raise BadInput("empty line: expected a JSON object")
+    try:  # UTF-8 only (a BOM is let be): not json's guess at UTF-16 or encoded surrogates
+        line = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"not UTF-8 text: byte {e.object[e.start]:#04x} at {e.start}") from None
+    data = json.loads(line)
+    if not isinstance(data, dict):
+        raise BadInput("expected a JSON object")
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        shown = ", ".join(repr(k[:40]) for k in unknown[:5]) + (", ..." if unknown[5:] else "")
+        raise BadInput(f"unknown field(s) {shown}")
+    user, to, text, parts, msg_id = (data.get(k) for k in ("user", "to", "text", "parts", "id"))
+    if not isinstance(user, str) or not isinstance(to, str):
+        raise BadInput("user and to must be strings")
+    if (text is None) == (parts is None):
+        raise BadInput("give exactly one of text and parts")
+    if text is not None and not isinstance(text, str):
+        raise BadInput("text must be a string")
+    if parts is not None and (not isinstance(parts, int) or isinstance(parts, bool)):
+        raise BadInput("parts must be a whole number")
+    if parts is not None and not 1 <= parts <= MAX_PARTS:
+        raise BadInput(f"bad parts {parts if abs(parts) < 10**6 else 'beyond a million'}: "
+                       f"must be 1-{MAX_PARTS}")
+    if msg_id is not None and not isinstance(msg_id, str):
+        raise BadInput("id must be a string")
+    req = ChargeRequest(user, to, text, parts, msg_id)
+    problem = request_problem(req)  # what the charger would refuse as bad input
+    if problem is not None:
+        raise BadInput(problem)
+    return req
+
+
+# The cyclic collector's thresholds while a file is charged. Each line allocates a score of
+# objects, none of them in a cycle (refcounting frees them); at the default (700, 10, 10)
+# the collector runs every few dozen lines and now and then walks every account, power row
+# and quote the charger keeps. Measured on 200 000 lines: about 8 % of the run.
+FILE_GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def charge_lines(charger: Charger, stream: BinaryIO, summary: BatchSummary | None = None, *,
+                 progress: Callable[[int], None] | None = None) -> Iterator[str]:
+    """Charge every JSON line of ``stream``; yield each batch's result lines (text ending in
+    a newline) once the batch is committed. ``summary`` counts the results; ``progress``
+    hears the bytes read. The caller holds ``charger`` open (``with charger:``): on a
+    failure, a batch still in flight is rolled back when it closes."""
+    from orjson import loads
+
+    counted = summary if summary is not None else BatchSummary()
+    fields, lineno = FIELDS, 0
+
+    def parse(raw: bytes, number: int) -> Any:
+        """``parse_line``, with a well-formed line decoded by orjson and checked in one
+        expression first. Whatever orjson refuses or decodes otherwise than ``json`` would
+        (lone surrogates, NaN, a BOM, huge numbers, deep nesting: never a well-formed line) is
+        left to ``parse_line``, so every line gets the answer and the message ``json`` gives.
+        orjson's strings are valid Unicode; a NUL (escaped: JSON has no raw one) in any of
+        them sends the line the long way too, which refuses it where the charger would."""
+        try:
+            data = loads(raw)
+        except ValueError:
+            return parse_line(raw, number)
+        if type(data) is dict and data.keys() <= fields and b"\\u0000" not in raw:
+            user, to, text, parts, msg_id = (data.get("user"), data.get("to"),
+                                             data.get("text"), data.get("parts"), data.get("id"))
+            if (type(user) is str and type(to) is str
+                    and ((type(text) is str and parts is None)
+                         or (text is None and type(parts) is int and 0 < parts <= MAX_PARTS))
+                    and (msg_id is None or (type(msg_id) is str and is_message_id(msg_id)))):
+                return ChargeRequest(user, to, text, parts, msg_id)
+        return parse_line(raw, number)
+
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*FILE_GC_THRESHOLDS)
+    # The batch whose commit is running, and its result lines: yielded once it is durable,
+    # at the latest before the next read can block.
+    in_flight: tuple[Pending | None, str] | None = None
+    try:
+        for lines in read_batches(stream):
+            if lines is None:  # a read comes, which may block: what is ready goes first
+                if in_flight is not None:
+                    yield _durable(in_flight)
+                    in_flight = None
+                continue
+            if progress is not None:
+                progress(sum(len(raw) + 1 for raw in lines))
+            parsed = []
+            for raw in lines:  # every line gets its result, a blank one too
+                lineno += 1
+                parsed.append((lineno, parse(raw, lineno)))
+            reqs = [p for _, p in parsed if type(p) is ChargeRequest]
+            if in_flight is not None:  # the batch before commits while this one is read
+                yield _durable(in_flight)
+                in_flight = None
+            pending = charger.begin(reqs) if reqs else None
+            charged = iter(pending.results if pending is not None else ())
+            results = [next(charged) if type(p) is ChargeRequest else p for _, p in parsed]
+            counted.add_all(results)
+            in_flight = (pending, "".join([charge_line(r, n) + "\n"
+                                           for r, (n, _) in zip(results, parsed, strict=True)]))
+        if in_flight is not None:
+            yield _durable(in_flight)
+    finally:
+        gc.set_threshold(*thresholds)  # in-process callers (tests, scripts) get theirs back
+
+
+def _durable(in_flight: tuple[Pending | None, str]) -> str:
+    pending, text = in_flight
+    if pending is not None:
+        pending.wait()
+    return text
