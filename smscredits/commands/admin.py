@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from smscredits.commands.base import STATE, app, command, output
+from smscredits.commands.base import app, command, output, state
 
 db_app = app("db", "Create and upgrade the database schema.", "smscredits db upgrade")
 config_app = app("config", "Show and change settings (config file).",
@@ -21,7 +21,8 @@ def db_upgrade() -> None:
     from smscredits.storage.engine import describe, open_db
     from smscredits.storage.migrate import upgrade
 
-    handle = STATE.handle = open_db(STATE.db_flag, actor=STATE.actor, check=False)
+    run = state()
+    handle = run.handle = open_db(run.db_flag, actor=run.actor, check=False)
     before, after = upgrade(handle)
     where = describe(handle.url)
     text = (f"{where}: schema already at {after}" if before == after
@@ -34,8 +35,8 @@ def db_status() -> None:
     """Show the database in use and whether its schema is current."""
     from smscredits.storage.engine import HEAD, describe, open_db
 
-    handle = STATE.handle = open_db(STATE.db_flag, actor=STATE.actor, check=False,
-                                    create=False)
+    run = state()
+    handle = run.handle = open_db(run.db_flag, actor=run.actor, check=False, create=False)
     current = handle.schema_version()
     data = {"database": describe(handle.url), "schema": current, "expected": HEAD,
             "up_to_date": current == HEAD}
@@ -52,9 +53,9 @@ def config_show() -> None:
     """Effective settings and where each comes from (flag, env, file, default)."""
     from smscredits import config
 
-    rows = []
+    rows, run = [], state()
     for key, (env, meaning) in config.KEYS.items():
-        flag = STATE.db_flag if key == "db" else STATE.actor if key == "actor" else None
+        flag = run.db_flag if key == "db" else run.actor if key == "actor" else None
         s = config.resolve(key, flag)
         value = config.mask_url(s.value) if key == "db" and s.value else s.value
         rows.append({"key": key, "value": value, "source": s.source, "env": env,

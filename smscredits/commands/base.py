@@ -32,6 +32,11 @@ GLOBAL_VALUED = {"--db", "--actor"}
 
 @dataclass
 class State:
+    """One invocation's state: the root's options and the databases it opened. It lives on
+    the root Click context (``ctx.obj``), which closes the databases when it ends
+    (``ctx.call_on_close``), as sqlite-utils registers its databases for cleanup; a command
+    run inside another (the demo's steps) has a context, and a state, of its own."""
+
     db_flag: str | None = None
     mode: str = "table"
     quiet: bool = False
@@ -40,20 +45,44 @@ class State:
     lite: LiteDb | None = None  # the read-only sqlite3 handle, when `lite_tried` found one
     lite_tried: bool = False
 
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.dispose()
+            self.handle = None
+        if self.lite is not None:
+            self.lite.close()
+        self.lite, self.lite_tried = None, False
 
-STATE = State()
+
+# Before the root context exists (an error while parsing), only the output mode is known.
+_PARSING = State()
+
+
+def state() -> State:
+    """The running invocation's state (``_PARSING`` before its root context exists)."""
+    # Typer 0.29 vendors Click (pinned in pyproject.toml); its context stack is Click's own.
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return _PARSING
+    root = ctx.find_root()
+    if not isinstance(root.obj, State):
+        root.obj = State(mode=_PARSING.mode)
+        root.call_on_close(root.obj.close)
+    return root.obj
 
 
 def set_globals(
     *, db: str | None, actor: str | None, modes: dict[str, bool], quiet: bool
 ) -> None:
-    """Fresh state for one invocation, from the root's options."""
+    """The invocation's state, from the root's options."""
     chosen = [m for m in _MODES if modes.get(m)]
     if len(chosen) > 1:
         raise BadInput(f"choose one output format, not {' and '.join('--' + m for m in chosen)}")
-    STATE.db_flag, STATE.actor, STATE.quiet, STATE.handle = db, actor, quiet, None
-    STATE.lite, STATE.lite_tried = None, False
-    STATE.mode = chosen[0] if chosen else "table"
+    run = state()
+    run.db_flag, run.actor, run.quiet = db, actor, quiet
+    run.mode = chosen[0] if chosen else "table"
 
 
 def _takes_value(cmd: Any, token: str) -> bool:
@@ -342,7 +371,7 @@ class RootGroup(PlainGroup):
     def make_context(self, info_name: Any, args: list[str], parent: Any = None,
                      **extra: Any) -> Any:
         # Known before parsing, so that a parsing error is reported as JSON too.
-        STATE.mode = "json" if "--json" in args or "--jsonl" in args else "table"
+        _PARSING.mode = "json" if "--json" in args or "--jsonl" in args else "table"
         try:
             return super().make_context(info_name, args, parent, **extra)
         except _ClickException as e:
@@ -389,13 +418,6 @@ class RootGroup(PlainGroup):
             if type(e).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3")):
                 fail(_database_error(e))
             raise
-        finally:
-            if STATE.handle is not None:
-                STATE.handle.dispose()
-                STATE.handle = None
-            if STATE.lite is not None:
-                STATE.lite.close()
-            STATE.lite, STATE.lite_tried = None, False
 
 
 def _database_error(e: Exception) -> DatabaseError:
@@ -403,14 +425,15 @@ def _database_error(e: Exception) -> DatabaseError:
 
     from smscredits.storage.engine import explain
 
-    if STATE.handle is not None and isinstance(e, exc.DBAPIError):
-        return explain(e, STATE.handle.url)
+    run = state()
+    if run.handle is not None and isinstance(e, exc.DBAPIError):
+        return explain(e, run.handle.url)
     from smscredits import config
 
     # The driver's own words, first line, with every secret of the setting masked.
     first = (str(getattr(e, "orig", None) or e).strip().splitlines() or [""])[0]
     try:
-        setting = config.resolve("db", STATE.db_flag).value or ""
+        setting = config.resolve("db", run.db_flag).value or ""
     except SmsCreditsError:  # an unreadable setting: mask what looks like a secret
         setting = ""
     detail = config.mask_text(first, setting)[:300]
@@ -425,30 +448,33 @@ def fail(e: SmsCreditsError) -> None:
 def output() -> Output:
     from smscredits.render import Output
 
-    return Output(mode=STATE.mode, quiet=STATE.quiet)
+    run = state()
+    return Output(mode=run.mode, quiet=run.quiet)
 
 
 def db(*, create: bool = False) -> Db:
     """The database for this invocation, opened (and checked) on first use. Only a command
     that creates what its user asked for (``create``) may create a missing SQLite file;
     for any other, a missing file is an error (exit 7) naming it."""
-    if STATE.handle is None:
+    run = state()
+    if run.handle is None:
         from smscredits.storage.engine import open_db
 
-        STATE.handle = open_db(STATE.db_flag, actor=STATE.actor, create=create)
-    return STATE.handle
+        run.handle = open_db(run.db_flag, actor=run.actor, create=create)
+    return run.handle
 
 
 def reader() -> Db | LiteDb:
     """The database for a command that only reads: an existing SQLite file is opened with the
     stdlib ``sqlite3`` (no SQLAlchemy import, a fraction of the start-up); anything else is
     ``db()``."""
-    if not STATE.lite_tried and STATE.handle is None:
+    run = state()
+    if not run.lite_tried and run.handle is None:
         from smscredits.storage.lite import open_lite
 
-        STATE.lite = open_lite(STATE.db_flag)
-    STATE.lite_tried = True
-    return STATE.lite if STATE.lite is not None else db()
+        run.lite = open_lite(run.db_flag)
+    run.lite_tried = True
+    return run.lite if run.lite is not None else db()
 
 
 def app(name: str, help_: str, example: str) -> typer.Typer:
