@@ -577,9 +577,10 @@ class _Batch:
             msg_id, req.user[:64], account.user_id, power.id, now, quote.to, quote.country,
             quote.rule, quote.encoding, quote.parts, quote.price, cost, "charged", None,
             balance, *keys)
-        return ChargeResult("charged", msg_id, req.user, quote.to, None, None,
-                            quote.cost_shown, quote.parts, quote.encoding, quote.price_shown,
-                            quote.rule, quote.country, to_decimal(balance))
+        return ChargeResult("charged", msg_id, req.user, quote.to, cost=quote.cost_shown,
+                            parts=quote.parts, encoding=quote.encoding,
+                            price=quote.price_shown, rule=quote.rule, country=quote.country,
+                            balance=to_decimal(balance))
 
     def refill(self, account: _Account, power: _Power) -> int:
         """A threshold plan fires in the charge's own transaction, after the charge's event:
