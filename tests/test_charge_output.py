@@ -11,12 +11,9 @@ from typing import Any
 
 from freezegun import freeze_time
 
+from tests.helpers import ok
+
 TO = "+36301234567"
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, run.stderr
-    return run
 
 
 def setup(cli: Any, initial: str = "10") -> None:
