@@ -18,22 +18,10 @@ from freezegun import freeze_time
 from smscredits import ledger, limits
 from smscredits.charging import Charger, ChargeRequest
 from smscredits.storage.engine import open_db
+from tests.helpers import balance, credit_log, doc, lines, ok
 
 TO = "+36301234567"  # HU mobile
 D = Decimal
-
-
-def doc(run: Any) -> Any:
-    return json.loads(run.stdout, parse_float=Decimal)
-
-
-def lines(run: Any) -> list[dict[str, Any]]:
-    return [json.loads(x, parse_float=Decimal) for x in run.stdout.splitlines() if x.strip()]
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, run.stderr
-    return run
 
 
 def charge(cli: Any, user: str, *args: str, to: str = TO) -> Any:
@@ -41,14 +29,6 @@ def charge(cli: Any, user: str, *args: str, to: str = TO) -> Any:
     run = cli("charge", user, "--to", to, *args, "--json")
     run.result = doc(run)
     return run
-
-
-def balance(cli: Any, user: str = "alice") -> Decimal:
-    return doc(ok(cli("credits", "balance", user, "--json")))["balance"]
-
-
-def credit_log(cli: Any, user: str = "alice") -> list[dict[str, Any]]:
-    return doc(ok(cli("log", user, "--json", "--limit", "1000")))
 
 
 def windows(cli: Any, user: str = "alice") -> dict[str, dict[str, Any]]:

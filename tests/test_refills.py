@@ -18,19 +18,11 @@ from freezegun import freeze_time
 from sqlalchemy import select
 
 from smscredits.storage.tables import events
+from tests.helpers import balance, credit_log, doc, ok
 
 D = Decimal
 BUD = ZoneInfo("Europe/Budapest")
 TO = "+36301234567"
-
-
-def doc(run: Any) -> Any:
-    return json.loads(run.stdout, parse_float=Decimal)
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, run.stderr
-    return run
 
 
 def local(*args: int) -> datetime:
@@ -55,14 +47,6 @@ def run(cli: Any, *args: str) -> list[dict[str, Any]]:
 def periods(cli: Any, plan: int | None = None) -> list[str]:
     """Periods applied by one `refill run` (of one plan, if given)."""
     return [a["period"] for a in run(cli) if plan is None or a["plan_id"] == plan]
-
-
-def balance(cli: Any, user: str = "alice") -> Decimal:
-    return doc(ok(cli("credits", "balance", user, "--json")))["balance"]
-
-
-def credit_log(cli: Any, user: str = "alice") -> list[dict[str, Any]]:
-    return doc(ok(cli("log", user, "--json", "--limit", "1000")))
 
 
 def refill_events(cli: Any, plan: int, user: str = "alice") -> list[dict[str, Any]]:
