@@ -59,3 +59,8 @@ def dump(db: Any) -> dict[str, list[tuple[Any, ...]]]:
     with db.read() as conn:
         return {t: [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {t} ORDER BY 1")]
                 for t in TABLES}
+
+
+def jl(**fields: Any) -> str:
+    """The fields as one JSON line of a ``charge --file`` input, without its line end."""
+    return json.dumps(fields)

@@ -18,7 +18,7 @@ from freezegun import freeze_time
 from smscredits import ledger, limits
 from smscredits.charging import Charger, ChargeRequest
 from smscredits.storage.engine import open_db
-from tests.helpers import balance, credit_log, doc, lines, ok
+from tests.helpers import balance, credit_log, doc, jl, lines, ok
 
 TO = "+36301234567"  # HU mobile
 D = Decimal
@@ -456,11 +456,6 @@ def test_retry_of_a_refunded_message_charges_nothing(alice: Any) -> None:
 
 
 # -- batches ------------------------------------------------------------------------------
-
-
-def jl(**fields: Any) -> str:
-    return json.dumps(fields)
-
 
 def test_batch_with_good_rejected_and_malformed_lines(alice: Any, tmp_path: Path) -> None:
     good = {"user": "alice", "to": TO}
