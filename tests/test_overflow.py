@@ -13,7 +13,7 @@ import pytest
 from freezegun import freeze_time
 
 from smscredits.amounts import MAX_MILLIS, format_amount
-from tests.helpers import balance, doc, dump, ok, verified
+from tests.helpers import balance, data, doc, dump, ok, verified
 
 DE = "+4915112345678"
 HU = "+36301234567"
@@ -67,7 +67,7 @@ def test_an_unlimited_overdraft_ends_at_the_range(cli: Any, db: Any) -> None:
         # Every later charge that fits still goes through, once its windows have room.
         ok(cli("price", "set", "default", "1"))
         clock.tick(timedelta(days=40))
-        again = doc(ok(cli("charge", "a", "--to", DE, "--parts", "1", "--json")))
+        again = data(cli("charge", "a", "--to", DE, "--parts", "1", "--json"))
         assert (again["status"], again["balance"]) == ("charged", Decimal("-999999999999900"))
         assert verified(cli)
 
@@ -76,7 +76,7 @@ def test_an_unlimited_overdraft_stops_exactly_at_minus_the_maximum(cli: Any, db:
     setup(cli, "-" + MAX, "--overdraft", "unlimited", price="0.001")
     assert_charge_out_of_range(cli, db, ("--parts", "1"), "-1000000000000000")
     ok(cli("credits", "add", "a", "0.001"))
-    assert doc(ok(cli("charge", "a", "--to", DE, "--parts", "1", "--json")))["balance"] == \
+    assert data(cli("charge", "a", "--to", DE, "--parts", "1", "--json"))["balance"] == \
         Decimal("-" + MAX)
 
 
