@@ -10,19 +10,11 @@ from typing import Any
 import pytest
 
 from smscredits.storage.engine import open_db
+from tests.helpers import dump
 
 USAGE, NOT_FOUND, CONFLICT, DATABASE = 2, 3, 6, 7
-TABLES = ("users", "powers", "events", "messages", "prices", "refill_plans",
-          "refill_applications", "alembic_version")
 LONG_NAME = "a" * 65
 SECRET = "secret"
-
-
-def dump(db: Any) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, to show that a refused command changed nothing."""
-    with db.read() as conn:
-        return {t: [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {t} ORDER BY 1")]
-                for t in TABLES}
 
 
 def seed(cli: Any) -> None:

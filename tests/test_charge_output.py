@@ -11,12 +11,9 @@ from typing import Any
 
 from freezegun import freeze_time
 
+from tests.helpers import jl, ok
+
 TO = "+36301234567"
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, run.stderr
-    return run
 
 
 def setup(cli: Any, initial: str = "10") -> None:
@@ -24,10 +21,6 @@ def setup(cli: Any, initial: str = "10") -> None:
                  ["user", "add", "alice", "--tz", "America/New_York"],
                  ["power", "create", "alice", "credits", "--initial", initial]):
         ok(cli(*args))
-
-
-def line(**fields: Any) -> str:
-    return json.dumps(fields) + "\n"
 
 
 def test_a_charge_without_id_shows_the_id_it_made_and_a_refund_takes_it(cli: Any) -> None:
@@ -75,11 +68,13 @@ def test_file_summary_counts_charges_replays_refusals_and_errors_apart(
         cli: Any, tmp_path: Path) -> None:
     setup(cli, initial="3")
     path = tmp_path / "batch.jsonl"
-    path.write_text(line(user="alice", to=TO, parts=2, id="f-1")
-                    + line(user="alice", to=TO, parts=2, id="f-2")  # 1 left: refused
-                    + "\n"  # a blank line: bad input, answered too
-                    + line(user="zed", to=TO, parts=1, id="f-3")
-                    + line(user="alice", to=TO, parts=1, id="f-1"))  # same id, other cost
+    path.write_text("\n".join([
+        jl(user="alice", to=TO, parts=2, id="f-1"),
+        jl(user="alice", to=TO, parts=2, id="f-2"),  # 1 left: refused
+        "",  # a blank line: bad input, answered too
+        jl(user="zed", to=TO, parts=1, id="f-3"),
+        jl(user="alice", to=TO, parts=1, id="f-1"),  # same id, other cost
+    ]) + "\n")
     run = cli("charge", "--file", str(path))
     assert run.exit_code == 2
     results = [json.loads(r) for r in run.stdout.splitlines()]

@@ -18,22 +18,10 @@ from freezegun import freeze_time
 from smscredits import ledger, limits, reads
 from smscredits.charging import Charger, ChargeRequest
 from smscredits.storage.engine import open_db
+from tests.helpers import balance, credit_log, data, doc, jl, lines, ok
 
 TO = "+36301234567"  # HU mobile
 D = Decimal
-
-
-def doc(run: Any) -> Any:
-    return json.loads(run.stdout, parse_float=Decimal)
-
-
-def lines(run: Any) -> list[dict[str, Any]]:
-    return [json.loads(x, parse_float=Decimal) for x in run.stdout.splitlines() if x.strip()]
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, run.stderr
-    return run
 
 
 def charge(cli: Any, user: str, *args: str, to: str = TO) -> Any:
@@ -43,16 +31,8 @@ def charge(cli: Any, user: str, *args: str, to: str = TO) -> Any:
     return run
 
 
-def balance(cli: Any, user: str = "alice") -> Decimal:
-    return doc(ok(cli("credits", "balance", user, "--json")))["balance"]
-
-
-def credit_log(cli: Any, user: str = "alice") -> list[dict[str, Any]]:
-    return doc(ok(cli("log", user, "--json", "--limit", "1000")))
-
-
 def windows(cli: Any, user: str = "alice") -> dict[str, dict[str, Any]]:
-    return {w["window"]: w for w in doc(ok(cli("limits", "show", user, "--json")))["windows"]}
+    return {w["window"]: w for w in data(cli("limits", "show", user, "--json"))["windows"]}
 
 
 def spent(cli: Any, user: str = "alice") -> tuple[Decimal, Decimal, Decimal]:
@@ -404,9 +384,9 @@ def test_user_without_credits_power_is_not_metered(alice: Any) -> None:
     assert (r["status"], r["cost"], r["metered"], r["balance"]) == ("charged", D(0), False, None)
     again = ok(charge(alice, "carol", "--parts", "3", "--id", "u-1")).result
     assert (again["cost"], again["metered"], again["replayed"]) == (D(0), False, True)
-    assert doc(ok(alice("user", "show", "carol", "--json")))["balance"] is None
+    assert data(alice("user", "show", "carol", "--json"))["balance"] is None
     assert alice("credits", "balance", "carol").exit_code == 3
-    assert doc(ok(alice("log", "carol", "--json"))) == []
+    assert data(alice("log", "carol", "--json")) == []
 
 
 def test_unmetered_message_has_nothing_to_refund(alice: Any) -> None:
@@ -476,11 +456,6 @@ def test_retry_of_a_refunded_message_charges_nothing(alice: Any) -> None:
 
 
 # -- batches ------------------------------------------------------------------------------
-
-
-def jl(**fields: Any) -> str:
-    return json.dumps(fields)
-
 
 def test_batch_with_good_rejected_and_malformed_lines(alice: Any, tmp_path: Path) -> None:
     good = {"user": "alice", "to": TO}
@@ -607,11 +582,11 @@ def test_usage_by_day_and_by_country(cli: Any) -> None:
         ok(charge(cli, "alice", "--parts", "1", "--id", "u-4"))
         assert_refused(cli, charge(cli, "alice", "--parts", "200"), "insufficient_credits", 4)
         ok(cli("refund", "u-3"))
-        by_day = doc(ok(cli("usage", "alice", "--by", "day", "--json")))
+        by_day = data(cli("usage", "alice", "--by", "day", "--json"))
         assert [(r["period"], r["messages"], r["parts"], r["spent"], r["refunded"])
                 for r in by_day] == [("2026-03-11", 2, 4, D(1), 1),
                                      ("2026-03-10", 2, 3, D("2.5"), 0)]
-        by_country = doc(ok(cli("usage", "alice", "--by", "country", "--json")))
+        by_country = data(cli("usage", "alice", "--by", "country", "--json"))
         assert sorted((r["period"], r["messages"], r["spent"]) for r in by_country) == [
             ("HU", 3, D(3)), ("US", 1, D("0.5"))]
 

@@ -9,12 +9,9 @@ from typing import Any
 
 from freezegun import freeze_time
 
+from tests.helpers import ok
+
 TO = "+4915112345678"
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, run.stderr
-    return run
 
 
 def setup(cli: Any) -> None:

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from smscredits import config
 from smscredits.cli import app
 from smscredits.errors import BadInput
+from tests.helpers import ok
 
 ROOT = Path(__file__).resolve().parent.parent
 USAGE, NOT_FOUND, DATABASE = 2, 3, 7
@@ -36,11 +37,6 @@ def smscredits(*args: str | bytes, cwd: Path = ROOT) -> subprocess.CompletedProc
     """A real process, with arguments passed as raw bytes where given."""
     return subprocess.run([sys.executable, "-m", "smscredits", *args], capture_output=True,
                           cwd=cwd, timeout=120)
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, (run.stdout, run.stderr)
-    return run
 
 
 def one_line_error(run: Any, code: int, *needles: str) -> str:

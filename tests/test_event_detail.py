@@ -17,11 +17,7 @@ import pytest
 
 from smscredits import journal
 from smscredits.commands import logs
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, run.stderr
-    return run
+from tests.helpers import ok
 
 
 def changes(cli: Any) -> None:

@@ -18,28 +18,14 @@ from smscredits import __version__, ledger, reads
 from smscredits.config import default_db_path
 from smscredits.errors import Conflict, InsufficientCredits
 from smscredits.storage.engine import open_db
+from tests.helpers import balance, data, ok
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, (run.exit_code, run.stdout, run.stderr)
-    assert "Traceback" not in run.stdout + run.stderr
-    return run
-
-
-def data(run: Any) -> Any:
-    """The JSON a script reads, with exact Decimals for fractional numbers."""
-    return json.loads(ok(run).stdout, parse_float=Decimal)
 
 
 def alice(cli: Any, *opts: str) -> None:
     ok(cli("user", "add", "alice"))
     ok(cli("power", "create", "alice", "credits", *opts))
-
-
-def balance(cli: Any, user: str = "alice") -> Decimal:
-    return data(cli("credits", "balance", user, "--json"))["balance"]
 
 
 def log(cli: Any, *args: str) -> list[dict[str, Any]]:

@@ -11,12 +11,9 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
+from tests.helpers import ok
+
 HU, US = "+36301234567", "+12125551234"
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, run.stderr
-    return run
 
 
 def charge(cli: Any, user: str, parts: int, to: str = HU) -> None:

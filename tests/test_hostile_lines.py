@@ -12,25 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smscredits.charging import Charger, ChargeRequest
+from tests.helpers import balance, lines, verified
 
 TO = "+36301234567"
 GOOD = b'{"user":"alice","to":"+36301234567","parts":1}'
-
-
-def results(run: Any) -> list[dict[str, Any]]:
-    """Every stdout line as JSON: a line that is not JSON fails the test."""
-    return [json.loads(line, parse_float=Decimal) for line in run.stdout.split("\n")[:-1]]
-
-
-def balance(cli: Any) -> Decimal:
-    run = cli("credits", "balance", "alice", "--json")
-    assert run.exit_code == 0, run.stderr
-    return json.loads(run.stdout, parse_float=Decimal)["balance"]
-
-
-def verified(cli: Any) -> bool:
-    run = cli("verify")
-    return run.exit_code == 0 and "Traceback" not in run.stdout + run.stderr
 
 
 @pytest.fixture
@@ -93,7 +78,7 @@ def test_a_hostile_line_gets_its_own_bad_input_and_the_others_are_charged(
         alice: Any, line: bytes, needle: str) -> None:
     run = alice("charge", "--file", "-", input=b"\n".join([GOOD, line, GOOD]) + b"\n")
     assert "Traceback" not in run.stdout + run.stderr
-    out = results(run)
+    out = lines(run)
     assert [(r["line"], r["status"]) for r in out] == [(1, "charged"), (2, "error"),
                                                        (3, "charged")]
     assert out[1]["reason"] == "bad_input"
@@ -112,10 +97,10 @@ def test_a_very_long_line_is_answered_like_any_other(alice: Any) -> None:
     long_to = json.dumps({"user": "alice", "to": "1" * 2_000_000, "parts": 1}).encode()
     run = alice("charge", "--file", "-",
                 input=b"\n".join([GOOD, long_text, long_to, GOOD]) + b"\n")
-    assert [(r["status"], r["reason"]) for r in results(run)] == [
+    assert [(r["status"], r["reason"]) for r in lines(run)] == [
         ("charged", None), ("rejected", "insufficient_credits"),
         ("rejected", "invalid_number"), ("charged", None)]
-    assert len(results(run)[2]["message"]) < 100  # the number is quoted cut short
+    assert len(lines(run)[2]["message"]) < 100  # the number is quoted cut short
     assert run.exit_code == 0
     assert verified(alice)
 
@@ -133,7 +118,7 @@ def test_a_very_long_line_is_answered_like_any_other(alice: Any) -> None:
 def test_odd_but_well_formed_lines_are_charged(alice: Any, line: bytes) -> None:
     run = alice("charge", "--file", "-", input=b"\n".join([GOOD, line, GOOD]) + b"\n")
     assert run.exit_code == 0, run.stdout + run.stderr
-    assert [(r["line"], r["status"]) for r in results(run)] == [
+    assert [(r["line"], r["status"]) for r in lines(run)] == [
         (1, "charged"), (2, "charged"), (3, "charged")]
     assert balance(alice) == 997
 
@@ -142,7 +127,7 @@ def test_a_blank_line_and_crlf_line_ends_in_a_file(alice: Any, tmp_path: Any) ->
     path = tmp_path / "batch.jsonl"
     path.write_bytes(GOOD + b"\r\n\r\n" + GOOD + b"\r\n\n" + GOOD)
     run = alice("charge", "--file", str(path))
-    assert [(r["line"], r["status"]) for r in results(run)] == [
+    assert [(r["line"], r["status"]) for r in lines(run)] == [
         (1, "charged"), (2, "error"), (3, "charged"), (4, "error"), (5, "charged")]
     assert run.exit_code == 2
     assert balance(alice) == 997
@@ -221,16 +206,16 @@ LINE = st.one_of(VALID.map(lambda b: (True, b)), RAW.map(lambda b: (False, b)),
 
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(lines=st.lists(LINE, min_size=1, max_size=12))
-def test_arbitrary_bytes_never_break_a_batch(alice: Any, lines: list[tuple[bool, bytes]]) \
+@given(sent=st.lists(LINE, min_size=1, max_size=12))
+def test_arbitrary_bytes_never_break_a_batch(alice: Any, sent: list[tuple[bool, bytes]]) \
         -> None:
     before = balance(alice)
-    data = b"\n".join(raw for _, raw in lines) + b"\n"
+    data = b"\n".join(raw for _, raw in sent) + b"\n"
     run = alice("charge", "--file", "-", input=data)  # an exception here fails the test
     assert "Traceback" not in run.stdout + run.stderr
-    out = results(run)
-    assert [r["line"] for r in out] == list(range(1, len(lines) + 1))
-    for (valid, _), r in zip(lines, out, strict=True):
+    out = lines(run)
+    assert [r["line"] for r in out] == list(range(1, len(sent) + 1))
+    for (valid, _), r in zip(sent, out, strict=True):
         if valid:
             assert r["status"] == "charged", r
     spent = sum(r["cost"] for r in out if r["status"] == "charged")

@@ -28,7 +28,6 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from conftest import PG_ENV, PG_SKIP, _pg_conninfo
 from freezegun import freeze_time
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -47,6 +46,7 @@ from smscredits.charging import refund as refund_message
 from smscredits.errors import BadInput, Conflict, InsufficientCredits, NotFound, SmsCreditsError
 from smscredits.storage.engine import Db, open_db
 from smscredits.storage.migrate import upgrade
+from tests.conftest import PG_ENV, PG_SKIP, _pg_conninfo
 
 WINDOWS = ("day", "week", "month")
 ZONES = ("Europe/Budapest", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe")

@@ -13,35 +13,12 @@ import pytest
 from freezegun import freeze_time
 
 from smscredits.amounts import MAX_MILLIS, format_amount
+from tests.helpers import balance, data, doc, dump, ok, verified
 
 DE = "+4915112345678"
 HU = "+36301234567"
 BIG = "999999999999999"  # the largest whole amount
 MAX = format_amount(MAX_MILLIS)  # 999999999999999.999
-TABLES = ("users", "powers", "events", "messages", "prices", "refill_plans")
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, run.stdout + run.stderr
-    return run
-
-
-def doc(run: Any) -> Any:
-    return json.loads(run.stdout, parse_float=Decimal)
-
-
-def balance(cli: Any, user: str = "a") -> Decimal:
-    return doc(ok(cli("credits", "balance", user, "--json")))["balance"]
-
-
-def dump(db: Any) -> dict[str, list[tuple[Any, ...]]]:
-    with db.read() as conn:
-        return {t: [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {t} ORDER BY 1")]
-                for t in TABLES}
-
-
-def verified(cli: Any) -> bool:
-    return cli("verify").exit_code == 0
 
 
 def setup(cli: Any, initial: str = "100", *opts: str, price: str = BIG) -> None:
@@ -73,7 +50,7 @@ def test_a_cost_above_the_range_is_refused_at_quote_time(cli: Any, db: Any) -> N
     quote = cli("price", "quote", "--to", DE, "--parts", "10")
     assert quote.exit_code == 2 and "9999999999999990" in quote.stderr
     assert "Traceback" not in quote.stdout + quote.stderr
-    assert balance(cli) == 100
+    assert balance(cli, "a") == 100
 
 
 def test_a_cost_from_a_long_text_is_refused_too(cli: Any, db: Any) -> None:
@@ -90,7 +67,7 @@ def test_an_unlimited_overdraft_ends_at_the_range(cli: Any, db: Any) -> None:
         # Every later charge that fits still goes through, once its windows have room.
         ok(cli("price", "set", "default", "1"))
         clock.tick(timedelta(days=40))
-        again = doc(ok(cli("charge", "a", "--to", DE, "--parts", "1", "--json")))
+        again = data(cli("charge", "a", "--to", DE, "--parts", "1", "--json"))
         assert (again["status"], again["balance"]) == ("charged", Decimal("-999999999999900"))
         assert verified(cli)
 
@@ -99,7 +76,7 @@ def test_an_unlimited_overdraft_stops_exactly_at_minus_the_maximum(cli: Any, db:
     setup(cli, "-" + MAX, "--overdraft", "unlimited", price="0.001")
     assert_charge_out_of_range(cli, db, ("--parts", "1"), "-1000000000000000")
     ok(cli("credits", "add", "a", "0.001"))
-    assert doc(ok(cli("charge", "a", "--to", DE, "--parts", "1", "--json")))["balance"] == \
+    assert data(cli("charge", "a", "--to", DE, "--parts", "1", "--json"))["balance"] == \
         Decimal("-" + MAX)
 
 
@@ -133,7 +110,7 @@ def test_a_batch_with_an_overflowing_line_charges_the_others(cli: Any, db: Any) 
             assert "6000000000000000" in out[1]["message"]
             assert "-1100000000000001" in out[2]["message"]
         assert out[-1]["balance"] == Decimal("-500000000000003")
-    assert balance(cli) == Decimal("-500000000000003")
+    assert balance(cli, "a") == Decimal("-500000000000003")
     assert verified(cli)
 
 
@@ -176,7 +153,7 @@ def test_subtracting_under_an_unlimited_overdraft_ends_at_the_range(cli: Any, db
     assert "-1000000000000000" in error["message"] and MAX in error["message"]
     assert dump(db) == before
     ok(cli("credits", "add", "a", "-999.999"))
-    assert balance(cli) == Decimal("-" + MAX)
+    assert balance(cli, "a") == Decimal("-" + MAX)
     assert verified(cli)
 
 
@@ -195,5 +172,5 @@ def test_a_set_whose_change_leaves_the_range_is_refused(cli: Any, db: Any) -> No
     assert dump(db) == before
     ok(cli("credits", "set", "a", "0"))
     ok(cli("credits", "set", "a", BIG))
-    assert balance(cli) == Decimal(BIG)
+    assert balance(cli, "a") == Decimal(BIG)
     assert verified(cli)

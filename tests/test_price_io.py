@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from freezegun import freeze_time
 
-
-def doc(run: Any) -> Any:
-    return json.loads(run.stdout, parse_float=Decimal)
+from tests.helpers import doc
 
 
 def listed(cli: Any) -> list[dict[str, Any]]:

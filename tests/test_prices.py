@@ -9,13 +9,11 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import doc
+
 HU_MOBILE = "+36301234567"  # matches +3630, +36 and HU
 HU_OTHER = "+36201234567"  # matches +36 and HU, not +3630
 EMOJI = "😀"  # outside the BMP: a UTF-16 surrogate pair
-
-
-def doc(run: Any) -> Any:
-    return json.loads(run.stdout, parse_float=Decimal)
 
 
 def prices(cli: Any) -> dict[str, Decimal]:

@@ -18,19 +18,11 @@ from freezegun import freeze_time
 from sqlalchemy import select
 
 from smscredits.storage.tables import events
+from tests.helpers import balance, credit_log, data, doc, ok
 
 D = Decimal
 BUD = ZoneInfo("Europe/Budapest")
 TO = "+36301234567"
-
-
-def doc(run: Any) -> Any:
-    return json.loads(run.stdout, parse_float=Decimal)
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, run.stderr
-    return run
 
 
 def local(*args: int) -> datetime:
@@ -45,24 +37,16 @@ def setup_user(cli: Any, initial: str = "10", tz: str = "Europe/Budapest",
 
 
 def schedule(cli: Any, *args: str, user: str = "alice") -> int:
-    return doc(ok(cli("refill", "schedule", user, *args, "--json")))["id"]
+    return data(cli("refill", "schedule", user, *args, "--json"))["id"]
 
 
 def run(cli: Any, *args: str) -> list[dict[str, Any]]:
-    return doc(ok(cli("refill", "run", *args, "--json")))
+    return data(cli("refill", "run", *args, "--json"))
 
 
 def periods(cli: Any, plan: int | None = None) -> list[str]:
     """Periods applied by one `refill run` (of one plan, if given)."""
     return [a["period"] for a in run(cli) if plan is None or a["plan_id"] == plan]
-
-
-def balance(cli: Any, user: str = "alice") -> Decimal:
-    return doc(ok(cli("credits", "balance", user, "--json")))["balance"]
-
-
-def credit_log(cli: Any, user: str = "alice") -> list[dict[str, Any]]:
-    return doc(ok(cli("log", user, "--json", "--limit", "1000")))
 
 
 def refill_events(cli: Any, plan: int, user: str = "alice") -> list[dict[str, Any]]:
@@ -83,7 +67,7 @@ def event_periods(db: Any, plan: int) -> list[str]:
 
 
 def plans(cli: Any, *args: str) -> dict[int, dict[str, Any]]:
-    return {p["id"]: p for p in doc(ok(cli("refill", "list", *args, "--json")))}
+    return {p["id"]: p for p in data(cli("refill", "list", *args, "--json"))}
 
 
 def runs_at(cli: Any, clock: Any, instants: list[datetime], plan: int) -> list[list[str]]:
@@ -438,7 +422,7 @@ def test_a_plan_cancelled_or_paused_during_a_run_gets_nothing_after(
     assert "refill.applied" not in kinds_after(cli, kind, f"plan:{plan}")
     assert balance(cli) == D(15)
     assert len(refill_events(cli, plan)) == 3
-    assert doc(ok(cli("verify", "--json")))["ok"] is True
+    assert data(cli("verify", "--json"))["ok"] is True
 
 
 def test_a_threshold_plan_cancelled_during_a_run_does_not_fire(
@@ -458,7 +442,7 @@ def test_a_threshold_plan_cancelled_during_a_run_does_not_fire(
     assert [a["plan_id"] for a in done] == [daily, daily]
     assert refill_events(cli, low) == []
     assert balance(cli) == D(9)
-    assert doc(ok(cli("verify", "--json")))["ok"] is True
+    assert data(cli("verify", "--json"))["ok"] is True
 
 
 def test_a_plan_whose_power_was_deleted_and_created_again_during_a_run_stops(
@@ -483,7 +467,7 @@ def test_a_plan_whose_power_was_deleted_and_created_again_during_a_run_stops(
     other.dispose()
     assert balance(cli) == D(0)
     assert plans(cli, "--all")[plan]["status"] == "cancelled"
-    assert doc(ok(cli("verify", "--json")))["ok"] is True
+    assert data(cli("verify", "--json"))["ok"] is True
 
 
 def wait_blocked_by(conn: Any, pid: int) -> None:
@@ -588,7 +572,7 @@ def test_a_refill_past_the_maximum_is_skipped_and_the_other_plans_run(
         "plan": huge, "period": "2026-01-03", "reason": "amount_out_of_range",
         "amount": None, "balance_after": None}
     assert "refill.skipped" in {e["kind"] for e in journal(cli)}
-    assert doc(ok(cli("verify", "--json")))["ok"] is True
+    assert data(cli("verify", "--json"))["ok"] is True
 
 
 def test_a_skipped_refill_is_in_the_json_and_a_dry_run_shows_it(cli: Any) -> None:
@@ -624,7 +608,7 @@ def test_a_top_up_from_a_huge_debt_is_skipped(cli: Any, db: Any) -> None:
                            "(amount_out_of_range)\n")
     assert balance(cli) == D("-" + HUGE)
     assert len(skipped_events(db, plan)) == 1
-    assert doc(ok(cli("verify", "--json")))["ok"] is True
+    assert data(cli("verify", "--json"))["ok"] is True
 
 
 def test_a_threshold_refill_past_the_maximum_is_skipped_and_the_charge_goes_through(
@@ -637,7 +621,7 @@ def test_a_threshold_refill_past_the_maximum_is_skipped_and_the_charge_goes_thro
     assert [e["period"] for e in skipped_events(db, plan)] == ["crossing 1"]
     assert plans(cli)[plan]["armed"] is False
     assert run(cli) == []
-    assert doc(ok(cli("verify", "--json")))["ok"] is True
+    assert data(cli("verify", "--json"))["ok"] is True
 
 
 @pytest.mark.parametrize("option", ["add", "top_up_to", "below"])
@@ -662,7 +646,7 @@ def test_schedule_refuses_an_amount_out_of_range(db: Any, option: str) -> None:
 
 
 def charge(cli: Any, parts: int = 1) -> dict[str, Any]:
-    return doc(ok(cli("charge", "alice", "--to", TO, "--parts", str(parts), "--json")))
+    return data(cli("charge", "alice", "--to", TO, "--parts", str(parts), "--json"))
 
 
 @pytest.fixture
@@ -751,7 +735,7 @@ def test_threshold_fires_once_in_a_batch_and_the_journal_verifies(alice7: Any,
     assert [r["balance"] for r in out] == [D(6), D(5), D(14), D(13), D(12)]
     assert [e["amount"] for e in refill_events(cli, plan)] == [D(10)]
     assert balance(cli) == D(12)
-    assert doc(ok(cli("verify", "--json")))["ok"] is True
+    assert data(cli("verify", "--json"))["ok"] is True
 
 
 def test_journal_verifies_after_periodic_and_threshold_refills(alice7: Any) -> None:
@@ -764,7 +748,7 @@ def test_journal_verifies_after_periodic_and_threshold_refills(alice7: Any) -> N
         assert len(run(cli)) == 3
         charge(cli, 7)
     assert balance(cli) == D(8)
-    report = doc(ok(cli("verify", "--json")))
+    report = data(cli("verify", "--json"))
     assert report["ok"] is True, report["problems"]
 
 
@@ -814,7 +798,7 @@ def test_periodic_refill_back_above_threshold_rearms_it(alice7: Any) -> None:
 
 
 def journal(cli: Any) -> list[dict[str, Any]]:
-    return doc(ok(cli("events", "--json", "--limit", "1000")))
+    return data(cli("events", "--json", "--limit", "1000"))
 
 
 @pytest.mark.parametrize(("args", "code"), [

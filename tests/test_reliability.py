@@ -16,19 +16,15 @@ from freezegun import freeze_time
 
 from smscredits import ledger, limits, pricing, reads, verify
 from smscredits.charging import Charger, ChargeRequest
+from tests.helpers import data
 
 TO = "+36301234567"
 # 2026-12-31 23:00 UTC is midnight in Budapest (UTC+1 in winter).
 MIDNIGHT = datetime(2026, 12, 31, 23, 0, tzinfo=UTC)
 
 
-def doc(run: Any) -> Any:
-    assert run.exit_code == 0, run.stderr
-    return json.loads(run.stdout, parse_float=Decimal)
-
-
 def events(cli: Any, user: str = "alice") -> list[dict[str, Any]]:
-    return sorted(doc(cli("events", user, "--json", "--limit", "1000")), key=lambda e: e["id"])
+    return sorted(data(cli("events", user, "--json", "--limit", "1000")), key=lambda e: e["id"])
 
 
 def assert_monotonic(rows: list[dict[str, Any]]) -> None:
@@ -38,7 +34,7 @@ def assert_monotonic(rows: list[dict[str, Any]]) -> None:
 
 
 def day_spent(cli: Any, user: str = "alice") -> Decimal:
-    limits_ = doc(cli("limits", "show", user, "--json"))
+    limits_ = data(cli("limits", "show", user, "--json"))
     return {w["window"]: w["spent"] for w in limits_["windows"]}["day"]
 
 
@@ -47,7 +43,7 @@ def setup_budapest(cli: Any, daily: str = "3") -> None:
                  ["user", "add", "alice", "--tz", "Europe/Budapest"],
                  ["power", "create", "alice", "credits", "--initial", "100"],
                  ["limits", "set", "alice", "--daily", daily]):
-        doc(cli(*args, "--json"))
+        data(cli(*args, "--json"))
 
 
 # -- item 1: a late stamp joins the newer window ------------------------------------------
@@ -61,21 +57,21 @@ def test_a_host_whose_clock_is_behind_charges_into_the_newer_day(cli: Any) -> No
         setup_budapest(cli)
     with freeze_time(MIDNIGHT + timedelta(seconds=1)):  # host A: 00:00:01 on 1 January
         for i in range(3):
-            doc(cli("charge", "alice", "--to", TO, "--parts", "1", "--id", f"a{i}", "--json"))
+            data(cli("charge", "alice", "--to", TO, "--parts", "1", "--id", f"a{i}", "--json"))
     with freeze_time(MIDNIGHT - timedelta(seconds=1)):  # host B: 23:59:59 on 31 December
         refused = cli("charge", "alice", "--to", TO, "--parts", "1", "--id", "b0", "--json")
         assert refused.exit_code == 5, refused.stdout
         assert json.loads(refused.stdout)["reason"] == "daily_limit"
         assert day_spent(cli) == 3  # the reader behind sees the newest window too
         # A credit change on host B is stamped at A's instant too.
-        doc(cli("credits", "add", "alice", "1", "--json"))
+        data(cli("credits", "add", "alice", "1", "--json"))
     with freeze_time(MIDNIGHT + timedelta(seconds=2)):
         assert day_spent(cli) == 3
         rows = events(cli)
         assert_monotonic(rows)
         assert rows[-1]["kind"] == "credits.added"
         assert rows[-1]["at"] == "2026-12-31T23:00:01Z"
-        assert doc(cli("verify", "--json"))["ok"] is True
+        assert data(cli("verify", "--json"))["ok"] is True
 
 
 def test_a_batch_stamped_before_midnight_that_commits_after_one_stamped_after_joins_it(
@@ -160,10 +156,10 @@ def test_a_deleted_powers_id_is_not_given_to_the_next_power(cli: Any) -> None:
                  ["power", "create", "a", "credits", "--initial", "10"],
                  ["power", "delete", "a", "credits", "--force"],
                  ["power", "create", "b", "credits"]):
-        doc(cli(*args, "--json"))
-    report = doc(cli("verify", "--json"))
+        data(cli(*args, "--json"))
+    report = data(cli("verify", "--json"))
     assert report["ok"] is True, report
-    [b] = doc(cli("power", "list", "--json"))
+    [b] = data(cli("power", "list", "--json"))
     assert b["user"] == "b" and b["power_id"] == 2
 
 
@@ -171,20 +167,20 @@ def test_a_deleted_powers_id_is_not_given_to_the_next_power(cli: Any) -> None:
 
 
 def test_a_refusal_of_an_unknown_user_replays_after_the_user_is_created(cli: Any) -> None:
-    doc(cli("price", "set", "default", "1", "--json"))
+    data(cli("price", "set", "default", "1", "--json"))
     first = cli("charge", "bob", "--to", TO, "--parts", "1", "--id", "x1", "--json")
     assert first.exit_code == 3
     assert json.loads(first.stdout)["reason"] == "unknown_user"
     for args in (["user", "add", "bob"], ["power", "create", "bob", "credits"],
                  ["credits", "add", "bob", "10"]):
-        doc(cli(*args, "--json"))
+        data(cli(*args, "--json"))
     again = cli("charge", "bob", "--to", TO, "--parts", "1", "--id", "x1", "--json")
     assert again.exit_code == 3, again.stdout
     result = json.loads(again.stdout)
     assert (result["reason"], result["replayed"]) == ("unknown_user", True)
-    assert doc(cli("credits", "balance", "bob", "--json"))["balance"] == 10
+    assert data(cli("credits", "balance", "bob", "--json"))["balance"] == 10
     # Another user under the same id is still a conflict.
-    doc(cli("user", "add", "carol", "--json"))
+    data(cli("user", "add", "carol", "--json"))
     other = cli("charge", "carol", "--to", TO, "--parts", "1", "--id", "x1", "--json")
     assert other.exit_code == 6
 
@@ -195,11 +191,11 @@ def test_verify_reports_a_latest_event_time_edited_in_the_database(cli: Any,
     let a late stamp reopen an old window; verify finds it differing from the journal."""
     from smscredits.storage.engine import open_db
 
-    doc(cli("price", "set", "default", "1", "--json"))
-    doc(cli("user", "add", "alice", "--json"))
-    doc(cli("power", "create", "alice", "credits", "--initial", "10", "--json"))
-    doc(cli("charge", "alice", "--to", TO, "--parts", "1", "--json"))
-    assert doc(cli("verify", "--json"))["ok"] is True
+    data(cli("price", "set", "default", "1", "--json"))
+    data(cli("user", "add", "alice", "--json"))
+    data(cli("power", "create", "alice", "credits", "--initial", "10", "--json"))
+    data(cli("charge", "alice", "--to", TO, "--parts", "1", "--json"))
+    assert data(cli("verify", "--json"))["ok"] is True
     handle = open_db(db_url)
     try:
         with handle.write() as conn:

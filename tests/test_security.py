@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from smscredits.cli import app
+from tests.helpers import ok
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -233,11 +234,6 @@ RAW_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def escaped(text: str) -> str:
     """How a control character is expected to appear in a cell: ``\\x1b``."""
     return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, run.stderr
-    return run
 
 
 @pytest.fixture

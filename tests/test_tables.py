@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from freezegun import freeze_time
 
+from tests.helpers import ok
+
 DAVE = "dave@corp.example"
 LONG = "n" * 30 + "." + "x" * 33  # the longest name there can be
 assert len(LONG) == 64
@@ -61,11 +63,6 @@ def jump_event_ids(db_url: str, first: int) -> None:
                     f"SELECT setval(pg_get_serial_sequence('events', 'id'), {first - 1})")
     finally:
         handle.dispose()
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, (run.stdout, run.stderr)
-    return run
 
 
 @pytest.fixture

@@ -8,12 +8,9 @@ import io
 import json
 from typing import Any
 
+from tests.helpers import ok
+
 TO = "+36301234567"
-
-
-def ok(run: Any) -> Any:
-    assert run.exit_code == 0, run.stderr
-    return run
 
 
 def setup(cli: Any) -> None:
