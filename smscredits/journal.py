@@ -83,7 +83,7 @@ def charged(at: int, user_id: int, power_id: int, cost: int, balance: int, ref: 
 
 
 def as_tuple(row: Mapping[str, Any]) -> EventTuple:
-    return tuple(row[c] for c in EVENT_COLUMNS)  # type: ignore[return-value]
+    return tuple(row[c] for c in EVENT_COLUMNS)
 
 
 def build(

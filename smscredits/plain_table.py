@@ -179,8 +179,8 @@ def wrap(text: str, width: int, measure: Callable[[str], int] = len,
     if len(out) > lines:
         last = out[lines - 1]
         if measure(last) >= width:  # no room for the "…": the last word goes, or its end
-            cut = last[: _fit(last, width - 1, measure)]
-            last = cut.rsplit(" ", 1)[0] if " " in cut.strip() else cut
+            head = last[: _fit(last, width - 1, measure)]
+            last = head.rsplit(" ", 1)[0] if " " in head.strip() else head
         out = [*out[: lines - 1], last.rstrip() + "…"]
     return out
 

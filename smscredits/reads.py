@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
     from smscredits.schedule import Rule
 
-Row = Mapping[str, Any]
+# Read by column name; keyed by Any because SQLAlchemy's RowMapping also takes Column keys.
+Row = Mapping[Any, Any]
 
 WINDOWS = ("day", "week", "month")
 LIMIT_COLUMN = {"day": "daily_limit", "week": "weekly_limit", "month": "monthly_limit"}

@@ -16,12 +16,13 @@ period whose refill would take the balance past ``MAX_MILLIS`` is skipped once, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, RowMapping, select, update
+from sqlalchemy import Connection, RowMapping, Table, select, update
 
 from smscredits import clock, journal, schedule
 from smscredits.amounts import MAX_MILLIS, format_amount, to_decimal
@@ -34,6 +35,9 @@ from smscredits.storage.engine import Db
 from smscredits.storage.queries import plan_rows_where
 from smscredits.storage.tables import powers, refill_applications, refill_plans, users
 from smscredits.thresholds import rearm, sync_threshold
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import postgresql, sqlite
 
 OUT_OF_RANGE = "amount_out_of_range"
 
@@ -152,6 +156,7 @@ def set_status(db: Db, plan_id: int, status: str) -> Plan:
 
 def _claim(conn: Connection, plan_id: int, period: int, now: int, amount: int) -> bool:
     """Take the (plan, period) key; False when another run already has it."""
+    insert: Callable[[Table], postgresql.Insert | sqlite.Insert]
     # Imported here: loading the Postgres dialect costs a SQLite read command ~15 ms.
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert

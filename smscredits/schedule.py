@@ -20,6 +20,7 @@ import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
@@ -190,7 +191,7 @@ class Rule:
         zone(self.tz)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     # bool is an int subclass; True as a weekday would be a silent bug.
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -241,6 +242,7 @@ def _due_date(rule: Rule, period: int) -> date:
     start = _unit_start(rule.every, period)
     if rule.every == "day":
         return start
+    assert rule.on is not None  # Rule.__post_init__: a week or month rule has an int
     if rule.every == "week":
         return start + timedelta(days=rule.on)
     last = calendar.monthrange(start.year, start.month)[1]
@@ -291,6 +293,7 @@ def describe(rule: Rule) -> str:
     when = f"at {_clock(rule.at_minute)} ({rule.tz})"
     if rule.every == "day":
         return f"every day {when}"
+    assert rule.on is not None  # Rule.__post_init__: a week or month rule has an int
     if rule.every == "week":
         return f"every week on {_WEEKDAYS[rule.on]} {when}"
     if rule.on == LAST_DAY:

@@ -27,7 +27,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import (
     Connection,
@@ -977,7 +977,7 @@ class Refund:
     event_id: int
 
 
-def _refund_refused(conn: Connection, msg_id: str, power_id: int, cost: int) -> None:
+def _refund_refused(conn: Connection, msg_id: str, power_id: int, cost: int) -> NoReturn:
     """Why a refund's UPDATE found no row: its power was deleted, or the refund would take
     the balance past the documented maximum."""
     balance = conn.execute(select(powers.c.balance).where(powers.c.id == power_id)).scalar()

@@ -20,7 +20,8 @@ import gc
 import json
 import os
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from io import BufferedIOBase
+from typing import Any
 
 from smscredits.charging import (
     BatchSummary,
@@ -36,7 +37,7 @@ from smscredits.render import charge_line
 from smscredits.validate import is_message_id
 
 
-def read_batches(stream: BinaryIO, size: int = 1000) -> Iterator[list[bytes] | None]:
+def read_batches(stream: BufferedIOBase, size: int = 1000) -> Iterator[list[bytes] | None]:
     """Lines in batches: whatever is available now, up to ``size``.
 
     ``read1`` returns what one read brings, without waiting for more: a pipe fed one line at
@@ -46,7 +47,8 @@ def read_batches(stream: BinaryIO, size: int = 1000) -> Iterator[list[bytes] | N
     ``None`` comes before each read: the moment to write the results that are ready, as the
     read may block (a co-process waits for them before it sends more).
     """
-    pending, carried = b"", []
+    pending = b""
+    carried: list[bytes] = []
     while True:
         yield None
         chunk = stream.read1(1 << 20)
@@ -69,7 +71,7 @@ def read_batches(stream: BinaryIO, size: int = 1000) -> Iterator[list[bytes] | N
                 yield lines[whole:]
 
 
-def _more_ready(stream: BinaryIO) -> bool:
+def _more_ready(stream: BufferedIOBase) -> bool:
     """Whether a read now would return at once: a regular file, or a pipe with data."""
     import select
     import stat
@@ -140,7 +142,7 @@ def _request(raw: bytes) -> Any:
 FILE_GC_THRESHOLDS = (50_000, 50, 100)
 
 
-def charge_lines(charger: Charger, stream: BinaryIO, summary: BatchSummary | None = None, *,
+def charge_lines(charger: Charger, stream: BufferedIOBase, summary: BatchSummary | None = None, *,
                  progress: Callable[[int], None] | None = None) -> Iterator[str]:
     """Charge every JSON line of ``stream``; yield each batch's result lines (text ending in
     a newline) once the batch is committed. ``summary`` counts the results; ``progress``

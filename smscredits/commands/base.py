@@ -207,7 +207,9 @@ def _load(name: str) -> Any:
         target(holder)
         target = holder
     built = typer.main.get_command(target)
-    cmd = built.commands[name] if name in getattr(built, "commands", {}) else built
+    # Any: Typer's own classes carry rich_help_panel, the click Command they are typed as not.
+    cmd: Any = (built.commands[name] if isinstance(built, TyperGroup) and name in built.commands
+                else built)
     cmd.name, cmd.rich_help_panel = name, panel
     _set_metavars(cmd)
     return cmd
@@ -270,7 +272,7 @@ def _plain_coercion_class() -> Any:
         return None
 
     @dataclass(frozen=True)
-    class Plain(RuntimeParam):  # type: ignore[misc]
+    class Plain(RuntimeParam):
         descriptor: Any
 
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:

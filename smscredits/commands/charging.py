@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from io import BufferedIOBase
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -364,7 +365,9 @@ def _charge_file(name: str) -> int:
     from smscredits.render import Progress
 
     try:
-        stream: BinaryIO = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
+        # typeshed types stdin.buffer as BinaryIO; it is a BufferedReader, which has read1.
+        stream = (cast(BufferedIOBase, sys.stdin.buffer) if name == "-"
+                  else open(name, "rb"))  # noqa: SIM115
     except OSError as e:
         raise BadInput(f"cannot read {name!r}: {e.strerror}") from None
     summary, out = BatchSummary(), sys.stdout

@@ -56,7 +56,7 @@ def _show(user: str | None, since: str | None, until: str | None, kind: list[str
 
     title = ("Credit log" if credit_only else "Events") + (f" of {user}" if user else "")
     columns = [c for c in EVENT_COLUMNS if c[0] != "user"] if user else EVENT_COLUMNS
-    shown = dict(title=title, empty="no events match", optional=EVENT_OPTIONAL)
+    shown: dict[str, Any] = dict(title=title, empty="no events match", optional=EVENT_OPTIONAL)
     if limit == 0:
         out.stream(_pages(page, before), columns, **shown)
         return

@@ -10,7 +10,7 @@ connection (and in the very transaction) that SQLAlchemy began.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from json.encoder import encode_basestring_ascii as _quote_ascii
 from operator import itemgetter
@@ -55,7 +55,7 @@ class HotStatement:
         with driver_errors(self.conn, self.sql):
             self.cursor.execute(self.sql, self.pick(params) if self.pick else params)
 
-    def rows(self, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    def rows(self, params: Mapping[str, Any]) -> Sequence[tuple[Any, ...]]:
         self.once(params)
         return self.cursor.fetchall()
 
@@ -192,7 +192,7 @@ def _compiled(stmt: Executable, name: str, dialect: Any) -> tuple[str, Any]:
         # qmark (SQLite) takes a tuple in order; pyformat (psycopg) takes the dict itself.
         order = compiled.positiontup if compiled.positional else None
         # itemgetter of one name returns a bare value, not a 1-tuple.
-        pick = (
+        pick: Callable[[Mapping[str, Any]], Any] | None = (
             None
             if not order
             else itemgetter(*order)

@@ -7,6 +7,8 @@ the ORM is kept for the schema and for Alembic.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Integer, MetaData, String, Text
 from sqlalchemy import text as sql_text
 from sqlmodel import Field, SQLModel
@@ -24,8 +26,9 @@ SQLModel.metadata.naming_convention = {
 metadata: MetaData = SQLModel.metadata
 
 
-def _big(**kw: object) -> object:
-    return Field(sa_column=Column(BigInteger, **kw))  # type: ignore[arg-type]
+def _big(**kw: Any) -> Any:
+    # Any, as Field's own return: the value stands for the annotated type of the attribute.
+    return Field(sa_column=Column(BigInteger, **kw))
 
 
 # SQLite reuses the highest rowid once its row is deleted; AUTOINCREMENT never does, so a
