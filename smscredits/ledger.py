@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import Connection, RowMapping, and_, delete, exc, insert, or_, select, update
 
@@ -17,7 +16,7 @@ from smscredits import clock, journal, validate
 from smscredits.amounts import MAX_MILLIS, format_amount, to_decimal
 from smscredits.errors import BadInput, Conflict, InsufficientCredits
 
-# The read side, kept importable without SQLAlchemy, is re-exported under its old names.
+# The read side, importable without SQLAlchemy, is in reads.
 from smscredits.reads import Account, get_account, no_power, unknown_user
 from smscredits.reads import dec as _dec
 from smscredits.storage import queries
@@ -57,13 +56,18 @@ def power_row(conn: Connection, user_id: int, name: str, kind: str = "credits") 
     """The user's power row, held for the rest of the write transaction (Postgres; SQLite's
     write transaction holds the whole database). Writers take the power row before any plan
     row, as charges and refills do, so that none waits for another in the opposite order."""
-    stmt = select(powers).where(powers.c.user_id == user_id, powers.c.kind == kind)
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    row = conn.execute(stmt).mappings().first()
+    row = power_of(conn, user_id, kind)
     if row is None:
         raise no_power(name, kind)
     return row
+
+
+def power_of(conn: Connection, user_id: int, kind: str = "credits") -> RowMapping | None:
+    """The user's power row, held as ``power_row`` holds it, or None when there is none."""
+    stmt = select(powers).where(powers.c.user_id == user_id, powers.c.kind == kind)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return conn.execute(stmt).mappings().first()
 
 
 def _check_kind(kind: str) -> str:
@@ -156,9 +160,21 @@ def rename_user(db: Db, old: str, new: str) -> UserInfo:
     return get_user(db, new)
 
 
-def _plan_cancelled(plan_id: int, status: str) -> dict[str, Any]:
-    """The detail of a plan cancelled with its user or power, as `refill cancel` writes it."""
-    return {"plan": plan_id, **journal.change({"status": "cancelled"}, {"status": status})}
+def _cancel_plans(conn: Connection, actor: str, user_id: int, note: str) -> None:
+    """Cancel the user's open refill plans with its power or itself, each journaled as
+    `refill cancel` journals it (the status it had is read, and held, first)."""
+    from smscredits.storage.tables import refill_plans
+
+    open_plans = refill_plans.c.user_id == user_id, refill_plans.c.status != "cancelled"
+    found = conn.execute(
+        select(refill_plans.c.id, refill_plans.c.status).where(*open_plans).with_for_update()
+    ).all()
+    conn.execute(update(refill_plans).where(*open_plans).values(status="cancelled"))
+    for plan_id, status in sorted(found):
+        journal.record(conn, at=clock.now_us(), kind="refill.cancelled", actor=actor,
+                       user_id=user_id, ref=f"plan:{plan_id}", note=note,
+                       detail={"plan": plan_id, **journal.change({"status": "cancelled"},
+                                                                 {"status": status})})
 
 
 def delete_user(db: Db, name: str) -> UserInfo:
@@ -170,21 +186,13 @@ def delete_user(db: Db, name: str) -> UserInfo:
     with db.write() as conn:
         row = user_row(conn, name, lock=True)
         info = _user_info(row, None, db.default_tz)
-        prow = _power_of(conn, row["id"])
+        prow = power_of(conn, row["id"])
         if prow is not None and prow["balance"] != 0:
             raise Conflict(
                 f"{name}: balance {format_amount(prow['balance'])}, not 0: set it to 0 "
                 f"(credits set {name} 0) before deleting the user", code="balance_not_zero")
-        open_plans = conn.execute(
-            select(refill_plans.c.id, refill_plans.c.status)
-            .where(refill_plans.c.user_id == row["id"], refill_plans.c.status != "cancelled")
-            .with_for_update()
-        ).all()
+        _cancel_plans(conn, db.actor, row["id"], "user deleted")
         now = clock.now_us()
-        for plan_id, status in sorted(open_plans):  # as `refill cancel` journals it
-            journal.record(conn, at=now, kind="refill.cancelled", actor=db.actor,
-                           user_id=row["id"], ref=f"plan:{plan_id}", note="user deleted",
-                           detail=_plan_cancelled(plan_id, status))
         if prow is not None:
             journal.record(conn, at=now, kind="power.deleted", actor=db.actor,
                            user_id=row["id"], power_id=prow["id"], amount=0, balance_after=0)
@@ -194,14 +202,6 @@ def delete_user(db: Db, name: str) -> UserInfo:
                        detail={"name": name})
         conn.execute(delete(users).where(users.c.id == row["id"]))
     return info
-
-
-def _power_of(conn: Connection, user_id: int) -> RowMapping | None:
-    """The user's credits power, held to the end of the transaction, or None."""
-    stmt = select(powers).where(powers.c.user_id == user_id, powers.c.kind == "credits")
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    return conn.execute(stmt).mappings().first()
 
 
 def set_tz(db: Db, name: str, tz: str) -> UserInfo:
@@ -218,7 +218,7 @@ def set_tz(db: Db, name: str, tz: str) -> UserInfo:
 
 
 def _move(conn: Connection, db: Db, row: RowMapping, tz: str) -> None:
-    prow = _power_of(conn, row["id"])  # held: no charge moves the counters meanwhile
+    prow = power_of(conn, row["id"])  # held: no charge moves the counters meanwhile
     conn.execute(update(users).where(users.c.id == row["id"]).values(tz=tz))
     now = clock.now_us()
     if prow is not None and prow["month_key"]:  # an account never charged has no windows
@@ -324,20 +324,7 @@ def delete_power(db: Db, user: str, kind: str = "credits", *, force: bool = Fals
                 f"{user!r} still has {format_amount(prow['balance'])} credits: "
                 "set them to 0 first or use --force"
             )
-        from smscredits.storage.tables import refill_plans
-
-        open_plans = refill_plans.c.user_id == account.user_id, refill_plans.c.status != "cancelled"
-        # Read (and held) before the update: the journal keeps the status each plan had.
-        cancelled = conn.execute(
-            select(refill_plans.c.id, refill_plans.c.status).where(*open_plans).with_for_update()
-        ).all()
-        conn.execute(update(refill_plans).where(*open_plans).values(status="cancelled"))
-        for plan_id, status in sorted(cancelled):  # journaled like `refill cancel`
-            journal.record(
-                conn, at=clock.now_us(), kind="refill.cancelled", actor=db.actor,
-                user_id=account.user_id, ref=f"plan:{plan_id}", note=f"{kind} power deleted",
-                detail=_plan_cancelled(plan_id, status),
-            )
+        _cancel_plans(conn, db.actor, account.user_id, f"{kind} power deleted")
         journal.record(
             conn, at=clock.now_us(), kind="power.deleted", actor=db.actor,
             user_id=account.user_id, power_id=prow["id"], amount=-prow["balance"],

@@ -7,12 +7,12 @@ check never sums the history. A counter whose key is not the current window's re
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, RowMapping, select, update
+from sqlalchemy import update
 
 from smscredits import clock, journal
 from smscredits.amounts import MAX_MILLIS, format_amount
 from smscredits.errors import BadInput
-from smscredits.ledger import user_row
+from smscredits.ledger import power_of, user_row
 from smscredits.reads import LIMIT_COLUMN, Limits, no_power, show_limits
 from smscredits.storage.engine import Db
 from smscredits.storage.tables import powers
@@ -30,7 +30,7 @@ def set_limits(db: Db, user: str, changes: dict[str, int | None]) -> Limits:
                            f"{format_amount(MAX_MILLIS)} or none", code="amount_out_of_range")
     with db.write() as conn:
         urow = user_row(conn, user)
-        before = _limits_held(conn, urow["id"])
+        before = power_of(conn, urow["id"])  # held: the old values journaled are replaced
         values = {LIMIT_COLUMN[w]: v for w, v in changes.items()}
         row = conn.execute(
             update(powers).where(powers.c.user_id == urow["id"], powers.c.kind == "credits")
@@ -68,13 +68,3 @@ def unreachable(lim: Limits) -> list[dict[str, object]]:
                 "reached_first": large.window, "reached_first_limit": large.limit,
             })
     return found
-
-
-def _limits_held(conn: Connection, user_id: int) -> RowMapping | None:
-    """The credits power's limits before a change, its row held to the end of the
-    transaction (Postgres), so that the old values journaled are the ones replaced."""
-    stmt = select(*(powers.c[c] for c in LIMIT_COLUMN.values())).where(
-        powers.c.user_id == user_id, powers.c.kind == "credits")
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    return conn.execute(stmt).mappings().first()

@@ -166,7 +166,7 @@ class PriceBook:
         import phonenumbers
 
         found: list[dict[str, str]] = []
-        if _kind(rule) == "default" and dest.country:
+        if kind_of(rule) == "default" and dest.country:
             code = phonenumbers.country_code_for_region(dest.country)
             for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code, ()):
                 if region != dest.country and region in self.table:
@@ -223,10 +223,6 @@ class PriceRow:
 
 def kind_of(key: str) -> str:
     """``default``, ``country`` or ``prefix``: what kind of price rule a key is."""
-    return _kind(key)
-
-
-def _kind(key: str) -> str:
     return "default" if key == "default" else "prefix" if key.startswith("+") else "country"
 
 
@@ -241,7 +237,7 @@ def set_price(db: Db, key_text: str, price_text: str) -> PriceRow:
     key, price = parse_key(key_text), parse_price(price_text)
     with db.write() as conn:
         _upsert(conn, key, price, db.actor)
-    return PriceRow(key, _kind(key), to_decimal(price), clock.iso(clock.now_us()))
+    return PriceRow(key, kind_of(key), to_decimal(price), clock.iso(clock.now_us()))
 
 
 def _upsert(conn: Connection, key: str, price: int, actor: str) -> None:
@@ -272,7 +268,7 @@ def list_prices(db: Db) -> list[PriceRow]:
         rows = conn.execute(select(prices)).all()
     order = {"default": 0, "country": 1, "prefix": 2}
     return sorted(
-        (PriceRow(r.key, _kind(r.key), to_decimal(r.price), clock.iso(r.updated_at))
+        (PriceRow(r.key, kind_of(r.key), to_decimal(r.price), clock.iso(r.updated_at))
          for r in rows),
         key=lambda p: (order[p.kind], p.key),
     )

@@ -29,7 +29,7 @@ from smscredits.amounts import MAX_MILLIS, format_amount, to_decimal
 from smscredits.errors import BadInput, Conflict, NotFound
 from smscredits.ledger import power_row, user_row
 
-# Plans as shown (and list_plans) are in reads, importable without SQLAlchemy.
+# Plans as shown (and their reads) are in reads, importable without SQLAlchemy.
 from smscredits.reads import ACTIVE, CANCELLED, PAUSED, Plan, plan_of, rule_of
 from smscredits.storage.engine import Db
 from smscredits.storage.queries import plan_rows_where

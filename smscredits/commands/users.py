@@ -23,27 +23,12 @@ ACCOUNT_COLUMNS = [("user", "User"), ("kind", "Power"), ("balance", "Balance"),
 USER_OPTIONAL = {"tz": 2, "disabled": 1}
 ACCOUNT_OPTIONAL = {"kind": 1, "overdraft": 3, "disabled": 2}
 
-User = Annotated[str, typer.Argument(help="User name.", show_default=False)]
-
-
-def _user_complete(incomplete: str) -> list[str]:
-    """Completion of user names from the configured database; silent on any failure."""
-    try:
-        from smscredits import ledger
-
-        return [u.user for u in ledger.list_users(db()) if u.user.startswith(incomplete)]
-    except Exception:
-        return []
-
-
-UserArg = Annotated[
-    str, typer.Argument(help="User name.", show_default=False, autocompletion=_user_complete)
-]
+# User names are completed by commands.complete (wired by parameter name in base.py).
+UserArg = Annotated[str, typer.Argument(help="User name.", show_default=False)]
 
 
 OptionalUser = Annotated[
-    str | None, typer.Argument(help="Only this user (default: all).", show_default=False,
-                               autocompletion=_user_complete),
+    str | None, typer.Argument(help="Only this user (default: all).", show_default=False),
 ]
 
 
