@@ -10,6 +10,7 @@ race could break:
   ``tests/shifted_clock.py``: real time plus an offset, so it runs on in real time), and an
   account's events never go back in time;
 - `power overdraft` while charging keeps every account's hash chain whole;
+- `user set-tz` while charging leaves every window counter as the journal has it;
 - `verify` on a live ledger never reports a problem that is not there;
 - `refill cancel` during a long `refill run` stops it: nothing is applied after the cancel.
 
@@ -524,6 +525,37 @@ def test_overdraft_changes_while_charging_keep_the_chain(
         problems = verify_problems(cli("verify", "--json"), user)
         print(f"\nround {r}: {CHARGERS} processes charged {charged} times during "
               f"{len(commands.done)} overdraft changes; verify: {problems or 'ok'}")
+        if problems:
+            broken.append(f"round {r}: " + "; ".join(problems))
+    assert finish([*chargers, commands]) == [0] * (CHARGERS + 1)
+    assert not broken, f"{len(broken)} of {ROUNDS} rounds:\n" + "\n".join(broken)
+
+
+def test_zone_changes_while_charging_keep_every_window_true(
+        cli: Cli, url: str, processes: Processes) -> None:
+    """`user set-tz` recounts the open windows while co-processes charge the same account:
+    no charge may count in the old zone's windows beside the new zone's counters."""
+    setup(cli, "price set default 1")
+    chargers, commands = processes.chargers(CHARGERS), processes.commands()
+    broken: list[str] = []
+    for r in range(ROUNDS):
+        user = f"z{r}"
+        setup(cli, f"user add {user}", f"power create {user} credits --initial 100000",
+              f"limits set {user} --daily 100000")
+        for c in chargers:
+            c.lines = lambda user=user: charge_line(user)
+            c.answers.clear()
+        # Half as many as the overdraft rounds: each change recounts a journal that grows.
+        zones = itertools.islice(itertools.cycle(
+            ["Pacific/Auckland", "America/Los_Angeles", "UTC"]), CHANGES // 2)
+        commands.queue([["user", "set-tz", user, z] for z in zones])
+        feed(chargers, lambda c: False, commands)
+        for done in commands.done:
+            assert done.exit_code == 0, said(done)
+        charged = sum(c.answers["charged"] for c in chargers)
+        problems = verify_problems(cli("verify", "--json"), user)
+        print(f"\nround {r}: {CHARGERS} processes charged {charged} times during "
+              f"{len(commands.done)} zone changes; verify: {problems or 'ok'}")
         if problems:
             broken.append(f"round {r}: " + "; ".join(problems))
     assert finish([*chargers, commands]) == [0] * (CHARGERS + 1)
