@@ -335,18 +335,18 @@ def opening_events(power_ids: Sequence[Any], now: int) -> tuple[list[dict], list
     day, week, month = LIMITS_MILLIS
     rows, heads = [], []
     for uid, pid in power_ids:
-        rows.append(journal.build(at=now, kind="user.added", actor="bench", user_id=uid))
-        created = journal.build(
+        added = journal.event(at=now, kind="user.added", actor="bench", user_id=uid)
+        created = journal.event(
             at=now, kind="power.created", actor="bench", user_id=uid, power_id=pid,
             amount=BALANCE_MILLIS, balance_after=BALANCE_MILLIS,
             detail={"kind": "credits", "overdraft": "0"})
-        limited = journal.build(
+        limited = journal.event(
             at=now, kind="limits.set", actor="bench", user_id=uid, power_id=pid,
-            prev_hash=created["hash"],
+            prev_hash=created[-1],
             detail={"day": str(day // 1000), "week": str(week // 1000),
                     "month": str(month // 1000)})
-        rows += [created, limited]
-        heads.append({"pid": pid, "h": limited["hash"]})
+        rows += [journal.as_row(e) for e in (added, created, limited)]
+        heads.append({"pid": pid, "h": limited[-1]})
     return rows, heads
 
 

@@ -44,13 +44,9 @@ HASHED_COLUMNS = ("at", "user_id", "power_id", "kind", "amount", "balance_after"
                   "actor", "detail")
 
 
-def event_hash(prev: str | None, row: Mapping[str, Any]) -> str:
-    return hash_of(prev, tuple(row.get(c) for c in HASHED_COLUMNS))
-
-
 def hash_of(prev: str | None, fields: tuple[Any, ...]) -> str:
-    """The hash of an event whose ``HASHED_COLUMNS`` are ``fields``."""
-    text = "\x1f".join(["" if f is None else str(f) for f in (prev or "", *fields)])
+    """The hash of an event whose ``HASHED_COLUMNS`` are ``fields``, chained to ``prev``."""
+    text = "\x1f".join([prev or "", *["" if f is None else str(f) for f in fields]])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -65,28 +61,13 @@ def message_detail(to: str, parts: int, rule: str) -> str:
     return f'{{"parts":{int(parts)},"rule":{_quote(rule)},"to":{_quote(to)}}}'
 
 
-# The columns of an event row, in the order of ``EventTuple``.
-EVENT_COLUMNS = ("at", "user_id", "power_id", "kind", "amount", "balance_after", "ref", "note",
-                 "actor", "detail", "hash")
+# The columns of an event row, in the order of ``EventTuple``: ``HASHED_COLUMNS``, the hash.
+EVENT_COLUMNS = (*HASHED_COLUMNS, "hash")
 EventTuple = tuple[int, int | None, int | None, str, int | None, int | None, str | None,
                    str | None, str | None, str | None, str | None]
 
 
-def charged(at: int, user_id: int, power_id: int, cost: int, balance: int, ref: str,
-            actor: str, detail: str, prev_hash: str | None) -> EventTuple:
-    """The ``message.charged`` event of one debit, as a row tuple: ``build`` specialised
-    for the one event every charge writes (the same row and the same hash)."""
-    text = (f"{prev_hash or ''}\x1f{at}\x1f{user_id}\x1f{power_id}\x1fmessage.charged\x1f"
-            f"{-cost}\x1f{balance}\x1f{ref}\x1f\x1f{actor or ''}\x1f{detail}")
-    return (at, user_id, power_id, "message.charged", -cost, balance, ref, None, actor, detail,
-            hashlib.sha256(text.encode()).hexdigest())
-
-
-def as_tuple(row: Mapping[str, Any]) -> EventTuple:
-    return tuple(row[c] for c in EVENT_COLUMNS)
-
-
-def build(
+def event(
     *,
     at: int,
     kind: str,
@@ -97,24 +78,20 @@ def build(
     balance_after: int | None = None,
     ref: str | None = None,
     note: str | None = None,
-    detail: Mapping[str, Any] | None = None,
+    detail: Mapping[str, Any] | str | None = None,
     prev_hash: str | None = None,
-) -> dict[str, Any]:
-    """An event row; chained to ``prev_hash`` when it belongs to an account."""
-    row: dict[str, Any] = {
-        "at": at,
-        "user_id": user_id,
-        "power_id": power_id,
-        "kind": kind,
-        "amount": amount,
-        "balance_after": balance_after,
-        "ref": ref,
-        "note": note,
-        "actor": actor,
-        "detail": dump_detail(detail),
-    }
-    row["hash"] = event_hash(prev_hash, row) if power_id is not None else None
-    return row
+) -> EventTuple:
+    """An event row (``EVENT_COLUMNS``), chained to ``prev_hash`` when it belongs to an
+    account. Every event is made here, a charge's too (``detail`` then comes as its stored
+    text, ``message_detail``)."""
+    text = detail if detail is None or isinstance(detail, str) else dump_detail(detail)
+    fields = (at, user_id, power_id, kind, amount, balance_after, ref, note, actor, text)
+    return (*fields, None if power_id is None else hash_of(prev_hash, fields))
+
+
+def as_row(event: EventTuple) -> dict[str, Any]:
+    """An event as the mapping an INSERT takes."""
+    return dict(zip(EVENT_COLUMNS, event, strict=True))
 
 
 def record(conn: Connection, **fields: Any) -> int:
@@ -133,7 +110,7 @@ def record(conn: Connection, **fields: Any) -> int:
     if power_id is not None:
         last_hash, last_at = head(conn, power_id)
         fields["prev_hash"], fields["at"] = last_hash, stamp(fields["at"], last_at)
-    row = build(**fields)
+    row = as_row(event(**fields))
     event_id = conn.execute(insert(events).returning(events.c.id), row).scalar_one()
     if row["hash"] is not None:
         conn.execute(update(powers).where(powers.c.id == power_id)

@@ -12,12 +12,12 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, RowMapping, and_, delete, exc, insert, or_, select, update
 
-from smscredits import clock, journal, validate
+from smscredits import clock, journal, limits, validate
 from smscredits.amounts import MAX_MILLIS, format_amount, to_decimal
 from smscredits.errors import BadInput, Conflict, InsufficientCredits
 
 # The read side, importable without SQLAlchemy, is in reads.
-from smscredits.reads import Account, get_account, no_power, unknown_user
+from smscredits.reads import Account, Limits, get_account, no_power, show_limits, unknown_user
 from smscredits.reads import dec as _dec
 from smscredits.storage import queries
 from smscredits.storage.engine import Db
@@ -230,13 +230,10 @@ def _move(conn: Connection, db: Db, row: RowMapping, tz: str) -> None:
 
 def _recounted(conn: Connection, prow: RowMapping, tz: str, now: int) -> dict[str, int]:
     """The window keys and spending of an account at ``now`` in ``tz``, from its journal."""
-    from smscredits import schedule
-    from smscredits.reads import WINDOWS, window_keys
     from smscredits.storage.tables import events
 
-    keys = window_keys(now, tz)
-    starts = [clock.to_us(schedule.window_reset(w, k - (7 if w == "week" else 1), tz))
-              for w, k in zip(WINDOWS, keys, strict=True)]
+    keys = limits.keys_at(now, tz)
+    starts = [limits.starts_at(w, k, tz) for w, k in zip(limits.WINDOWS, keys, strict=True)]
     rows = conn.execute(
         select(events.c.kind, events.c.ref, events.c.at, events.c.amount)
         .where(events.c.power_id == prow["id"], events.c.at >= min(starts),
@@ -244,7 +241,7 @@ def _recounted(conn: Connection, prow: RowMapping, tz: str, now: int) -> dict[st
     ).all()
     refunded = {r.ref for r in rows if r.kind == "message.refunded"}
     values: dict[str, int] = {}
-    for window, key, start in zip(WINDOWS, keys, starts, strict=True):
+    for window, key, start in zip(limits.WINDOWS, keys, starts, strict=True):
         values[f"{window}_key"] = key
         values[f"{window}_spent"] = sum(
             -r.amount for r in rows
@@ -311,6 +308,34 @@ def set_overdraft(db: Db, user: str, overdraft: int | None) -> Account:
                                   {"overdraft": format_amount(prow["overdraft"])}),
         )
     return get_account(db, user)
+
+
+def set_limits(db: Db, user: str, changes: dict[str, int | None]) -> Limits:
+    """Set (millis) or clear (None) limits; windows not in ``changes`` are left alone."""
+    if not changes:
+        raise BadInput("nothing to set: give --daily, --weekly and/or --monthly")
+    for window, value in changes.items():
+        if value is not None and not 0 <= value <= MAX_MILLIS:
+            raise BadInput(f"bad {window} limit {format_amount(value)}: expected 0 to "
+                           f"{format_amount(MAX_MILLIS)} or none", code="amount_out_of_range")
+    with db.write() as conn:
+        urow = user_row(conn, user)
+        before = power_of(conn, urow["id"])  # held: the old values journaled are replaced
+        values = {limits.LIMIT_COLUMN[w]: v for w, v in changes.items()}
+        row = conn.execute(
+            update(powers).where(powers.c.user_id == urow["id"], powers.c.kind == "credits")
+            .values(**values).returning(powers.c.id, powers.c.last_hash)
+        ).first()
+        if row is None:
+            raise no_power(user)
+        journal.record(
+            conn, at=clock.now_us(), kind="limits.set", actor=db.actor, user_id=urow["id"],
+            power_id=row.id, detail=journal.change(
+                {w: format_amount(v) for w, v in changes.items()},
+                {w: format_amount(before[limits.LIMIT_COLUMN[w]]) for w in changes}
+                if before else {}),
+        )
+    return show_limits(db, user)
 
 
 def delete_power(db: Db, user: str, kind: str = "credits", *, force: bool = False) -> Account:

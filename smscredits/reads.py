@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
-from smscredits import clock
+from smscredits import clock, limits
 from smscredits.amounts import format_amount, to_decimal
 from smscredits.errors import BadInput, NotFound
+from smscredits.limits import LIMIT_COLUMN, WINDOWS
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 # Read by column name; keyed by Any because SQLAlchemy's RowMapping also takes Column keys.
 Row = Mapping[Any, Any]
 
-WINDOWS = ("day", "week", "month")
-LIMIT_COLUMN = {"day": "daily_limit", "week": "weekly_limit", "month": "monthly_limit"}
 ACTIVE, PAUSED, CANCELLED = "active", "paused", "cancelled"
 
 
@@ -178,38 +176,21 @@ def _detail(text: str | None) -> dict[str, Any] | None:
 # -- limit windows -------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=4096)
-def _keys_at_minute(tz: str, minute: int) -> tuple[int, int, int]:
-    # Every zone's offset is a whole number of minutes, so keys are constant within a minute.
-    from smscredits import schedule  # calendars and zones: not needed by the journal reads
-
-    return schedule.window_keys(clock.from_us(minute * 60_000_000), tz)
-
-
-def window_keys(at_us: int, tz: str) -> tuple[int, int, int]:
-    """The (day, week, month) window keys of an instant in a zone."""
-    return _keys_at_minute(tz, at_us // 60_000_000)
-
-
-def spent_now(row: Row, window: str, key: int) -> int:
-    return row[f"{window}_spent"] if row[f"{window}_key"] == key else 0
-
-
 def windows_of(row: Row, tz: str, at_us: int) -> list[Window]:
-    from smscredits import schedule
-
     # A reader's clock may be behind the writer's that opened the account's newest window.
-    keys = window_keys(max(at_us, row["last_at"]), tz)
+    keys = limits.keys_at(max(at_us, row["last_at"]), tz)
+    held = (row["day_key"], row["week_key"], row["month_key"])
+    spent = limits.spent_in(held, (row["day_spent"], row["week_spent"], row["month_spent"]),
+                            keys)
     result = []
-    for window, key in zip(WINDOWS, keys, strict=True):
+    for window, key, now in zip(WINDOWS, keys, spent, strict=True):
         limit = row[LIMIT_COLUMN[window]]
-        spent = spent_now(row, window, key)
         result.append(Window(
             window=window,
             limit=None if limit is None else to_decimal(limit),
-            spent=to_decimal(spent),
-            remaining=None if limit is None else to_decimal(max(limit - spent, 0)),
-            resets_at=clock.iso(clock.to_us(schedule.window_reset(window, key, tz))) or "",
+            spent=to_decimal(now),
+            remaining=None if limit is None else to_decimal(max(limit - now, 0)),
+            resets_at=clock.iso(limits.ends_at(window, key, tz)) or "",
         ))
     return result
 

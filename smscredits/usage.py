@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
-from smscredits import clock, schedule
+from smscredits import clock, limits, schedule
 from smscredits.amounts import to_decimal
 from smscredits.errors import BadInput
 from smscredits.ledger import user_row
@@ -145,17 +145,13 @@ def _row(label: str, sums: _Sums, since: str | None, until: str | None) -> Usage
 
 def _periods(rows: Iterable[Any], by: str, tz: str, limit: int) -> list[UsageRow]:
     """Minutes summed into the zone's periods, newest first."""
-    from smscredits.reads import window_keys
-
     index = PERIODS.index(by)
     sums: dict[int, _Sums] = {}
     for row in rows:
-        key = window_keys(int(row.k) * MINUTE, tz)[index]
+        key = limits.keys_at(int(row.k) * MINUTE, tz)[index]
         sums.setdefault(key, _Sums()).add(row)
-    back = 7 if by == "week" else 1
     return [
         _row(schedule.period_label(by, key), sums[key],
-             clock.iso(clock.to_us(schedule.window_reset(by, key - back, tz))),
-             clock.iso(clock.to_us(schedule.window_reset(by, key, tz))))
+             clock.iso(limits.starts_at(by, key, tz)), clock.iso(limits.ends_at(by, key, tz)))
         for key in sorted(sums, reverse=True)[:limit]
     ]

@@ -38,11 +38,12 @@ from sqlalchemy import (
     union_all,
 )
 
-from smscredits import clock, schedule
+from smscredits import clock, limits
 from smscredits.amounts import parse_optional, to_decimal
 from smscredits.errors import BadInput
 from smscredits.journal import HASHED_COLUMNS, hash_of
-from smscredits.reads import ACTIVE, CANCELLED, LIMIT_COLUMN, PAUSED, WINDOWS, window_keys
+from smscredits.limits import LIMIT_COLUMN, WINDOWS, Keys, Spent
+from smscredits.reads import ACTIVE, CANCELLED, PAUSED
 from smscredits.storage.engine import Db
 from smscredits.storage.tables import events, messages, powers, refill_plans, users
 
@@ -116,9 +117,10 @@ class _Account:
         self.tz = (row["tz"] if row is not None else None) or default_tz
         # The windows stored on the row, and the instant from which charges can fall in them
         # (None: never charged, nothing to count).
-        self.keys = tuple(row[f"{w}_key"] for w in WINDOWS) if row is not None else (0, 0, 0)
+        self.keys: Keys = ((row["day_key"], row["week_key"], row["month_key"])
+                           if row is not None else (0, 0, 0))
         self.since = _since(self.keys, self.tz) if self.keys[2] else None
-        self.spent = [0, 0, 0]
+        self.spent: Spent = (0, 0, 0)
         # The refs refunded since ``since`` (read before the pass), and the windows of their
         # charges: only those need remembering, not every charge of the month.
         self.refunded: set[str] = set()
@@ -135,24 +137,16 @@ class _Account:
                 self.last_at = fields[0]
 
     def charge(self, ref: str, at: int, amount: int) -> None:
-        keys = window_keys(at, self.tz)
+        keys = limits.keys_at(at, self.tz)
         if ref in self.refunded:
             self.charged[ref] = keys
-        # Written out flat: one call per charge of the month.
-        held, spent, cost = self.keys, self.spent, abs(amount)
-        if keys[0] == held[0]:
-            spent[0] += cost
-        if keys[1] == held[1]:
-            spent[1] += cost
-        if keys[2] == held[2]:
-            spent[2] += cost
+        # Counted in the windows held on the row; a charge before them is history.
+        self.spent = limits.moved(self.keys, self.spent, keys, abs(amount))
 
     def refund(self, ref: str, amount: int) -> None:
         keys = self.charged.get(ref)  # None: charged before these windows
         if keys is not None:
-            for i, key in enumerate(keys):
-                if key == self.keys[i]:
-                    self.spent[i] -= abs(amount)
+            self.spent = limits.moved(self.keys, self.spent, keys, -abs(amount))
 
     def state(self, kind: str, user_id: int | None, detail: str | None) -> None:
         """A change of overdraft or limits, as its event's detail says."""
@@ -168,11 +162,9 @@ class _Account:
                     self.limits[i] = parse_optional(values[window], what="limit")
 
 
-def _since(keys: tuple[int, ...], tz: str) -> int:
-    month_start = schedule.window_reset("month", keys[2] - 1, tz)
-    # The week can start in the month before; a window starts where the previous one ends.
-    week_start = schedule.window_reset("week", keys[1] - 7, tz)
-    return clock.to_us(min(month_start, week_start))
+def _since(keys: Keys, tz: str) -> int:
+    # The week can start in the month before.
+    return min(limits.starts_at("month", keys[2], tz), limits.starts_at("week", keys[1], tz))
 
 
 def _shown(millis: int | None) -> Any:

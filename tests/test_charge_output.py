@@ -97,7 +97,7 @@ def test_file_summary_counts_charges_replays_refusals_and_errors_apart(
 @freeze_time(datetime(2026, 12, 20, 12, 0, tzinfo=UTC))
 def test_the_python_api_has_the_numbers_of_a_refusal(db: Any) -> None:
     """An overdrawn account and a monthly limit: the numbers are on the result itself."""
-    from smscredits import ledger, limits, pricing
+    from smscredits import ledger, pricing
     from smscredits.charging import Charger, ChargeRequest
 
     pricing.set_price(db, "default", "1")
@@ -112,7 +112,7 @@ def test_the_python_api_has_the_numbers_of_a_refusal(db: Any) -> None:
         "insufficient_credits",
         "insufficient credits: cost 2, available 1 (balance -1, overdraft 2)")
     assert broke.refusal == {"cost": 2, "available": 1, "balance": -1, "overdraft": 2}
-    limits.set_limits(db, "alice", {"month": 2500})
+    ledger.set_limits(db, "alice", {"month": 2500})
     [capped] = charger.charge_batch([ChargeRequest("alice", TO, parts=1)])
     assert (capped.reason, capped.message) == (
         "monthly_limit", "monthly limit reached: limit 2.5, spent 2, cost 1, "

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from smscredits import ledger, limits, reads
+from smscredits import ledger, reads
 from smscredits.charging import Charger, ChargeRequest
 from smscredits.storage.engine import open_db
 from tests.helpers import balance, credit_log, data, doc, jl, lines, ok
@@ -656,7 +656,7 @@ def test_concurrent_chargers_never_exceed_a_daily_limit(db: Any, db_url: str) ->
     pricing.set_price(db, "default", "1")
     ledger.add_user(db, "alice")
     ledger.create_power(db, "alice", initial=1_000_000)
-    limits.set_limits(db, "alice", {"day": 30_000})
+    ledger.set_limits(db, "alice", {"day": 30_000})
     results = run_threads(db_url, "alice")
     assert len([r for r in results if r.status == "charged"]) == 30
     assert {r.reason for r in results if r.status != "charged"} == {"daily_limit"}

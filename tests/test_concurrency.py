@@ -29,7 +29,7 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import func, select
 
-from smscredits import ledger, limits, pricing, reads, refills
+from smscredits import ledger, pricing, reads, refills
 from smscredits.storage.tables import events, messages, refill_applications
 from smscredits.verify import verify
 
@@ -313,7 +313,7 @@ def test_eight_processes_never_exceed_a_daily_limit(db: Any, db_url: str,
     procs, each, limit = 8, 30, 50
     pricing.set_price(db, "default", "1")
     setup_user(db, "alice", 1000 * 1000)
-    limits.set_limits(db, "alice", {"day": limit * 1000})
+    ledger.set_limits(db, "alice", {"day": limit * 1000})
 
     summaries = race(pool, jobs("charge", db_url, "alice", procs, each))
 

@@ -39,7 +39,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from smscredits import ledger, limits, pricing, reads, refills, verify
+from smscredits import ledger, pricing, reads, refills, verify
 from smscredits.amounts import MAX_MILLIS
 from smscredits.charging import Charger, ChargeRequest, ChargeResult
 from smscredits.charging import refund as refund_message
@@ -420,7 +420,7 @@ class ModelMachine(RuleBasedStateMachine):
           changes=st.dictionaries(st.sampled_from(WINDOWS), LIMIT_VALUES, min_size=1))
     def set_limits(self, who: int, changes: dict[str, int | None]) -> None:
         name = self.pick(who)
-        shown = limits.set_limits(self.db, name, changes)
+        shown = ledger.set_limits(self.db, name, changes)
         self.users[name].limits.update(changes)
         self.check_limits(name, shown)
 

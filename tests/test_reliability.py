@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from smscredits import ledger, limits, pricing, reads, verify
+from smscredits import ledger, pricing, reads, verify
 from smscredits.charging import Charger, ChargeRequest
 from tests.helpers import data
 
@@ -83,7 +83,7 @@ def test_a_batch_stamped_before_midnight_that_commits_after_one_stamped_after_jo
         pricing.set_price(db, "default", "1")
         ledger.add_user(db, "alice", tz="Europe/Budapest")
         ledger.create_power(db, "alice", initial=100_000)
-        limits.set_limits(db, "alice", {"day": 3_000})
+        ledger.set_limits(db, "alice", {"day": 3_000})
     new_day = MIDNIGHT + timedelta(milliseconds=9)
     with freeze_time(new_day), Charger(db) as charger:
         results = charger.charge_batch(
@@ -130,7 +130,7 @@ def test_an_admin_change_beside_an_open_charge_batch_keeps_the_chain(db: Any,
             elif admin == "credits":
                 ledger.add_credits(db, "alice", 1_000)
             elif admin == "limits":
-                limits.set_limits(db, "alice", {"day": 50_000})
+                ledger.set_limits(db, "alice", {"day": 50_000})
             else:
                 refund(db, "first")
         except BaseException as e:  # reported in the main thread

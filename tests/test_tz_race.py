@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from smscredits import journal, ledger, limits, pricing
+from smscredits import journal, ledger, pricing
 from smscredits.charging import Charger, ChargeRequest
 from smscredits.storage.engine import Db, open_db
 from smscredits.storage.migrate import upgrade
@@ -50,7 +50,7 @@ def test_a_charge_waiting_for_a_zone_change_counts_in_the_new_zones_day(
         pricing.set_price(pg, "default", "1")
         ledger.add_user(pg, "bob", tz="UTC")
         ledger.create_power(pg, "bob", initial=100_000)
-        limits.set_limits(pg, "bob", {"day": 3_000})
+        ledger.set_limits(pg, "bob", {"day": 3_000})
         with Charger(pg) as charger:  # the 5th in Auckland, still the 4th in UTC
             assert charger.charge(ChargeRequest("bob", TO, None, 2, "m-1")).status == "charged"
 
@@ -97,8 +97,8 @@ def test_the_lock_order_of_a_charge_and_a_zone_change_agree() -> None:
     never wait for each other in a circle."""
     from sqlalchemy.dialects import postgresql
 
-    from smscredits.charging import _Lookups
+    from smscredits.storage.charge_sql import Lookups
 
-    sql = str(_Lookups.of("postgresql").held.compile(dialect=postgresql.dialect()))
+    sql = str(Lookups.of("postgresql").held.compile(dialect=postgresql.dialect()))
     assert sql.rstrip().endswith("FOR SHARE OF users FOR UPDATE OF powers")
 

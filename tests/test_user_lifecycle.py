@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from smscredits import ledger, limits, pricing, reads, refills
+from smscredits import ledger, pricing, reads, refills
 from smscredits.charging import Charger, ChargeRequest, refund
 from smscredits.storage.engine import Db
 from smscredits.verify import verify
@@ -132,7 +132,7 @@ def test_set_tz_recounts_open_windows_in_the_new_zone(bob: Db, cli: Any) -> None
     one from 1 Dec 20:00 UTC, which Budapest counted in its 1 Dec (now closed) day."""
     with freeze_time("2027-12-01T12:00:00Z"):  # later than the host's clock: see stamp
         ledger.create_power(bob, "bob", initial=100_000)
-        limits.set_limits(bob, "bob", {"day": 10_000})
+        ledger.set_limits(bob, "bob", {"day": 10_000})
     with freeze_time("2027-12-01T20:00:00Z"):
         _charge(bob, "m-1", 1)
     with freeze_time("2027-12-01T23:30:00Z"):

@@ -13,7 +13,7 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import event, text
 
-from smscredits import ledger, limits, pricing, refills
+from smscredits import ledger, pricing, refills
 from smscredits.charging import Charger, ChargeRequest, refund
 from smscredits.storage.engine import Db, open_db
 from smscredits.verify import verify
@@ -27,7 +27,7 @@ def alice(db: Db) -> Db:
     pricing.set_price(db, "default", "1")
     ledger.add_user(db, "alice", tz="Europe/Budapest")
     ledger.create_power(db, "alice", initial=1_000_000)
-    limits.set_limits(db, "alice", {"day": 500_000})
+    ledger.set_limits(db, "alice", {"day": 500_000})
     Charger(db).charge(ChargeRequest("alice", TO, parts=1, id="m-0"))
     return db
 
@@ -175,7 +175,7 @@ def test_a_message_edited_in_the_database_is_found(alice: Db, cli: Any, what: st
     its journal's."""
     ledger.add_user(alice, "bob")  # no credits power: not metered
     assert Charger(alice).charge(ChargeRequest("bob", TO, parts=1, id="u-1")).status == "charged"
-    limits.set_limits(alice, "alice", {"day": 1_000})
+    ledger.set_limits(alice, "alice", {"day": 1_000})
     refused = Charger(alice).charge(ChargeRequest("alice", TO, parts=1, id="r-1"))
     assert refused.reason == "daily_limit"
     assert verify(alice).ok
@@ -230,8 +230,8 @@ def test_a_ledger_that_went_through_every_operation_verifies(alice: Db, cli: Any
     with freeze_time(datetime.now(UTC) + timedelta(days=1)) as frozen:
         ledger.set_overdraft(alice, "alice", 5_000)
         ledger.set_overdraft(alice, "alice", None)
-        limits.set_limits(alice, "alice", {"week": 3_000, "month": 10_000})
-        limits.set_limits(alice, "alice", {"week": None, "day": 2_000})
+        ledger.set_limits(alice, "alice", {"week": 3_000, "month": 10_000})
+        ledger.set_limits(alice, "alice", {"week": None, "day": 2_000})
         ledger.set_disabled(alice, "alice", True)
         ledger.set_disabled(alice, "alice", False)
         ledger.add_user(alice, "bob", tz="Asia/Tokyo")

@@ -191,12 +191,12 @@ LimitOpt = Annotated[str | None, typer.Option(help="Credits, or none to remove t
 def limits_set(user: UserArg, daily: LimitOpt = None, weekly: LimitOpt = None,
                monthly: LimitOpt = None) -> None:
     """Set or remove spending limits (calendar day, ISO week, month in the user's zone)."""
-    from smscredits import limits
+    from smscredits import ledger, limits
     from smscredits.amounts import parse_optional
 
     given = {"day": daily, "week": weekly, "month": monthly}
     changes = {w: parse_optional(v, what=f"{w} limit") for w, v in given.items() if v is not None}
-    lim = limits.set_limits(db(), user, changes)
+    lim = ledger.set_limits(db(), user, changes)
     warnings = limits.unreachable(lim)
     out = output()
     if not out.silent:
