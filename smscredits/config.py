@@ -20,8 +20,25 @@ KEYS: dict[str, tuple[str, str]] = {
     "db": (ENV_DB, "database URL or SQLite file path"),
     "default_tz": ("SMSCREDITS_DEFAULT_TZ", "time zone of users created without --tz"),
     "actor": ("SMSCREDITS_ACTOR", "name recorded as the actor of changes"),
+    "hold_ttl": ("SMSCREDITS_HOLD_TTL", "how long a hold waits for its report (90s, 30m, 48h)"),
+    "hold_expiry": ("SMSCREDITS_HOLD_EXPIRY", "what expiry does to a hold: settle or void"),
+    "void_settled": ("SMSCREDITS_VOID_SETTLED",
+                     "what void does to a settled message: refund or refuse"),
 }
-DEFAULTS = {"default_tz": "UTC"}
+DEFAULTS = {"default_tz": "UTC", "hold_ttl": "48h", "hold_expiry": "settle",
+            "void_settled": "refund"}
+# A delivery status mapped otherwise than by default: dlr.<kannel|jasmin|smpp>.<STATUS>,
+# file only (``config set dlr.jasmin.EXPIRED settle``).
+_DLR_KEY = re.compile(r"dlr\.(kannel|jasmin|smpp)\.([A-Za-z0-9_]{1,32})\Z")
+
+
+def is_dlr_key(key: str) -> bool:
+    return _DLR_KEY.match(key) is not None
+
+
+def dlr_settings() -> dict[str, str]:
+    """The delivery statuses the config file maps: ``{"dlr.jasmin.EXPIRED": "settle"}``."""
+    return {k: v for k, v in read_file_settings().items() if is_dlr_key(k)}
 
 
 def config_dir() -> Path:
@@ -57,13 +74,14 @@ def read_file_settings(path: Path | None = None) -> dict[str, str]:
         return {}
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise BadInput(f"cannot read config file {path}: {e}") from None
-    return {k: str(v) for k, v in data.items() if k in KEYS}
+    return {k: str(v) for k, v in data.items() if k in KEYS or is_dlr_key(k)}
 
 
 def write_setting(key: str, value: str | None, path: Path | None = None) -> Path:
     """Set (or with None remove) one key in the config file, keeping the others."""
-    if key not in KEYS:
-        raise BadInput(f"unknown setting {key!r}: expected one of {', '.join(KEYS)}")
+    if key not in KEYS and not is_dlr_key(key):
+        raise BadInput(f"unknown setting {key!r}: expected one of {', '.join(KEYS)}, or "
+                       "dlr.<kannel|jasmin|smpp>.<status>")
     if value is not None and not is_text(value):
         raise BadInput(f"bad value for {key}: not valid UTF-8 text")
     path = path or config_file()
@@ -74,7 +92,8 @@ def write_setting(key: str, value: str | None, path: Path | None = None) -> Path
         settings[key] = value
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_whole(path, "".join(f"{k} = {_toml_string(v)}\n" for k, v in settings.items()))
+        _write_whole(path, "".join(f"{_toml_key(k)} = {_toml_string(v)}\n"
+                                   for k, v in settings.items()))
     except OSError as e:
         raise BadInput(f"cannot write config file {path}: {e.strerror or e}") from None
     return path
@@ -104,6 +123,11 @@ def is_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _toml_key(key: str) -> str:
+    # A dotted key is quoted: bare, TOML would read it as nested tables.
+    return f'"{key}"' if "." in key else key
 
 
 def _toml_string(value: str) -> str:

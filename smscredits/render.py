@@ -120,6 +120,7 @@ def charge_line(r: Any, line: int) -> str:
                 f'"encoding":{"null" if encoding is None else _quote(encoding)},'
                 f'"price":{r.price:f},"rule":{_quote(r.rule)},"country":{_quote(r.country)},'
                 f'"balance":{r.balance:f},"metered":true,"replayed":false,"refusal":null,'
+                f'"held":{_opt_num(r.held)},"expires_at":{_opt_str(r.expires_at)},'
                 f'"line":{int(line)}}}')
     return (f'{{"status":{_quote(r.status)},"id":{_opt_str(r.id)},"user":{_opt_str(r.user)},'
             f'"to":{_opt_str(r.to)},"reason":{_opt_str(r.reason)},'
@@ -130,6 +131,7 @@ def charge_line(r: Any, line: int) -> str:
             f'"metered":{"true" if r.metered else "false"},'
             f'"replayed":{"true" if r.replayed else "false"},'
             f'"refusal":{"null" if r.refusal is None else to_json(r.refusal)},'
+            f'"held":{_opt_num(r.held)},"expires_at":{_opt_str(r.expires_at)},'
             f'"line":{int(line)}}}')
 
 

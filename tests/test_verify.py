@@ -136,7 +136,10 @@ EDITS = {
     "weekly limit": ("UPDATE powers SET weekly_limit = 2000", "limit", "unlimited", 2),
     "monthly limit": ("UPDATE powers SET monthly_limit = 0", "limit", "unlimited", 0),
     "disabled flag": ("UPDATE users SET disabled = TRUE", "user", False, True),
-    "time zone": ("UPDATE users SET tz = 'Asia/Tokyo'", "user", "Europe/Budapest", "Asia/Tokyo"),
+    # Vienna keeps Budapest's clock: the windows stay as they are at any hour, only the zone
+    # differs from its journal.
+    "time zone": ("UPDATE users SET tz = 'Europe/Vienna'", "user", "Europe/Budapest",
+                  "Europe/Vienna"),
     "plan status": ("UPDATE refill_plans SET status = 'active'", "plan", "paused", "active"),
 }
 

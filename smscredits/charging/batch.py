@@ -15,13 +15,21 @@ from sqlalchemy import (
 from sqlalchemy.sql import Executable
 
 from smscredits import clock, journal
-from smscredits.amounts import to_decimal
-from smscredits.charging.model import ChargeRequest, ChargeResult, parts_of, request_problem
+from smscredits.amounts import format_amount, to_decimal
+from smscredits.charging.acts import act
+from smscredits.charging.model import (
+    ChargeRequest,
+    ChargeResult,
+    MessageOp,
+    parts_of,
+    request_problem,
+)
 from smscredits.charging.rule import BatchUser, HeldPower, with_numbers
 from smscredits.errors import (
     BadInput,
 )
-from smscredits.limits import keys_at
+from smscredits.holds import Rules
+from smscredits.limits import Keys, keys_at
 from smscredits.pricing import PriceBook, Quote, Rejected
 from smscredits.storage.charge_sql import (
     RELOAD_POWER,
@@ -41,14 +49,16 @@ from smscredits.storage.hot import (
     prepared_update,
 )
 from smscredits.storage.tables import events, messages, powers
+from smscredits.thresholds import rearm
 
 # A message row, as the batch keeps and writes it: a tuple of these columns.
 MESSAGE_COLUMNS = ("id", "user_name", "user_id", "power_id", "at", "to_number", "country",
                    "rule", "encoding", "parts", "price", "cost", "status", "reason",
-                   "balance_after", "day_key", "week_key", "month_key")
+                   "balance_after", "day_key", "week_key", "month_key", "expires_at")
 MessageRow = tuple[Any, ...]
+# What an act on a recorded message may change of its row (``Batch.change``).
+CHANGED_COLUMNS = ("parts", "cost", "status", "balance_after")  # in the table's order
 _UNREAD: Any = object()  # an account name the batch has not looked up
-
 
 
 @dataclass
@@ -94,6 +104,10 @@ class Batch:
         self.pending: dict[str, MessageRow] = {}  # message rows by id, not yet written
         self.written: dict[str, MessageRow] = {}  # ... and those flushed in this batch
         self.known: dict[str, dict[str, Any]] = {}  # ... and those recorded before
+        # Rows recorded before this batch (or flushed in it) that an act changed: by id.
+        self.changed: dict[str, dict[str, Any]] = {}
+        self.unwritten: dict[str, dict[str, Any]] = {}  # ... not yet written
+        self.owners: dict[int, BatchUser] = {}  # the user of each power read, by power id
         self.events: list[journal.EventTuple] = []
         # Postgres: the batch's events go to the server as they are made (see ``record``).
         self.stream: CopyStream | None = None
@@ -114,15 +128,22 @@ class Batch:
             self.keys[tz] = keys_at(self.now, tz)
         return self.keys[tz]
 
-    def prefetch(self, reqs: list[ChargeRequest], *, recall: bool = True) -> None:
+    def prefetch(self, reqs: list[ChargeRequest], *, recall: bool = True,
+                 acts: list[MessageOp] | None = None) -> None:
         """Accounts (their power rows held) of a whole batch, in a few queries; with
         ``recall``, also the outcomes already recorded under the batch's message ids
-        (without, a recorded id fails the batch's insert, which is then redone recalling)."""
+        (without, a recorded id fails the batch's insert, which is then redone recalling).
+        ``acts``: their messages, and the accounts of those, read and held too."""
         self.end_stream()
         batch_names = {r.user for r in reqs}
         # Not ``batch_names - self.accounts.keys()``: that walks every carried account.
         names = sorted(n for n in batch_names if n not in self.accounts)
         lookups = Lookups.of(self.conn.dialect.name)
+        acted = sorted({a.id for a in acts if type(a.id) is str}) if acts else []
+        pids = self.acted_powers(lookups.known, acted) if acted else []
+        if pids:  # on Postgres, with the accounts by name: one lock statement, one order
+            self.read_accounts(lookups.by_power, names, pids=pids, with_state=True)
+            names = [n for n in names if n not in self.accounts]
         if names and lookups.held is not None:
             self.read_accounts(lookups.held, names, with_state=True)
             names = [n for n in names if n not in self.accounts]
@@ -136,20 +157,38 @@ class Batch:
                       and a.power_id not in self.powers}
             if wanted:
                 self.lock(lookups.lock, sorted(wanted))
+        if acted and self.postgres:  # as they are now that their accounts are held
+            self.recall(lookups.acted_on, acted)
         ids = sorted({r.id for r in reqs if r.id is not None}) if recall else []
         if ids:
-            known = HotStatement(self.conn, lookups.known)
-            for row in known.rows({"ids": listed(ids, self.postgres)}):
-                record = dict(zip(known.columns(), row, strict=True))
-                self.known[record["id"]] = record
+            self.recall(lookups.known, ids)
 
-    def read_accounts(self, stmt: Executable, names: list[str], *, with_state: bool) -> None:
-        for row in HotStatement(self.conn, stmt).rows({"names": listed(names, self.postgres)}):
+    def recall(self, stmt: Executable, ids: list[str]) -> None:
+        known = HotStatement(self.conn, stmt)
+        for row in known.rows({"ids": listed(ids, self.postgres)}):
+            record = dict(zip(known.columns(), row, strict=True))
+            self.known[record["id"]] = record
+
+    def acted_powers(self, stmt: Executable, ids: list[str]) -> list[int]:
+        """The power rows of the messages acted on, not yet read (the messages are read
+        unlocked here, and again once these are held)."""
+        self.recall(stmt, ids)
+        return sorted({row["power_id"] for i in ids if (row := self.known.get(i)) is not None
+                       and row["power_id"] is not None and row["power_id"] not in self.owners})
+
+    def read_accounts(self, stmt: Executable, names: list[str], *, with_state: bool,
+                      pids: list[int] | None = None) -> None:
+        params = {"names": listed(names, self.postgres)}
+        if pids is not None:
+            params = {"pids": listed(pids, self.postgres),
+                      **(params if self.postgres else {})}
+        for row in HotStatement(self.conn, stmt).rows(params):
             name, user_id, disabled, tz, power_id = row[:5]
-            self.accounts[name] = BatchUser(user_id, bool(disabled), tz or self.db.default_tz,
-                                           power_id)
+            account = BatchUser(user_id, bool(disabled), tz or self.db.default_tz, power_id)
+            self.accounts[name] = account
             if power_id is not None and with_state:
                 self.powers[power_id] = HeldPower.of(power_id, row[5:])
+                self.owners[power_id] = account
 
     def lock(self, stmt: Executable, power_ids: list[int]) -> None:
         for row in HotStatement(self.conn, stmt).rows({"ids": power_ids}):
@@ -157,14 +196,46 @@ class Batch:
         for account in self.accounts.values():
             if account is not None and account.power_id not in self.powers:
                 account.power_id = None  # deleted since the accounts were read: unmetered
+            elif account is not None and account.power_id is not None:
+                self.owners[account.power_id] = account
 
     def account(self, name: str) -> BatchUser | None:
         if name not in self.accounts:
             self.prefetch([ChargeRequest(name, "")])
         return self.accounts[name]
 
-    def charge_all(self, reqs: list[ChargeRequest]) -> list[ChargeResult]:
-        return [self.charge(r) for r in reqs]
+    def charge_all(self, reqs: list[ChargeRequest | MessageOp]) -> list[ChargeResult]:
+        return [self.charge(r) if type(r) is ChargeRequest else act(self, r)  # type: ignore[arg-type]
+                for r in reqs]
+
+    def message(self, msg_id: str) -> dict[str, Any] | None:
+        """A message as the batch has it: made in it, changed by it, or recorded before."""
+        row = self.pending.get(msg_id)
+        if row is not None:
+            return dict(zip(MESSAGE_COLUMNS, row, strict=True))
+        if msg_id in self.changed:
+            return self.changed[msg_id]
+        row = self.written.get(msg_id)
+        if row is not None:
+            return dict(zip(MESSAGE_COLUMNS, row, strict=True))
+        return self.known.get(msg_id)
+
+    def change(self, msg_id: str, **values: Any) -> None:
+        """Change ``CHANGED_COLUMNS`` of a message the batch has (``message``)."""
+        row = self.message(msg_id)
+        assert row is not None
+        row = {**row, **values}
+        if msg_id in self.pending:
+            self.pending[msg_id] = tuple(row[c] for c in MESSAGE_COLUMNS)
+        else:
+            self.changed[msg_id] = self.unwritten[msg_id] = row
+
+    def raised(self, user_id: int, power: HeldPower) -> None:
+        """After a balance rose (a refund): threshold plans it reached are armed again."""
+        self.flush()
+        rearm(self.conn, user_id, power.balance)
+        power.refill_below = HeldPower.of(
+            power.id, self.conn.execute(RELOAD_POWER, {"pid": power.id}).one()).refill_below
 
     def charge(self, req: ChargeRequest) -> ChargeResult:
         problem = request_problem(req)
@@ -193,7 +264,7 @@ class Batch:
             assert rejection is not None
             return self.reject(_base(req), account, quote, rejection)
         if account.power_id is None:
-            return self.unmetered(_base(req), account, quote)
+            return self.unmetered(_base(req), account, quote, hold=req.hold)
         return self.debit(req, account, quote, self.powers[account.power_id])
 
     def debit(self, req: ChargeRequest, account: BatchUser, quote: Quote,
@@ -205,13 +276,15 @@ class Batch:
             keys = keys_at(now, account.tz)
         else:
             keys = self.keys.get(account.tz) or self.window_keys(account.tz)
-        refusal = power.take(cost, keys)
+        refusal = power.take(cost, keys, hold=req.hold)
         if refusal is not None:
             return self.reject(_base(req), account, quote,
                                with_numbers(refusal, power, cost, keys, account.tz))
         self.moved[power.id] = power
         msg_id = req.id or secrets.token_hex(8)
         balance = power.balance
+        if req.hold:
+            return self.held(req, msg_id, account, quote, power, now, keys)
         event = journal.event(at=now, kind="message.charged", actor=self.db.actor,
                               user_id=account.user_id, power_id=power.id, amount=-cost,
                               balance_after=balance, ref=msg_id, detail=quote.detail,
@@ -224,11 +297,41 @@ class Batch:
         self.pending[msg_id] = (
             msg_id, req.user[:64], account.user_id, power.id, now, quote.to, quote.country,
             quote.rule, quote.encoding, quote.parts, quote.price, cost, "charged", None,
-            balance, *keys)
+            balance, *keys, None)
         return ChargeResult("charged", msg_id, req.user, quote.to, cost=quote.cost_shown,
                             parts=quote.parts, encoding=quote.encoding,
                             price=quote.price_shown, rule=quote.rule, country=quote.country,
                             balance=to_decimal(balance))
+
+    def held(self, req: ChargeRequest, msg_id: str, account: BatchUser, quote: Quote,
+             power: HeldPower, now: int, keys: Keys) -> ChargeResult:
+        """A hold taken (``power.take``): its event and its message row, until when it holds."""
+        expires = now + (req.ttl if req.ttl is not None else self.rules().ttl_us)
+        self.chain(power, now, kind="message.held", user_id=account.user_id, ref=msg_id,
+                   balance_after=power.balance,
+                   detail={"to": quote.to, "parts": quote.parts, "rule": quote.rule,
+                           "held": format_amount(quote.cost), "expires_at": clock.iso(expires)})
+        self.pending[msg_id] = (
+            msg_id, req.user[:64], account.user_id, power.id, now, quote.to, quote.country,
+            quote.rule, quote.encoding, quote.parts, quote.price, quote.cost, "held", None,
+            power.balance, *keys, expires)
+        return ChargeResult("held", msg_id, req.user, quote.to, cost=quote.cost_shown,
+                            parts=quote.parts, encoding=quote.encoding,
+                            price=quote.price_shown, rule=quote.rule, country=quote.country,
+                            balance=to_decimal(power.balance), held=quote.cost_shown,
+                            expires_at=clock.iso(expires))
+
+    def chain(self, power: HeldPower, now: int, **fields: Any) -> None:
+        """An event of this account, chained to its head, which it becomes."""
+        now = max(now, power.last_at)
+        event = journal.event(at=now, actor=self.db.actor, power_id=power.id,
+                              prev_hash=power.last_hash, **fields)
+        power.last_hash, power.last_at = event[-1], now
+        self.moved[power.id] = power
+        self.record(event)
+
+    def rules(self) -> Rules:
+        return self.db.hold_rules
 
     def refill(self, account: BatchUser, power: HeldPower) -> int:
         """A threshold plan fires in the charge's own transaction, after the charge's event:
@@ -241,16 +344,20 @@ class Batch:
         self.powers[power.id] = HeldPower.of(power.id, row)
         return balance
 
-    def unmetered(self, base: ChargeResult, account: BatchUser, quote: Quote) -> ChargeResult:
+    def unmetered(self, base: ChargeResult, account: BatchUser, quote: Quote, *,
+                  hold: bool = False) -> ChargeResult:
+        """A message of a user without a credits power: recorded, not charged. A hold of
+        one is recorded as held, so that its settle or void finds it (and moves nothing)."""
         now = clock.now_us()
         msg_id = base.id or secrets.token_hex(8)
         self.record(journal.event(
             at=now, kind="message.unmetered", actor=self.db.actor, user_id=account.user_id,
             ref=msg_id, detail={"to": quote.to, "parts": quote.parts, "rule": quote.rule},
         ))
-        self.remember(msg_id, account, replace(quote, cost=0), now, "charged", None, None, None,
+        status = "held" if hold else "charged"
+        self.remember(msg_id, account, replace(quote, cost=0), now, status, None, None, None,
                       base.user or "")
-        return replace(base, status="charged", id=msg_id, **{**_quoted(quote), "cost": Decimal(0)},
+        return replace(base, status=status, id=msg_id, **{**_quoted(quote), "cost": Decimal(0)},
                        metered=False, message="user has no credits power: not metered")
 
     def reject(self, base: ChargeResult, account: BatchUser | None, quote: Quote | None,
@@ -272,7 +379,7 @@ class Batch:
             quote.country if quote else None, quote.rule if quote else None,
             quote.encoding if quote else None, quote.parts if quote else 0,
             quote.price if quote else None, quote.cost if quote else None,
-            status, reason, balance, *(keys or (None, None, None)),
+            status, reason, balance, *(keys or (None, None, None)), None,
         )
 
     def first_result(self, req: ChargeRequest, account: BatchUser | None,
@@ -280,8 +387,8 @@ class Batch:
         """The recorded outcome of an id seen before, or a conflict if it does not match."""
         key = req.id or ""
         self.replays += 1
-        held = self.pending.get(key) or self.written.get(key)
-        row = dict(zip(MESSAGE_COLUMNS, held, strict=True)) if held else self.known[key]
+        row = self.message(key)
+        assert row is not None
         # A refusal is keyed by the user's name as requested (it touched no account: an
         # ``unknown_user`` refusal replays after the user is created); a charge also by the
         # account it debited.
@@ -327,6 +434,11 @@ class Batch:
         if self.pending:
             bulk_insert(self.conn, messages, MESSAGE_COLUMNS, list(self.pending.values()))
             self.written.update(self.pending)
+        if self.unwritten:
+            prepared_update(self.conn, messages, "id", CHANGED_COLUMNS, [
+                (*(row[c] for c in CHANGED_COLUMNS), msg_id)
+                for msg_id, row in self.unwritten.items()])()
+            self.unwritten = {}
         if self.events:
             bulk_insert(self.conn, events, journal.EVENT_COLUMNS, self.events)
         if self.moved:
@@ -363,7 +475,9 @@ def _quoted(quote: Quote) -> dict[str, Any]:
 
 
 def _from_row(row: dict[str, Any], req: ChargeRequest) -> ChargeResult:
-    status = "rejected" if row["status"] == "rejected" else "charged"
+    # A charge's first result; a hold's as the message stands now (held, settled, voided).
+    status = "charged" if row["status"] == "refunded" else row["status"]
+    held = row["status"] == "held"
     return ChargeResult(
         status, row["id"], req.user, row["to_number"] or req.to, reason=row["reason"],
         message="already processed: first result returned, nothing charged",
@@ -373,6 +487,8 @@ def _from_row(row: dict[str, Any], req: ChargeRequest) -> ChargeResult:
         rule=row["rule"], country=row["country"],
         balance=None if row["balance_after"] is None else to_decimal(row["balance_after"]),
         metered=row["power_id"] is not None or status == "rejected", replayed=True,
+        held=to_decimal(row["cost"]) if held and row["cost"] is not None else None,
+        expires_at=clock.iso(row["expires_at"]) if held else None,
     )
 
 

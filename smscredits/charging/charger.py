@@ -14,9 +14,17 @@ from sqlalchemy import (
     exc,
 )
 
+from smscredits import clock
 from smscredits.charging.batch import Batch, Carried
-from smscredits.charging.model import BULK_BATCH, ChargeRequest, ChargeResult, fit_to_look_up
+from smscredits.charging.model import (
+    BULK_BATCH,
+    ChargeRequest,
+    ChargeResult,
+    MessageOp,
+    fit_to_look_up,
+)
 from smscredits.pricing import PriceBook
+from smscredits.storage.charge_sql import due_holds
 from smscredits.storage.engine import (
     BULK_CHECKPOINT_PAGES,
     CHECKPOINT_PAGES,
@@ -26,6 +34,7 @@ from smscredits.storage.engine import (
 from smscredits.storage.hot import (
     driver_errors,
 )
+from smscredits.validate import is_message_id
 
 
 class Pending:
@@ -149,11 +158,49 @@ class Charger:
     def charge(self, req: ChargeRequest) -> ChargeResult:
         return self.charge_batch([req])[0]
 
-    def charge_batch(self, reqs: Iterable[ChargeRequest]) -> list[ChargeResult]:
+    def hold(self, req: ChargeRequest) -> ChargeResult:
+        """Hold a message's cost until ``settle``, ``void``, a report or expiry (``holds``)."""
+        req.hold = True
+        return self.charge_batch([req])[0]
+
+    def settle(self, msg_id: str, *, parts: int | None = None,
+               user: str | None = None) -> ChargeResult:
+        """Make a hold final, at ``parts`` if the SMSC sent another number of them."""
+        return self.charge_batch([MessageOp("settle", msg_id, user=user, parts=parts)])[0]
+
+    def void(self, msg_id: str, *, note: str | None = None,
+             user: str | None = None) -> ChargeResult:
+        """Release a hold (a settled message's void is a refund: ``void_settled``)."""
+        return self.charge_batch([MessageOp("void", msg_id, user=user, note=note)])[0]
+
+    def dlr(self, msg_id: str, status: str, source: str = "smpp") -> ChargeResult:
+        """A delivery report: settles, voids or leaves the hold by ``holds.dlr_action``."""
+        return self.charge_batch([MessageOp("dlr", msg_id, status=status, source=source)])[0]
+
+    def refund(self, msg_id: str, *, note: str | None = None) -> ChargeResult:
+        return self.charge_batch([MessageOp("refund", msg_id, note=note)])[0]
+
+    def expire(self, *, batch: int = 1000) -> list[ChargeResult]:
+        """Settle or void (``hold_expiry``) every hold past its expiry, ``batch`` at a
+        time, each batch one transaction; the results of those it ended."""
+        ended: list[ChargeResult] = []
+        while True:
+            with self.db.read() as conn:
+                due = due_holds(conn, clock.now_us(), batch)
+            if not due:
+                return ended
+            results = self.charge_batch([MessageOp("expire", i) for i in due])
+            done = [r for r in results if r.status in ("settled", "voided")]
+            ended += done
+            if not done:  # all settled meanwhile, or not due on this host's clock
+                return ended
+
+    def charge_batch(self, reqs: Iterable[ChargeRequest | MessageOp]) -> list[ChargeResult]:
         """Charge several messages in one transaction (all results durable on return)."""
         return self.begin(reqs, background=False).wait()
 
-    def begin(self, reqs: Iterable[ChargeRequest], *, background: bool = True) -> Pending:
+    def begin(self, reqs: Iterable[ChargeRequest | MessageOp], *,
+              background: bool = True) -> Pending:
         """Charge several messages in one transaction and start its commit; ``wait()`` on
         the result for the results, durable. Until then they are not to be reported.
 
@@ -176,7 +223,11 @@ class Charger:
                     batch = Batch(conn, self.db, self._still_true(conn, carried), self._book)
                     self._book = batch.book
                     try:
-                        batch.prefetch(fit_to_look_up(reqs), recall=self._recall)
+                        charges = [r for r in reqs if type(r) is ChargeRequest]
+                        acts = [r for r in reqs if type(r) is MessageOp]
+                        batch.prefetch(fit_to_look_up(charges), recall=self._recall,
+                                       acts=[a for a in acts
+                                             if type(a.id) is str and is_message_id(a.id)])
                         batch.stamp()
                         results = batch.charge_all(reqs)
                         batch.flush(deferred if behind and batch.postgres else None)

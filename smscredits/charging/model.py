@@ -25,16 +25,46 @@ EXIT_FOR = {
     "invalid_number": Exit.USAGE, "bad_input": Exit.USAGE,
     "user_disabled": Exit.CONFLICT, "conflict": Exit.CONFLICT,
     "amount_out_of_range": Exit.USAGE,
+    "unknown_message": Exit.NOT_FOUND, "not_held": Exit.CONFLICT, "still_held": Exit.CONFLICT,
+    "already_settled": Exit.CONFLICT, "already_refunded": Exit.CONFLICT,
+    "not_metered": Exit.CONFLICT, "no_power": Exit.CONFLICT, "unknown_status": Exit.USAGE,
 }
+# The ops of a stream line: ``charge`` (the default) and ``hold`` are ChargeRequests, the
+# others MessageOps.
+OPS = ("charge", "hold", "settle", "void", "refund", "dlr")
+# A result's status: charged, rejected or error for a charge; held, settled, voided,
+# refunded, or ignored (a delivery report that changes nothing) for the others.
+DONE = frozenset({"charged", "held", "settled", "voided", "refunded", "ignored"})
 
 
 @dataclass(slots=True)  # not frozen: made once per line, and frozen costs 4x as much
 class ChargeRequest:
+    """One message to charge, or with ``hold`` to hold until it is settled or voided (see
+    ``holds``); ``ttl``: the hold's time to live in microseconds (default: ``hold_ttl``)."""
+
     user: str
     to: str
     text: str | None = None
     parts: int | None = None
     id: str | None = None
+    hold: bool = False
+    ttl: int | None = None
+
+
+@dataclass(slots=True)
+class MessageOp:
+    """An act on the message recorded under ``id``: ``settle`` (``parts``: the parts the
+    SMSC actually sent, if they differ), ``void``, ``refund``, ``dlr`` (``status`` as
+    ``source`` reports it) or ``expire`` (what ``holds expire`` does to a hold that is due).
+    ``user``, when given, must be the message's; ``note`` goes to the event."""
+
+    op: str
+    id: str
+    user: str | None = None
+    parts: int | None = None
+    status: str | None = None
+    source: str | None = None
+    note: str | None = None
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass takes 3x as long to make
@@ -56,6 +86,10 @@ class ChargeResult:
     replayed: bool = False
     # A refusal by the balance or a limit: the numbers that decided it (``Refused.numbers``).
     refusal: dict[str, Any] | None = None
+    # A hold's: the amount held (a settle's and a void's: the amount the hold was), and
+    # until when it holds.
+    held: Decimal | None = None
+    expires_at: str | None = None
     line: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -63,7 +97,7 @@ class ChargeResult:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.status == "charged" else int(EXIT_FOR.get(self.reason or "", 1))
+        return 0 if self.status in DONE else int(EXIT_FOR.get(self.reason or "", 1))
 
 
 _RESULT_FIELDS = tuple(f.name for f in fields(ChargeResult))

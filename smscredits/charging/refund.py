@@ -1,28 +1,18 @@
-"""Refunds: a charged message's credits given back once, with the windows it was counted
-in while they are current (``limits.moved``)."""
+"""Refunds by hand (``smscredits refund``): a charged or settled message's credits given
+back once, with the windows it was counted in while they are current. The move itself is
+the batch's (``charging.acts``), as in a stream; this is its one-call form with errors."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import (
-    update,
-)
+from sqlalchemy import func, select
 
-from smscredits import clock, journal, limits
-from smscredits.amounts import MAX_MILLIS, format_amount, to_decimal
-from smscredits.errors import (
-    BadInput,
-    Conflict,
-    NotFound,
-)
-from smscredits.storage import charge_sql
-from smscredits.storage.engine import (
-    Db,
-)
-from smscredits.storage.tables import messages, powers
-from smscredits.thresholds import rearm
+from smscredits.charging.charger import Charger
+from smscredits.errors import BadInput, Conflict, NotFound, SmsCreditsError
+from smscredits.storage.engine import Db
+from smscredits.storage.tables import events
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,38 +27,22 @@ class Refund:
 def refund(db: Db, msg_id: str, *, note: str | None = None) -> Refund:
     """Give a charged message's credits back, once, and free the windows it was charged in
     while they are current."""
-    with db.write() as conn:
-        msg = charge_sql.message_for_update(conn, msg_id)
-        if msg is None or msg["status"] == "rejected":
-            raise NotFound(f"no charged message {msg_id!r}", code="unknown_message")
-        if msg["status"] == "refunded":
-            raise Conflict(f"message {msg_id!r} was already refunded", code="already_refunded")
-        if msg["power_id"] is None:
-            raise Conflict(f"message {msg_id!r} was not metered: nothing to refund",
-                           code="not_metered")
-        cost = msg["cost"]
-        power = charge_sql.power_for_update(conn, msg["power_id"])
-        if power is None:
-            raise Conflict(f"the credits power of message {msg_id!r} was deleted",
-                           code="no_power")
-        balance = power["balance"] + cost
-        if balance > MAX_MILLIS:
-            raise BadInput(f"refund of {msg_id!r} refused: the balance after it, "
-                           f"{format_amount(balance)}, would be above "
-                           f"{format_amount(MAX_MILLIS)}", code="amount_out_of_range")
-        # The message's windows in the user's zone now: after `user set-tz` the counters
-        # hold the new zone's windows (the keys stored with the message are the old zone's).
-        keys = limits.keys_at(msg["at"], power["tz"] or db.default_tz)
-        spent = limits.moved((power["day_key"], power["week_key"], power["month_key"]),
-                             (power["day_spent"], power["week_spent"], power["month_spent"]),
-                             keys, -cost)
-        conn.execute(update(powers).where(powers.c.id == power["id"]).values(
-            balance=balance, day_spent=spent[0], week_spent=spent[1], month_spent=spent[2]))
-        rearm(conn, msg["user_id"], balance)
-        conn.execute(update(messages).where(messages.c.id == msg_id).values(status="refunded"))
-        event_id = journal.record(
-            conn, at=clock.now_us(), kind="message.refunded", actor=db.actor,
-            user_id=msg["user_id"], power_id=msg["power_id"], amount=cost,
-            balance_after=balance, ref=msg_id, note=note,
-        )
-    return Refund(msg_id, msg["name"], to_decimal(cost), to_decimal(balance), event_id)
+    with Charger(db) as charger:
+        r = charger.refund(msg_id, note=note)
+    if r.status != "refunded":
+        raise error_of(r.reason or "", r.message or "")
+    with db.read() as conn:
+        event_id = conn.execute(select(func.max(events.c.id)).where(
+            events.c.ref == msg_id, events.c.kind == "message.refunded")).scalar_one()
+    assert r.cost is not None and r.balance is not None and r.user is not None
+    return Refund(msg_id, r.user, r.cost, r.balance, event_id)
+
+
+_NOT_FOUND = frozenset({"unknown_message"})
+_BAD = frozenset({"bad_input", "amount_out_of_range", "unknown_status"})
+
+
+def error_of(reason: str, message: str) -> SmsCreditsError:
+    """An act's error result as the exception a one-call command raises (its exit code)."""
+    kind = NotFound if reason in _NOT_FOUND else BadInput if reason in _BAD else Conflict
+    return kind(message, code=reason)

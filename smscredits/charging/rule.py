@@ -26,6 +26,7 @@ class HeldPower:
 
     id: int
     balance: int
+    held: int  # reserved by open holds: what can be taken is balance - held + overdraft
     overdraft: int | None  # None: unlimited
     limits: tuple[int | None, int | None, int | None]  # day, week, month
     keys: Keys  # the windows the counters are for
@@ -37,19 +38,19 @@ class HeldPower:
 
     @classmethod
     def of(cls, pid: int, row: Any) -> HeldPower:
-        (balance, overdraft, day, week, month, dk, ds, wk, ws, mk, ms, last_hash,
+        (balance, held, overdraft, day, week, month, dk, ds, wk, ws, mk, ms, last_hash,
          refill_below, last_at) = row
-        return cls(pid, balance, overdraft, (day, week, month), (dk, wk, mk), (ds, ws, ms),
+        return cls(pid, balance, held, overdraft, (day, week, month), (dk, wk, mk), (ds, ws, ms),
                    last_hash, refill_below, last_at)
 
-    def take(self, cost: int, keys: Keys) -> Rejected | None:
-        """Debit ``cost`` in these windows if balance, overdraft and every limit allow it;
-        else say why not and change nothing.
+    def take(self, cost: int, keys: Keys, *, hold: bool = False) -> Rejected | None:
+        """Debit ``cost`` (or with ``hold`` reserve it) in these windows if balance, holds,
+        overdraft and every limit allow it; else say why not and change nothing.
 
         No overdraft and no limit lets an amount leave the documented range: an unlimited
         overdraft ends at -MAX_MILLIS and a window without a limit at MAX_MILLIS, so each
         bound is still one comparison."""
-        after, floor = self.balance - cost, self.overdraft
+        after, floor = self.balance - self.held - cost, self.overdraft
         if after < (-floor if floor is not None else -MAX_MILLIS):
             return REFUSED[0] if floor is not None else out_of_range("balance", after)
         spent = limits.charged(self.keys, self.spent, keys, cost)
@@ -57,8 +58,32 @@ class HeldPower:
             return self.window_refusal(spent)
         if self.keys != keys:
             self.keys, self.rolled = keys, True
-        self.balance, self.spent = after, spent
+        if hold:
+            self.held += cost
+        else:
+            self.balance -= cost
+        self.spent = spent
         return None
+
+    def release(self, held: int, cost: int, keys: Keys) -> None:
+        """End a hold of ``held`` counted in the windows ``keys``, taking ``cost`` from the
+        balance (0: a void). The windows move by the difference while they are current."""
+        self.held -= held
+        self.balance -= cost
+        self.spent = limits.moved(self.keys, self.spent, keys, cost - held)
+
+    def can_take_more(self, extra: int, keys: Keys) -> bool:
+        """Whether ``extra`` beyond a hold can be taken, counted in the hold's windows while
+        they are current (a settle for more parts than held)."""
+        floor = self.overdraft
+        if self.balance - self.held - extra < (-floor if floor is not None else -MAX_MILLIS):
+            return False
+        return limits.within(self.limits, limits.moved(self.keys, self.spent, keys, extra))
+
+    def give_back(self, cost: int, keys: Keys) -> None:
+        """A refund of ``cost`` charged in the windows ``keys``."""
+        self.balance += cost
+        self.spent = limits.moved(self.keys, self.spent, keys, -cost)
 
     def window_refusal(self, spent: Spent) -> Rejected:
         """Why a window refuses a charge: a limit it would pass (day, week, month), else a
@@ -74,12 +99,13 @@ class HeldPower:
     def written(self) -> tuple[Any, ...]:
         """``WRITTEN_COLUMNS`` and then the power id."""
         (dk, wk, mk), (ds, ws, ms) = self.keys, self.spent
-        return (self.balance, dk, ds, wk, ws, mk, ms, self.last_hash, self.last_at, self.id)
+        return (self.balance, self.held, dk, ds, wk, ws, mk, ms, self.last_hash, self.last_at,
+                self.id)
 
     def spent_written(self) -> tuple[Any, ...]:
         """``SPENT_COLUMNS`` and then the power id: enough while no window rolled over."""
         ds, ws, ms = self.spent
-        return (self.balance, ds, ws, ms, self.last_hash, self.last_at, self.id)
+        return (self.balance, self.held, ds, ws, ms, self.last_hash, self.last_at, self.id)
 
 
 # Why a take is refused: insufficient credits, then each window's limit, in this order.
@@ -104,11 +130,16 @@ def with_numbers(refused: Rejected, power: HeldPower, cost: int, keys: Keys,
     if refused is REFUSED[0]:
         floor = power.overdraft or 0
         numbers: dict[str, Any] = {
-            "cost": to_decimal(cost), "available": to_decimal(power.balance + floor),
+            "cost": to_decimal(cost),
+            "available": to_decimal(power.balance - power.held + floor),
             "balance": to_decimal(power.balance), "overdraft": to_decimal(floor)}
+        held = ""
+        if power.held:  # named only where holds are used: the other refusals stay as they were
+            numbers["held"] = to_decimal(power.held)
+            held = f", held {numbers['held']}"
         return Refused(refused.reason, "insufficient credits: cost {cost}, available "
-                       "{available} (balance {balance}, overdraft {overdraft})".format_map(
-                           numbers), numbers)
+                       "{available} (balance {balance}{held}, overdraft {overdraft})".format(
+                           held=held, **numbers), numbers)
     if refused not in REFUSED:
         return refused  # a counter past the documented range: its message says it all
     i = REFUSED.index(refused) - 1

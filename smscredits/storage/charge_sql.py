@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    RowMapping,
     and_,
     any_,
     bindparam,
@@ -25,19 +24,22 @@ from sqlalchemy.sql import Executable
 from smscredits.storage.tables import messages, powers, users
 
 # The power row's state that a charge reads and moves, in this order.
-STATE_COLUMNS = ("balance", "overdraft", "daily_limit", "weekly_limit", "monthly_limit",
+STATE_COLUMNS = ("balance", "held", "overdraft", "daily_limit", "weekly_limit", "monthly_limit",
                  "day_key", "day_spent", "week_key", "week_spent", "month_key", "month_spent",
                  "last_hash", "refill_below", "last_at")
 # ... and what a batch writes back.
-WRITTEN_COLUMNS = ("balance", "day_key", "day_spent", "week_key", "week_spent", "month_key",
-                   "month_spent", "last_hash", "last_at")
-SPENT_COLUMNS = ("balance", "day_spent", "week_spent", "month_spent", "last_hash", "last_at")
+WRITTEN_COLUMNS = ("balance", "held", "day_key", "day_spent", "week_key", "week_spent",
+                   "month_key", "month_spent", "last_hash", "last_at")
+SPENT_COLUMNS = ("balance", "held", "day_spent", "week_spent", "month_spent", "last_hash",
+                 "last_at")
 
 
 STATE = [powers.c[name] for name in STATE_COLUMNS]
 ACCOUNT_COLUMNS = (users.c.name, users.c.id, users.c.disabled, users.c.tz,
                     powers.c.id.label("power_id"))
 RELOAD_POWER = select(*STATE).where(powers.c.id == bindparam("pid"))
+
+
 @dataclass(frozen=True)
 class Lookups:
     """A batch's reads, each one constant statement whose one parameter is the batch's whole
@@ -47,6 +49,11 @@ class Lookups:
     known: Executable
     lock: Executable | None  # Postgres only
     held: Executable | None  # Postgres only
+    # The accounts of the messages a batch settles, voids or refunds, by power id (on
+    # Postgres with the batch's accounts by name, locked in one statement and one order).
+    by_power: Executable
+    # Those messages, read again once their accounts are held (locked on Postgres).
+    acted_on: Executable
 
     @staticmethod
     @lru_cache(maxsize=2)
@@ -60,8 +67,9 @@ class Lookups:
 
             # The write transaction holds the whole database: the state comes along.
             accounts = select(*ACCOUNT_COLUMNS, *STATE).select_from(joined)
-            return Lookups(accounts.where(member(users.c.name, "names")),
-                            select(messages).where(member(messages.c.id, "ids")), None, None)
+            known = select(messages).where(member(messages.c.id, "ids"))
+            return Lookups(accounts.where(member(users.c.name, "names")), known, None, None,
+                           accounts.where(member(powers.c.id, "pids")), known)
         from sqlalchemy.dialects.postgresql import ARRAY
 
         def any_of(col: Any, name: str) -> Any:
@@ -75,15 +83,20 @@ class Lookups:
         # user's row is share-locked first, as `user set-tz` takes it before the power row:
         # a charge waiting for a zone change then reads the new zone with the recounted
         # windows (an unlocked row would be read as it was before the wait).
-        held = (select(*ACCOUNT_COLUMNS, *STATE)
+        both = (select(*ACCOUNT_COLUMNS, *STATE)
                 .select_from(users.join(powers, and_(powers.c.user_id == users.c.id,
-                                                     powers.c.kind == "credits")))
-                .where(any_of(users.c.name, "names"))
-                .order_by(powers.c.id).with_for_update(of=users, read=True)
-                .suffix_with("FOR UPDATE OF powers"))
+                                                     powers.c.kind == "credits"))))
+        held, by_power = (
+            stmt.order_by(powers.c.id).with_for_update(of=users, read=True)
+            .suffix_with("FOR UPDATE OF powers")
+            for stmt in (both.where(any_of(users.c.name, "names")),
+                         both.where(any_of(users.c.name, "names") | any_of(powers.c.id, "pids"))))
         return Lookups(select(*ACCOUNT_COLUMNS).select_from(joined)
-                        .where(any_of(users.c.name, "names")),
-                        select(messages).where(any_of(messages.c.id, "ids")), lock, held)
+                       .where(any_of(users.c.name, "names")),
+                       select(messages).where(any_of(messages.c.id, "ids")), lock, held,
+                       by_power,
+                       select(messages).where(any_of(messages.c.id, "ids"))
+                       .with_for_update(of=messages))
 
 
 def listed(values: list[Any], postgres: bool) -> Any:
@@ -92,29 +105,15 @@ def listed(values: list[Any], postgres: bool) -> Any:
 
 
 
-def message_for_update(conn: Connection, msg_id: str) -> RowMapping | None:
-    """A message row with its user's name: locked on Postgres, since a refund changes it
-    (a second refund of it waits, then finds it refunded)."""
-    stmt = (select(messages, users.c.name).outerjoin(users, users.c.id == messages.c.user_id)
-            .where(messages.c.id == msg_id))
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=messages)
-    return conn.execute(stmt).mappings().first()
-
-
-def power_for_update(conn: Connection, power_id: int) -> RowMapping | None:
-    """A power row with its user's zone, locked in the charge path's order: the user's row
-    shared, then the power row. A refund that waited for ``user set-tz`` thus reads the new
-    zone along with the windows recounted in it."""
-    stmt = (select(powers, users.c.tz).join(users, users.c.id == powers.c.user_id)
-            .where(powers.c.id == power_id))
-    if conn.dialect.name == "postgresql":
-        stmt = (stmt.with_for_update(of=users, read=True)
-                .suffix_with("FOR UPDATE OF powers"))
-    return conn.execute(stmt).mappings().first()
-
-
 def sqlite_data_version(dbapi: Any) -> int:
     """SQLite's count of commits by other connections (``PRAGMA data_version``): unchanged,
     nothing but this connection wrote since it was last read."""
     return int(dbapi.execute("PRAGMA data_version").fetchone()[0])
+
+
+def due_holds(conn: Connection, now: int, limit: int) -> list[str]:
+    """The ids of held messages whose expiry has come, oldest first (the partial index of
+    the held ones serves it)."""
+    return list(conn.execute(
+        select(messages.c.id).where(messages.c.status == "held", messages.c.expires_at <= now)
+        .order_by(messages.c.expires_at).limit(limit)).scalars())

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
@@ -19,6 +19,9 @@ from smscredits.errors import DatabaseError
 # in storage.lite, whose read path must not import this module.
 from smscredits.storage.hot import driver_errors
 from smscredits.storage.lite import BUSY_TIMEOUT_MS, HEAD
+
+if TYPE_CHECKING:
+    from smscredits.holds import Rules
 
 CACHE_KIB = 65_536
 
@@ -200,6 +203,20 @@ class Db:
         self.actor = actor
         self.default_tz = default_tz
         self.is_sqlite = url.get_backend_name() == "sqlite"
+        self._hold_rules: Rules | None = None
+
+    @property
+    def hold_rules(self) -> Rules:
+        """The hold settings in force (``holds.rules_from_config``), read once."""
+        if self._hold_rules is None:
+            from smscredits.holds import rules_from_config
+
+            self._hold_rules = rules_from_config()
+        return self._hold_rules
+
+    @hold_rules.setter
+    def hold_rules(self, rules: Rules) -> None:
+        self._hold_rules = rules
 
     @property
     def shown(self) -> str:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import sqlite3
 
 # The schema head this code expects, and the busy timeout: storage.engine uses these too.
-HEAD = "0004"
+HEAD = "0005"
 BUSY_TIMEOUT_MS = 30_000
 _DRIVERS = ("sqlite", "sqlite+pysqlite")
 

@@ -55,7 +55,10 @@ class Power(SQLModel, table=True):
 
     __tablename__ = "powers"
     __table_args__ = (
-        CheckConstraint("overdraft IS NULL OR balance >= -overdraft", name="within_overdraft"),
+        # What a charge or a hold can take: balance - held + overdraft (a hold reserves).
+        CheckConstraint("overdraft IS NULL OR balance - held >= -overdraft",
+                        name="within_overdraft"),
+        CheckConstraint("held >= 0", name="held_not_negative"),
         Index("uq_powers_user_kind", "user_id", "kind", unique=True),
         _NEVER_REUSED,
     )
@@ -63,6 +66,8 @@ class Power(SQLModel, table=True):
     user_id: int = Field(foreign_key="users.id", nullable=False)
     kind: str = Field(default="credits", max_length=16)
     balance: int = _big(nullable=False, default=0)
+    # The sum of the account's open holds: reserved, not yet taken from the balance.
+    held: int = _big(nullable=False, default=0, server_default="0")
     overdraft: int | None = _big(nullable=True, default=0)  # NULL: unlimited (postpaid)
     daily_limit: int | None = _big(nullable=True)
     weekly_limit: int | None = _big(nullable=True)
@@ -116,8 +121,15 @@ class Message(SQLModel, table=True):
     """The outcome of one charge, keyed by message id: makes retries idempotent."""
 
     __tablename__ = "messages"
-    # No index but the id: every charge writes a row, and an index led by the user would
-    # take a random page write per charge. `usage` finds a user's messages by their events.
+    # No index but the id and the open holds': every charge writes a row, and an index led
+    # by the user would take a random page write per charge. `usage` finds a user's messages
+    # by their events. The holds' index holds the held rows only (partial): a charge's row
+    # is not in it, and `holds expire` finds the due ones without a scan.
+    __table_args__ = (
+        Index("ix_messages_held_expires_at", "expires_at",
+              sqlite_where=sql_text("status = 'held'"),
+              postgresql_where=sql_text("status = 'held'")),
+    )
     id: str = Field(primary_key=True, max_length=128)
     user_name: str = Field(max_length=64)  # as requested: an unknown user has no user_id
     user_id: int | None = Field(default=None)
@@ -130,12 +142,15 @@ class Message(SQLModel, table=True):
     parts: int = 1
     price: int | None = _big(nullable=True)
     cost: int | None = _big(nullable=True)
-    status: str = Field(max_length=16)  # charged | rejected | refunded
+    # charged | rejected | refunded; held, then settled or voided (by a report, a command
+    # or expiry). While held, ``cost`` is the amount held; once settled, the amount taken.
+    status: str = Field(max_length=16)
     reason: str | None = Field(default=None, max_length=32)
     balance_after: int | None = _big(nullable=True)
     day_key: int | None = _big(nullable=True)
     week_key: int | None = _big(nullable=True)
     month_key: int | None = _big(nullable=True)
+    expires_at: int | None = _big(nullable=True)  # a hold's expiry
 
 
 class Price(SQLModel, table=True):
