@@ -28,6 +28,7 @@ KINDS = (
     "credits.added", "credits.subtracted", "credits.set",
     "limits.set", "price.set", "price.deleted",
     "message.charged", "message.unmetered", "message.refunded",
+    "message.held", "message.settled", "message.voided", "message.expired",
     "refill.scheduled", "refill.paused", "refill.resumed", "refill.cancelled",
     "refill.applied", "refill.skipped",
 )

@@ -187,6 +187,10 @@ def delete_user(db: Db, name: str) -> UserInfo:
         row = user_row(conn, name, lock=True)
         info = _user_info(row, None, db.default_tz)
         prow = power_of(conn, row["id"])
+        if prow is not None and prow["held"]:
+            raise Conflict(
+                f"{name}: {format_amount(prow['held'])} credits held: settle or void the "
+                f"holds first (holds list {name})", code="credits_held")
         if prow is not None and prow["balance"] != 0:
             raise Conflict(
                 f"{name}: balance {format_amount(prow['balance'])}, not 0: set it to 0 "
@@ -295,11 +299,13 @@ def set_overdraft(db: Db, user: str, overdraft: int | None) -> Account:
         urow = user_row(conn, user)
         prow = power_row(conn, urow["id"], user)
         stmt = update(powers).where(powers.c.id == prow["id"]).values(overdraft=overdraft)
-        if overdraft is not None:
-            stmt = stmt.where(powers.c.balance >= -overdraft)
+        if overdraft is not None:  # what is held must stay payable
+            stmt = stmt.where(powers.c.balance - powers.c.held >= -overdraft)
         if conn.execute(stmt).rowcount != 1:
+            held = f" (with {format_amount(prow['held'])} held)" if prow["held"] else ""
             raise Conflict(
-                f"balance of {user!r} is below -{format_amount(overdraft)}: overdraft refused"
+                f"balance of {user!r} is below -{format_amount(overdraft)}{held}: "
+                "overdraft refused"
             )
         journal.record(
             conn, at=clock.now_us(), kind="power.overdraft", actor=db.actor,
@@ -344,6 +350,10 @@ def delete_power(db: Db, user: str, kind: str = "credits", *, force: bool = Fals
     account = get_account(db, user, kind)
     with db.write() as conn:
         prow = power_row(conn, account.user_id, user, kind)
+        if prow["held"] and not force:
+            raise Conflict(f"{user!r} has {format_amount(prow['held'])} credits held: settle "
+                           "or void the holds first (`holds list`) or use --force",
+                           code="credits_held")
         if prow["balance"] != 0 and not force:
             raise Conflict(
                 f"{user!r} still has {format_amount(prow['balance'])} credits: "
@@ -380,8 +390,10 @@ def add_credits(db: Db, user: str, amount: int, *, note: str | None = None) -> C
         )
         if amount < 0:
             # An unlimited overdraft still ends at the documented range.
+            # What is held stays payable: a subtraction takes only what is available.
             stmt = stmt.where(
-                or_(powers.c.overdraft.is_(None), powers.c.balance + amount >= -powers.c.overdraft),
+                or_(powers.c.overdraft.is_(None),
+                    powers.c.balance - powers.c.held + amount >= -powers.c.overdraft),
                 powers.c.balance >= -MAX_MILLIS - amount,
             )
         else:
@@ -390,11 +402,13 @@ def add_credits(db: Db, user: str, amount: int, *, note: str | None = None) -> C
         if row is None:
             prow = power_row(conn, urow["id"], user)
             after, floor = prow["balance"] + amount, prow["overdraft"]
-            if amount > 0 or floor is None or after >= -floor:
+            if amount > 0 or floor is None or after - prow["held"] >= -floor:
                 raise _out_of_range(f"cannot add {format_amount(amount)} to {user!r}", after)
+            held = f", held {format_amount(prow['held'])}" if prow["held"] else ""
             raise InsufficientCredits(
                 f"cannot subtract {format_amount(-amount)} from {user!r}: balance "
-                f"{format_amount(prow['balance'])}, overdraft {format_amount(prow['overdraft'])}"
+                f"{format_amount(prow['balance'])}{held}, overdraft "
+                f"{format_amount(prow['overdraft'])}"
             )
         event_id = journal.record(
             conn, at=clock.now_us(), kind="credits.added" if amount > 0 else "credits.subtracted",
@@ -418,9 +432,10 @@ def set_credits(db: Db, user: str, target: int, *, note: str | None = None) -> C
         prow = conn.execute(stmt).mappings().first()
         if prow is None:
             raise no_power(user)
-        if prow["overdraft"] is not None and target < -prow["overdraft"]:
+        if prow["overdraft"] is not None and target - prow["held"] < -prow["overdraft"]:
+            held = (f" with {format_amount(prow['held'])} held" if prow["held"] else "")
             raise InsufficientCredits(
-                f"cannot set {user!r} to {format_amount(target)}: below the overdraft "
+                f"cannot set {user!r} to {format_amount(target)}{held}: below the overdraft "
                 f"{format_amount(prow['overdraft'])}"
             )
         diff = target - prow["balance"]

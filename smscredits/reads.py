@@ -79,8 +79,9 @@ class Account:
     power_id: int
     kind: str
     balance: Decimal
+    held: Decimal  # reserved by open holds (see ``holds``)
     overdraft: Decimal | None  # None: unlimited
-    available: Decimal | None  # balance + overdraft; None: unlimited
+    available: Decimal | None  # balance - held + overdraft; None: unlimited
     disabled: bool
     tz: str
 
@@ -145,8 +146,9 @@ def account_of(row: Row, default_tz: str) -> Account:
         power_id=row["id"],
         kind=row["kind"],
         balance=to_decimal(row["balance"]),
+        held=to_decimal(row["held"]),
         overdraft=dec(od),
-        available=None if od is None else to_decimal(row["balance"] + od),
+        available=None if od is None else to_decimal(row["balance"] - row["held"] + od),
         disabled=bool(row["disabled"]),  # sqlite3 gives the stored 0/1
         tz=row["tz"] or default_tz,
     )
@@ -334,3 +336,40 @@ def list_plans(db: Source, user: str | None = None, *, all_: bool = False) -> li
         rows = q.plan_rows(conn, user_id=user_id, all_=all_)
     now = clock.now()
     return [plan_of(r, db.default_tz, now) for r in rows]
+
+
+# -- holds ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenHold:
+    id: str
+    user: str
+    user_id: int | None
+    to: str
+    held: Decimal
+    parts: int
+    at: str
+    expires_at: str | None
+
+
+def open_holds(db: Any, user: str | None = None, *, before: int | None = None
+               ) -> list[OpenHold]:
+    """Messages still held, oldest first: of one user, held before ``before`` (µs)."""
+    from sqlalchemy import select
+
+    from smscredits.storage.tables import messages, users
+
+    stmt = (select(messages, users.c.name)
+            .outerjoin(users, users.c.id == messages.c.user_id)
+            .where(messages.c.status == "held").order_by(messages.c.at, messages.c.id))
+    if before is not None:
+        stmt = stmt.where(messages.c.at < before)
+    with db.read() as conn:
+        if user is not None:
+            _user_id(_queries(db), conn, user)  # an unknown user is its own error
+            stmt = stmt.where(users.c.name == user)
+        rows = conn.execute(stmt).mappings().all()
+    return [OpenHold(r["id"], r["name"] or r["user_name"], r["user_id"], r["to_number"],
+                     to_decimal(r["cost"] or 0), r["parts"], clock.iso(r["at"]) or "",
+                     clock.iso(r["expires_at"])) for r in rows]

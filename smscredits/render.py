@@ -431,7 +431,8 @@ def detail_text(detail: Mapping[str, Any]) -> str:
     return " ".join(shown)
 
 
-TIMES = {"at", "created_at", "updated_at", "resets_at", "next_due_at", "last_applied_at"}
+TIMES = {"at", "created_at", "updated_at", "resets_at", "next_due_at", "last_applied_at",
+         "expires_at"}
 # Columns of free text: they wrap (and are cut with "…" after a few lines). Every other
 # column holds ids, numbers, times, names or references, which are never cut nor wrapped.
 FREE = {"note", "rule", "detail", "meaning"}
@@ -443,6 +444,7 @@ NUMERIC = {
     "amount",
     "balance",
     "balance_after",
+    "held",
     "overdraft",
     "available",
     "cost",
@@ -507,8 +509,13 @@ def balance_panel(account: Any, windows: Sequence[Any], plans: Sequence[Any],
     status = "disabled" if account.disabled else "active"
     values = [("Balance", Text(balance, style="bold")), ("Overdraft", overdraft),
               ("Available", available), ("Status", status)]
-    if fits(9, max(len(balance), len(available)), 9, max(len(overdraft), len(status))):
-        top = grid([[*values[0], *values[1]], [*values[2], *values[3]]])
+    held = cell(account.held) if getattr(account, "held", 0) else ""
+    if held:  # open holds: shown beside the balance they are not yet taken from
+        values = [values[0], ("Held", held), values[2], values[1], values[3]]
+    if fits(9, max(len(balance), len(available)), 9,
+            max(len(overdraft), len(status), len(held))):
+        top = grid([[*values[i], *values[i + 1]] if i + 1 < len(values) else list(values[i])
+                    for i in range(0, len(values), 2)])
     else:  # one value a line
         top = grid([list(v) for v in values])
     parts: list[Any] = [top] if bordered else [

@@ -27,7 +27,7 @@ from smscredits.storage.tables import events, messages, users
 BY = ("day", "week", "month", "country", "user")
 PERIODS = ("day", "week", "month")
 # The one event each sent message has.
-MESSAGE_EVENTS = ("message.charged", "message.unmetered")
+MESSAGE_EVENTS = ("message.charged", "message.unmetered", "message.held")
 MINUTE = 60_000_000  # µs; every zone's offset is whole minutes, so is every period boundary
 
 
@@ -36,8 +36,13 @@ class UsageRow:
     period: str  # 2026-11-25, 2026-W48, 2026-11, a country code or a user name
     messages: int
     parts: int
-    spent: Decimal
+    spent: Decimal  # charged, settled and still held
     refunded: int
+    # Holds: still held, settled, voided, and of those two how many by expiry.
+    held: int
+    settled: int
+    voided: int
+    expired: int
     since: str | None  # ISO UTC: the period's start (by country/user: the asked range)
     until: str | None  # ISO UTC: its end, exclusive
 
@@ -48,12 +53,20 @@ class _Sums:
     parts: int = 0
     spent: int = 0
     refunded: int = 0
+    held: int = 0
+    settled: int = 0
+    voided: int = 0
+    expired: int = 0
 
     def add(self, row: Any) -> None:
         self.messages += row.n
         self.parts += int(row.parts or 0)
         self.spent += int(row.spent or 0)
         self.refunded += row.refunded
+        self.held += row.held
+        self.settled += row.settled
+        self.voided += row.voided
+        self.expired += row.expired
 
 
 def usage(db: Db, user: str | None = None, by: str = "day", limit: int = 31, *,
@@ -95,14 +108,20 @@ def usage(db: Db, user: str | None = None, by: str = "day", limit: int = 31, *,
 
 
 def _grouped(col: Any) -> Any:
-    charged = messages.c.status == "charged"
+    # A hold counts in spend while it holds, at what it holds; a void gives it back.
+    spent = messages.c.status.in_(("charged", "held", "settled"))
+    status = messages.c.status
     return (
         select(
             col.label("k"),
             func.count().label("n"),
             func.sum(messages.c.parts).label("parts"),
-            func.sum(func.coalesce(messages.c.cost, 0)).filter(charged).label("spent"),
-            func.count().filter(messages.c.status == "refunded").label("refunded"),
+            func.sum(func.coalesce(messages.c.cost, 0)).filter(spent).label("spent"),
+            func.count().filter(status == "refunded").label("refunded"),
+            func.count().filter(status == "held").label("held"),
+            func.count().filter(status == "settled").label("settled"),
+            func.count().filter(status == "voided").label("voided"),
+            func.count().filter(messages.c.reason == "expired").label("expired"),
         )
         .where(messages.c.status != "rejected")
         .group_by(col)
@@ -140,7 +159,7 @@ def _one(row: Any) -> _Sums:
 
 def _row(label: str, sums: _Sums, since: str | None, until: str | None) -> UsageRow:
     return UsageRow(label, sums.messages, sums.parts, to_decimal(sums.spent), sums.refunded,
-                    since, until)
+                    sums.held, sums.settled, sums.voided, sums.expired, since, until)
 
 
 def _periods(rows: Iterable[Any], by: str, tz: str, limit: int) -> list[UsageRow]:

@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 
 from smscredits import clock, limits
-from smscredits.amounts import parse_optional, to_decimal
+from smscredits.amounts import parse_amount, parse_optional, to_decimal
 from smscredits.errors import BadInput
 from smscredits.journal import HASHED_COLUMNS, hash_of
 from smscredits.limits import LIMIT_COLUMN, WINDOWS, Keys, Spent
@@ -101,7 +101,7 @@ _UNKNOWN: Any = object()  # a state the journal never set
 class _Account:
     """One account's chain and states, replayed event by event."""
 
-    __slots__ = ("balance", "broken", "charged", "keys", "last_at", "last_id", "last_kind",
+    __slots__ = ("balance", "broken", "charged", "held", "keys", "last_at", "last_id", "last_kind",
                  "limits", "overdraft", "owner", "prev", "refunded", "since", "spent", "tz")
 
     def __init__(self, row: Any, default_tz: str) -> None:
@@ -111,6 +111,7 @@ class _Account:
         self.last_kind: str | None = None
         self.last_at = 0  # the latest instant of its events
         self.balance = 0
+        self.held = 0  # what its open holds reserve
         self.owner: int | None = None  # the user of its power.created
         self.overdraft: Any = _UNKNOWN
         self.limits: list[int | None] = [None, None, None]
@@ -148,6 +149,21 @@ class _Account:
         if keys is not None:
             self.spent = limits.moved(self.keys, self.spent, keys, -abs(amount))
 
+    def hold(self, ref: str, at: int, detail: str | None) -> None:
+        held = parse_amount(json.loads(detail or "{}")["held"])
+        self.held += held
+        if self.since is not None and at >= self.since:
+            self.charge(ref, at, held)  # a hold counts in the windows as a charge does
+
+    def release(self, ref: str, amount: int | None, detail: str | None) -> None:
+        """A hold settled (``amount`` taken), voided or expired: what it held is no longer
+        held, and its windows move by the difference while they are current."""
+        held = parse_amount(json.loads(detail or "{}")["held"])
+        self.held -= held
+        keys = self.charged.get(ref)
+        if keys is not None:
+            self.spent = limits.moved(self.keys, self.spent, keys, -(amount or 0) - held)
+
     def state(self, kind: str, user_id: int | None, detail: str | None) -> None:
         """A change of overdraft or limits, as its event's detail says."""
         values = json.loads(detail) if detail else {}
@@ -177,6 +193,9 @@ def _account_problems(row: Any, acc: _Account) -> list[Problem]:
     if acc.balance != row["balance"]:
         found.append(Problem("balance", name, "balance differs from the sum of its journal",
                              to_decimal(acc.balance), to_decimal(row["balance"])))
+    if acc.held != row["held"]:
+        found.append(Problem("held", name, "held differs from the open holds of its journal",
+                             to_decimal(acc.held), to_decimal(row["held"])))
     for i, window in enumerate(WINDOWS):
         if acc.spent[i] != row[f"{window}_spent"]:
             detail = (f"{window} counter differs from its journal" if acc.since is not None
@@ -223,6 +242,7 @@ def _deleted_problems(name: str, acc: _Account) -> list[Problem]:
 # -- the pass ----------------------------------------------------------------------------------
 
 _STATE_KINDS = frozenset({"power.created", "power.overdraft", "limits.set"})
+_RELEASES = frozenset({"message.settled", "message.voided", "message.expired"})
 _USER_KINDS = frozenset({"user.added", "user.disabled", "user.enabled", "user.tz_changed",
                          "user.renamed", "user.deleted"})
 _PLAN_STATUS = {"refill.scheduled": ACTIVE, "refill.resumed": ACTIVE, "refill.paused": PAUSED,
@@ -272,6 +292,10 @@ class _Replay:
                         acc.charge(ref, at, amount)
                 elif kind == "message.refunded":
                     acc.refund(ref, amount)
+                elif kind == "message.held":
+                    self.guarded(acc.hold, event_id, user_id, ref, at, detail)
+                elif kind in _RELEASES:
+                    self.guarded(acc.release, event_id, user_id, ref, amount, detail)
                 elif kind in _STATE_KINDS:
                     self.guarded(acc.state, event_id, user_id, kind, user_id, detail)
                 elif kind == "power.deleted":
@@ -287,11 +311,12 @@ class _Replay:
                                       "event detail unreadable", event_id=event_id))
 
     def read_refunds(self, conn: Connection) -> None:
-        """Which messages of each account were refunded within its windows (a scan the
-        database does by itself, far cheaper than the pass)."""
+        """Which messages of each account were refunded or had their hold released within
+        its windows (a scan the database does by itself, far cheaper than the pass): the
+        windows of their charge or hold are remembered for those only."""
         result = conn.execution_options(yield_per=5000).execute(
             select(events.c.power_id, events.c.ref, events.c.at)
-            .where(events.c.kind == "message.refunded")
+            .where(events.c.kind.in_(["message.refunded", *_RELEASES]))
         )
         for power_id, ref, at in result:
             acc = self.accounts.get(power_id)
@@ -401,9 +426,11 @@ class _Replay:
 # -- messages ----------------------------------------------------------------------------------
 
 # Each row of the grouped check is a message row (0) or one of its events.
-_ROW, _CHARGE, _REFUND, _UNMETERED = 0, 1, 2, 3
+_ROW, _CHARGE, _REFUND, _UNMETERED, _HELD, _SETTLED, _VOIDED, _EXPIRED = range(8)
 _MESSAGE_KINDS = {"message.charged": _CHARGE, "message.refunded": _REFUND,
-                  "message.unmetered": _UNMETERED}
+                  "message.unmetered": _UNMETERED, "message.held": _HELD,
+                  "message.settled": _SETTLED, "message.voided": _VOIDED,
+                  "message.expired": _EXPIRED}
 
 
 def _message_problems(conn: Connection, names: dict[int, str]) -> list[Problem]:
@@ -451,13 +478,32 @@ def _message_check() -> Any:
         of(_CHARGE, both.c.power_id).label("charged_power"),
         of(_REFUND, both.c.amount).label("refunded"),
         of(_REFUND, both.c.power_id).label("refunded_power"),
+        count(_HELD).label("holds"), of(_HELD, both.c.power_id).label("held_power"),
+        count(_SETTLED).label("settles"), count(_VOIDED).label("voids"),
+        count(_EXPIRED).label("expiries"),
+        func.coalesce(of(_SETTLED, both.c.amount), of(_EXPIRED, both.c.amount), 0)
+        .label("settled"),
         func.max(both.c.event_id).label("event_id"),
     ).group_by(both.c.id).subquery()
     g = grouped.c
     charge_matches = and_(g.charges == 1, g.unmetered == 0, g.charged == -g.cost,
                           g.charged_power == g.power_id)
+    held = and_(g.holds == 1, g.charges == 0, g.unmetered == 0, g.held_power == g.power_id)
+    released = g.settles + g.voids + g.expiries
     valid = or_(
-        and_(g.status == "rejected", g.charges + g.refunds + g.unmetered == 0),
+        and_(g.status == "rejected", g.charges + g.refunds + g.unmetered + g.holds == 0),
+        # A hold: open; settled (by settle or expiry) at its cost; voided (by void or
+        # expiry, which then takes nothing); settled and then refunded.
+        and_(g.status == "held", held, released + g.refunds == 0),
+        and_(g.status == "settled", held, released == 1, g.voids == 0, g.refunds == 0,
+             g.settled == -g.cost),
+        and_(g.status == "voided", held, released == 1, g.settles == 0, g.refunds == 0,
+             g.settled == 0),
+        and_(g.status == "refunded", held, released == 1, g.voids == 0, g.refunds == 1,
+             g.settled == -g.cost, g.refunded == g.cost, g.refunded_power == g.power_id),
+        # An unmetered user's hold: recorded, never journaled beyond its unmetered event.
+        and_(g.status.in_(("held", "settled", "voided")), g.power_id.is_(None),
+             g.unmetered == 1, g.charges + g.refunds + g.holds + released == 0),
         and_(g.status == "charged", g.power_id.is_(None), g.unmetered == 1,
              g.charges + g.refunds == 0),
         and_(g.status == "charged", charge_matches, g.refunds == 0),
@@ -481,13 +527,20 @@ def _message_problem(row: Any, name: str) -> Problem:
 
     if not row.rows:
         return problem("journaled, but not in the messages table", None, None)
-    if row.charges > 1 or row.refunds > 1 or row.unmetered > 1:
+    if row.charges > 1 or row.refunds > 1 or row.unmetered > 1 or row.holds > 1:
         return problem("journaled more than once", "1 charge, at most 1 refund",
-                       f"{row.charges} charge(s), {row.refunds} refund(s), "
-                       f"{row.unmetered} unmetered")
+                       f"{row.charges} charge(s), {row.holds} hold(s), {row.refunds} "
+                       f"refund(s), {row.unmetered} unmetered")
+    if row.settles + row.voids + row.expiries > 1:
+        return problem("hold released more than once", "1 settle, void or expiry",
+                       f"{row.settles} settle(s), {row.voids} void(s), {row.expiries} "
+                       "expiry(ies)")
     journaled = _journaled_status(row)
     if journaled != row.status:
         return problem("status differs from its journal", journaled, row.status)
+    if row.holds and row.status in ("settled", "refunded") and row.cost != -row.settled:
+        return problem("cost differs from its journal", to_decimal(-row.settled),
+                       None if row.cost is None else to_decimal(row.cost))
     if row.charged is not None and row.cost != -row.charged:
         return problem("cost differs from its journal", to_decimal(-row.charged),
                        None if row.cost is None else to_decimal(row.cost))
@@ -498,6 +551,12 @@ def _message_problem(row: Any, name: str) -> Problem:
 
 
 def _journaled_status(row: Any) -> str:
+    if row.holds:
+        if row.settles + row.voids + row.expiries == 0:
+            return "held"
+        if row.refunds:
+            return "refunded"
+        return "voided" if row.voids or (row.expiries and not row.settled) else "settled"
     if row.charges + row.refunds + row.unmetered == 0:
         return "rejected"
     if row.unmetered:

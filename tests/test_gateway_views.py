@@ -75,9 +75,9 @@ def test_usage_by_user_and_by_week(gateway: Any) -> None:
     assert [(r["period"], r["messages"], r["spent"], r["since"], r["until"])
             for r in by_user] == [("alice", 3, D(19), None, None), ("bob", 2, D(10), None, None)]
     assert by_week.splitlines() == [
-        "period,messages,parts,spent,refunded,since,until",
-        "2026-W44,1,16,16,0,2026-10-25T23:00:00Z,2026-11-01T23:00:00Z",
-        "2026-W43,4,15,13,0,2026-10-18T22:00:00Z,2026-10-25T23:00:00Z",
+        "period,messages,parts,spent,refunded,held,settled,voided,expired,since,until",
+        "2026-W44,1,16,16,0,0,0,0,0,2026-10-25T23:00:00Z,2026-11-01T23:00:00Z",
+        "2026-W43,4,15,13,0,0,0,0,0,2026-10-18T22:00:00Z,2026-10-25T23:00:00Z",
     ]
     assert refused.exit_code == 2
     assert "--by user needs no USER" in refused.stderr

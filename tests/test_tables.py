@@ -32,7 +32,7 @@ WIDTHS = (60, 80, 120)
 EVENTS = [("ID", "id"), ("At (UTC)", "at"), ("User", "user"), ("Kind", "kind"),
           ("Amount", "amount"), ("Balance", "balance_after"), ("Ref", "ref"), ("Note", "note"),
           ("Actor", "actor"), ("Detail", "detail")]
-ACCOUNTS = [("User", "user"), ("Power", "kind"), ("Balance", "balance"),
+ACCOUNTS = [("User", "user"), ("Power", "kind"), ("Balance", "balance"), ("Held", "held"),
             ("Overdraft", "overdraft"), ("Available", "available"), ("Disabled", "disabled")]
 WINDOWS = [("Window", "window"), ("Limit", "limit"), ("Spent", "spent"),
            ("Remaining", "remaining"), ("Resets at", "resets_at")]

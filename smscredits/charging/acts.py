@@ -144,6 +144,7 @@ def _end(batch: Batch, op: MessageOp, row: dict[str, Any], status: str, *, cost:
     else:
         cost = 0
     batch.change(op.id, status=status, cost=cost, parts=parts,
+                 reason="expired" if expired else reason,
                  balance_after=power.balance if power is not None else None)
     if power is not None and cost and power.refill_below is not None \
             and power.balance < power.refill_below:

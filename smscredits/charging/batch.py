@@ -57,7 +57,7 @@ MESSAGE_COLUMNS = ("id", "user_name", "user_id", "power_id", "at", "to_number", 
                    "balance_after", "day_key", "week_key", "month_key", "expires_at")
 MessageRow = tuple[Any, ...]
 # What an act on a recorded message may change of its row (``Batch.change``).
-CHANGED_COLUMNS = ("parts", "cost", "status", "balance_after")  # in the table's order
+CHANGED_COLUMNS = ("parts", "cost", "status", "reason", "balance_after")  # the table's order
 _UNREAD: Any = object()  # an account name the batch has not looked up
 
 

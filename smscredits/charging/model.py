@@ -187,10 +187,17 @@ def parts_of(req: ChargeRequest) -> Parts:
 class BatchSummary:
     """What a stream of charges did, counted apart: new charges, replays of earlier results
     (a rerun of a file charges nothing), refusals by reason and errors (bad lines, conflicts)
-    by reason. ``cost`` (millis) is what this run charged, replays excluded."""
+    by reason. ``cost`` (millis) is what this run charged (settles included, refunds taken
+    off), replays excluded."""
 
     lines: int = 0
     charged: int = 0
+    # Holds and the acts on them (a void of a settled message counts as refunded).
+    held: int = 0
+    settled: int = 0
+    voided: int = 0
+    refunded: int = 0
+    ignored: int = 0
     replayed: int = 0
     rejected: int = 0
     errors: int = 0
@@ -211,6 +218,12 @@ class BatchSummary:
                 self.charged += 1
                 if r.cost is not None:
                     spent += r.cost
+            elif r.status in _ACTED:
+                setattr(self, r.status, getattr(self, r.status) + 1)
+                if r.status == "settled" and r.cost is not None:
+                    spent += r.cost
+                elif r.status == "refunded" and r.cost is not None:
+                    spent -= r.cost
             elif r.status == "rejected":
                 self.rejected += 1
                 _count(self.rejected_by_reason, r.reason)
@@ -219,6 +232,9 @@ class BatchSummary:
                 _count(self.errors_by_reason, r.reason)
         self.lines += len(results)
         self.cost += int(spent * 1000)
+
+
+_ACTED = frozenset({"held", "settled", "voided", "refunded", "ignored"})
 
 
 def _count(counts: dict[str, int], reason: str | None) -> None:

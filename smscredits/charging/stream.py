@@ -31,7 +31,10 @@ from smscredits.charging import (
     Pending,
     request_problem,
 )
+from smscredits.charging.model import OPS, MessageOp
+from smscredits.config import is_text
 from smscredits.errors import BadInput
+from smscredits.holds import parse_ttl
 from smscredits.pricing import MAX_PARTS
 from smscredits.render import charge_line
 from smscredits.validate import is_message_id
@@ -83,7 +86,16 @@ def _more_ready(stream: BufferedIOBase) -> bool:
         return False
 
 
-FIELDS = frozenset(("user", "to", "text", "parts", "id"))
+FIELDS = frozenset(("user", "to", "text", "parts", "id"))  # a charge's
+# Every field a line may have: a hold's ``ttl`` (90s, 30m, 48h), a report's ``status`` and
+# ``from``, a void's or refund's ``note``, and ``op`` (see ``model.OPS``).
+ALL_FIELDS = FIELDS | {"op", "ttl", "status", "from", "note"}
+# The fields each op takes besides ``op``.
+_OP_FIELDS = {
+    "charge": FIELDS, "hold": FIELDS | {"ttl"},
+    "settle": frozenset(("id", "user", "parts")), "void": frozenset(("id", "user", "note")),
+    "refund": frozenset(("id", "note")), "dlr": frozenset(("id", "status", "from")),
+}
 
 
 def parse_line(raw: bytes, lineno: int) -> Any:
@@ -110,10 +122,16 @@ def _request(raw: bytes) -> Any:
     data = json.loads(line)
     if not isinstance(data, dict):
         raise BadInput("expected a JSON object")
-    unknown = sorted(set(data) - FIELDS)
+    op = data.get("op", "charge")
+    if op not in _OP_FIELDS:
+        raise BadInput(f"bad op {str(op)[:40]!r}: expected one of {', '.join(OPS)}")
+    unknown = sorted(set(data) - _OP_FIELDS[op] - {"op"})
     if unknown:
         shown = ", ".join(repr(k[:40]) for k in unknown[:5]) + (", ..." if unknown[5:] else "")
-        raise BadInput(f"unknown field(s) {shown}")
+        raise BadInput(f"unknown field(s) {shown}" + (f" for op {op!r}" if op != "charge"
+                                                      else ""))
+    if op not in ("charge", "hold"):
+        return _act(op, data)
     user, to, text, parts, msg_id = (data.get(k) for k in ("user", "to", "text", "parts", "id"))
     if not isinstance(user, str) or not isinstance(to, str):
         raise BadInput("user and to must be strings")
@@ -128,11 +146,36 @@ def _request(raw: bytes) -> Any:
                        f"must be 1-{MAX_PARTS}")
     if msg_id is not None and not isinstance(msg_id, str):
         raise BadInput("id must be a string")
-    req = ChargeRequest(user, to, text, parts, msg_id)
+    ttl = data.get("ttl")
+    if ttl is not None and not isinstance(ttl, str):
+        raise BadInput("ttl must be a string: 90s, 30m, 48h or 7d")
+    req = ChargeRequest(user, to, text, parts, msg_id, hold=op == "hold",
+                        ttl=None if ttl is None else parse_ttl(ttl))
     problem = request_problem(req)  # what the charger would refuse as bad input
     if problem is not None:
         raise BadInput(problem)
     return req
+
+
+def _act(op: str, data: dict[str, Any]) -> MessageOp:
+    """A settle, void, refund or report line as a MessageOp, or BadInput naming its fault."""
+    msg_id, user, parts = data.get("id"), data.get("user"), data.get("parts")
+    if not isinstance(msg_id, str) or not is_message_id(msg_id):
+        raise BadInput(f"{op} needs an id: 1-128 printable ASCII characters, no spaces")
+    if user is not None and not isinstance(user, str):
+        raise BadInput("user must be a string")
+    if parts is not None and (type(parts) is not int or not 1 <= parts <= MAX_PARTS):
+        raise BadInput(f"bad parts: must be a whole number 1-{MAX_PARTS}")
+    for key in ("note", "status", "from"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise BadInput(f"{key} must be a string")
+    if op == "dlr" and (data.get("status") is None or data.get("from") is None):
+        raise BadInput("dlr needs a status and from (kannel, jasmin or smpp)")
+    for key in ("user", "note", "status", "from"):
+        if isinstance(data.get(key), str) and ("\x00" in data[key] or not is_text(data[key])):
+            raise BadInput(f"bad {key}: a NUL or a lone surrogate")
+    return MessageOp(op, msg_id, user=user, parts=parts, status=data.get("status"),
+                     source=data.get("from"), note=data.get("note"))
 
 
 # The cyclic collector's thresholds while a file is charged. Each line allocates a score of
@@ -151,7 +194,8 @@ def charge_lines(charger: Charger, stream: BufferedIOBase, summary: BatchSummary
     from orjson import loads
 
     counted = summary if summary is not None else BatchSummary()
-    fields, lineno = FIELDS, 0
+    # A charge or hold, and a settle or void by id alone: the lines a gateway sends most.
+    fields, bare_act, lineno = FIELDS | {"op"}, frozenset(("op", "id")), 0
 
     def parse(raw: bytes, number: int) -> Any:
         """``parse_line``, with a well-formed line decoded by orjson and checked in one
@@ -164,14 +208,21 @@ def charge_lines(charger: Charger, stream: BufferedIOBase, summary: BatchSummary
             data = loads(raw)
         except ValueError:
             return parse_line(raw, number)
-        if type(data) is dict and data.keys() <= fields and b"\\u0000" not in raw:
+        if type(data) is not dict or b"\\u0000" in raw:
+            return parse_line(raw, number)
+        op = data.get("op", "charge")
+        if (op == "charge" or op == "hold") and data.keys() <= fields:
             user, to, text, parts, msg_id = (data.get("user"), data.get("to"),
                                              data.get("text"), data.get("parts"), data.get("id"))
             if (type(user) is str and type(to) is str
                     and ((type(text) is str and parts is None)
                          or (text is None and type(parts) is int and 0 < parts <= MAX_PARTS))
                     and (msg_id is None or (type(msg_id) is str and is_message_id(msg_id)))):
-                return ChargeRequest(user, to, text, parts, msg_id)
+                return ChargeRequest(user, to, text, parts, msg_id, hold=op == "hold")
+        elif (op == "settle" or op == "void") and data.keys() <= bare_act:
+            msg_id = data.get("id")
+            if type(msg_id) is str and is_message_id(msg_id):
+                return MessageOp(op, msg_id)
         return parse_line(raw, number)
 
     thresholds = gc.get_threshold()
@@ -192,13 +243,14 @@ def charge_lines(charger: Charger, stream: BufferedIOBase, summary: BatchSummary
             for raw in lines:  # every line gets its result, a blank one too
                 lineno += 1
                 parsed.append((lineno, parse(raw, lineno)))
-            reqs = [p for _, p in parsed if type(p) is ChargeRequest]
+            reqs = [p for _, p in parsed if type(p) is ChargeRequest or type(p) is MessageOp]
             if in_flight is not None:  # the batch before commits while this one is read
                 yield _durable(in_flight)
                 in_flight = None
             pending = charger.begin(reqs) if reqs else None
             charged = iter(pending.results if pending is not None else ())
-            results = [next(charged) if type(p) is ChargeRequest else p for _, p in parsed]
+            results = [next(charged) if type(p) is ChargeRequest or type(p) is MessageOp else p
+                       for _, p in parsed]
             counted.add_all(results)
             in_flight = (pending, "".join([charge_line(r, n) + "\n"
                                            for r, (n, _) in zip(results, parsed, strict=True)]))

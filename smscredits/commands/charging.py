@@ -259,15 +259,25 @@ def register(root: typer.Typer) -> None:
                                                    "the same id is not charged again.")] = None,
         file: Annotated[str | None, typer.Option("--file", help="JSON lines to charge "
                                                  "(- for stdin); one result line each.")] = None,
+        hold: Annotated[bool, typer.Option("--hold", help="Hold the cost until the message "
+                                           "is settled or voided (see `settle`, `dlr`).")
+                        ] = False,
+        ttl: Annotated[str | None, typer.Option(help="How long the hold waits for its "
+                                                "report: 90s, 30m, 48h (default: hold_ttl).")
+                       ] = None,
     ) -> None:
-        """Charge one message (or a stream of them with --file)."""
+        """Charge one message (or a stream of them with --file); --hold to hold it."""
         if file is not None:
-            if user is not None or to is not None or text is not None or parts is not None:
-                raise BadInput("--file takes no USER, --to, --text or --parts")
+            if user is not None or to is not None or text is not None or parts is not None \
+                    or hold or ttl is not None:
+                raise BadInput("--file takes no USER, --to, --text, --parts, --hold or --ttl "
+                               "(a line says \"op\": \"hold\")")
             raise typer.Exit(_charge_file(file))
         if user is None or to is None:
             raise BadInput("give USER and --to (or --file)")
-        _charge_one(user, to, text, parts, msg_id)
+        if ttl is not None and not hold:
+            raise BadInput("--ttl is for a hold: add --hold")
+        _charge_one(user, to, text, parts, msg_id, hold=hold, ttl=ttl)
 
     @command(root, "refund", rich_help_panel=panel,
              example="smscredits refund msg-1 --note 'not delivered'")
@@ -312,9 +322,18 @@ def register(root: typer.Typer) -> None:
 
             if usage_chart(out.console(), rows, by.capitalize(), title):
                 return
+        holds = any(r.held or r.settled or r.voided for r in rows)
         out.rows(rows, [("period", by.capitalize()), ("messages", "Messages"),
-                        ("parts", "Parts"), ("spent", "Spent"), ("refunded", "Refunded")],
-                 title=title, empty="no messages yet", optional={"parts": 1, "refunded": 2})
+                        ("parts", "Parts"), ("spent", "Spent"), ("refunded", "Refunded"),
+                        *(HOLD_USAGE if holds else [])],
+                 title=title, empty="no messages yet",
+                 optional={"parts": 1, "refunded": 2, "held": 3, "settled": 3, "voided": 3,
+                           "expired": 3})
+
+
+# Usage columns of holds, in a table only where holds were used.
+HOLD_USAGE = [("held", "Held"), ("settled", "Settled"), ("voided", "Voided"),
+              ("expired", "Expired")]
 
 
 def _user_zone(handle: Any, user: str) -> str:
@@ -324,21 +343,23 @@ def _user_zone(handle: Any, user: str) -> str:
 
 
 def _charge_one(user: str, to: str, text: str | None, parts: int | None,
-                msg_id: str | None) -> None:
-    from smscredits import validate
+                msg_id: str | None, *, hold: bool = False, ttl: str | None = None) -> None:
+    from smscredits import holds, validate
     from smscredits.charging import Charger, ChargeRequest
 
     if (text is None) == (parts is None):
         raise BadInput("give exactly one of --text and --parts")
-    req = ChargeRequest(user, to, text, parts, validate.message_id(msg_id) if msg_id else None)
+    req = ChargeRequest(user, to, text, parts, validate.message_id(msg_id) if msg_id else None,
+                        hold=hold, ttl=holds.parse_ttl(ttl) if ttl is not None else None)
     with Charger(db()) as charger:
         result = charger.charge(req)
     out = output()
+    done = result.status in ("charged", "held")
     if out.machine:
         out.one(result)
-    elif result.status == "charged":
+    elif done:
         out.message(_charged_text(user, result, given_id=msg_id is not None))
-    if result.status != "charged":
+    if not done:
         if not out.machine:
             out.error(result.reason or "error", f"{user}: charge refused, {result.message} "
                                                 f"({result.reason})")
@@ -355,6 +376,9 @@ def _charged_text(user: str, r: Any, *, given_id: bool) -> str:
     if r.replayed:
         return (f"{user}: {r.id} already charged {r.cost} (balance then {r.balance}), "
                 "nothing charged now")
+    if r.status == "held":
+        return (f"{user}: held {r.cost} for {what} to {r.to} ({r.rule} at {r.price}) until "
+                f"{r.expires_at}, balance {r.balance}{ident}")
     return (f"{user}: charged {r.cost} for {what} to {r.to} ({r.rule} at {r.price}), "
             f"balance {r.balance}{ident}")
 
@@ -383,6 +407,10 @@ def _charge_file(name: str) -> int:
     return 2 if summary.malformed else 0
 
 
+# Counted apart in a stream's summary, shown only when a line did one.
+ACTED = ("held", "settled", "voided", "refunded", "ignored")
+
+
 def _report(s: Any) -> None:
     """The run's summary on stderr (stdout carries one result per line): a sentence, or with
     --json/--jsonl one JSON object."""
@@ -393,8 +421,9 @@ def _report(s: Any) -> None:
     if out.quiet:
         return
     if out.machine:
+        acted = {k: getattr(s, k) for k in ACTED if getattr(s, k)}
         out.err.write(to_json({"summary": {
-            "lines": s.lines, "charged": s.charged, "replayed": s.replayed,
+            "lines": s.lines, "charged": s.charged, **acted, "replayed": s.replayed,
             "rejected": s.rejected, "errors": s.errors, "cost": to_decimal(s.cost),
             "rejected_by_reason": s.rejected_by_reason, "errors_by_reason": s.errors_by_reason,
         }}) + "\n")
@@ -403,6 +432,7 @@ def _report(s: Any) -> None:
     def by_reason(counts: dict[str, int]) -> str:
         return f" ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})" if counts else ""
 
-    out.err.write(f"{s.lines} line(s): charged {s.charged}, replayed {s.replayed}, refused "
+    done = "".join(f", {k} {getattr(s, k)}" for k in ACTED if getattr(s, k))
+    out.err.write(f"{s.lines} line(s): charged {s.charged}{done}, replayed {s.replayed}, refused "
                   f"{s.rejected}{by_reason(s.rejected_by_reason)}, errors {s.errors}"
                   f"{by_reason(s.errors_by_reason)}; {format_amount(s.cost)} credits charged\n")

@@ -17,11 +17,11 @@ power_app = app("power", "Give users a credits power (put them under credit cont
 USER_COLUMNS = [("user", "User"), ("tz", "Time zone"), ("disabled", "Disabled"),
                 ("balance", "Balance")]
 ACCOUNT_COLUMNS = [("user", "User"), ("kind", "Power"), ("balance", "Balance"),
-                   ("overdraft", "Overdraft"), ("available", "Available"),
+                   ("held", "Held"), ("overdraft", "Overdraft"), ("available", "Available"),
                    ("disabled", "Disabled")]
 # The columns a short width may leave out of a table, with their priority (lowest first).
 USER_OPTIONAL = {"tz": 2, "disabled": 1}
-ACCOUNT_OPTIONAL = {"kind": 1, "overdraft": 3, "disabled": 2}
+ACCOUNT_OPTIONAL = {"kind": 1, "overdraft": 3, "disabled": 2, "held": 4}
 
 # User names are completed by commands.complete (wired by parameter name in base.py).
 UserArg = Annotated[str, typer.Argument(help="User name.", show_default=False)]
