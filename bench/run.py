@@ -11,7 +11,10 @@ Creates its own databases in a temporary directory (and, with a Postgres URL fro
 3. streaming latency of ``charge --file -`` fed one line at a time vs an echo co-process;
 4. charge cost with a big journal (10M events) vs a small one (1k events);
 5. cold start of ``--help``, ``--version``, ``credits balance``, ``log`` vs bare imports;
-6. ``log USER --limit 50`` and ``log --since`` over 1M events.
+6. ``log USER --limit 50`` and ``log --since`` over 1M events;
+7. bulk holds (``"op": "hold"`` lines) and then their settles (``"op": "settle"``) through
+   ``charge --file`` on SQLite vs the same file's plain charges (each the median of
+   alternated runs).
 
 ``--profile`` re-runs the smscredits side of every figure that misses its target under
 cProfile and prints the top entries by cumulative time after the table.
@@ -614,6 +617,43 @@ def figure_sqlite_bulk(ctx: Context) -> list[Figure]:
                            "runs": runs, "reference_runs": ref_runs})]
 
 
+def figure_holds(ctx: Context) -> list[Figure]:
+    """Holds, then settles of those holds, against plain charges of the same messages: the
+    same lines with an ``op``, each side on a fresh copy of one database, alternated."""
+    n = ctx.sizes.messages
+    msgs = list(message_lines(n, ctx.sizes.users, ctx.numbers, random.Random(SEED + n), "h"))
+    charges = write_jsonl(ctx.tmp / "h-charges.jsonl", iter(msgs))
+    holds = write_jsonl(ctx.tmp / "h-holds.jsonl", ({"op": "hold", **m} for m in msgs))
+    settles = write_jsonl(ctx.tmp / "h-settles.jsonl",
+                          ({"op": "settle", "id": m["id"]} for m in msgs))
+    template = ctx.tmp / "holds-template.db"
+    prepare(ctx.cli, str(template), ctx.sizes.users)
+    times: dict[str, list[float]] = {"charge": [], "hold": [], "settle": []}
+    for run in range(ctx.sizes.bulk_runs):
+        for side, jsonl in (("charge", charges), ("hold", holds)):
+            log(f"7: {side} --file, {n} messages on SQLite (run {run + 1})")
+            db = ctx.tmp / f"holds-{side}-{run}.db"
+            copy_db(template, db)
+            seconds, err = ctx.cli.wall(ctx.cli.cmd(str(db), "charge", "--file", str(jsonl)))
+            assert "errors 0" in err, err
+            times[side].append(seconds)
+            os.sync()
+            if side == "hold":
+                log(f"7: settle --file, {n} messages on SQLite (run {run + 1})")
+                seconds, err = ctx.cli.wall(ctx.cli.cmd(str(db), "charge", "--file",
+                                                        str(settles)))
+                assert f"settled {n}" in err, err
+                times["settle"].append(seconds)
+                os.sync()
+            remove_db(db)
+    rate = {side: n / statistics.median(runs) for side, runs in times.items()}
+    return [Figure(f"7{'ab'[i]}", f"bulk {side}s --file, SQLite", rate[side], "messages/s",
+                   "charges of the same file", rate["charge"], "≥ 0.8× baseline",
+                   rate[side] >= 0.8 * rate["charge"], higher_is_better=True,
+                   detail={"messages": n, "runs": times[side], "charge_runs": times["charge"]})
+            for i, side in enumerate(("hold", "settle"))]
+
+
 def remove_db(path: Path) -> None:
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         name.unlink(missing_ok=True)
@@ -972,11 +1012,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--profile", action="store_true",
                         help="profile the smscredits side of every figure that misses its target")
-    parser.add_argument("--only", help="comma-separated figure numbers to run (1-6); 3 and 5 "
+    parser.add_argument("--only", help="comma-separated figure numbers to run (1-7); 3 and 5 "
                         "also run 1, whose database they use")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    only = set(args.only.split(",")) if args.only else set("123456")
+    only = set(args.only.split(",")) if args.only else set("1234567")
     if args.pg and not args.pg.startswith("postgresql"):
         parser.error("--pg must be a postgresql+psycopg:// URL")
 
@@ -1013,6 +1053,8 @@ def main(argv: list[str] | None = None) -> int:
                 figures += figure_log_pages(ctx, journal_db)
             if "4" in only:
                 figures += figure_big_journal(ctx, journal_db)
+            if "7" in only:
+                figures += figure_holds(ctx)
             figures.sort(key=lambda f: f.number)
             elapsed = time.perf_counter() - started
             print_report(ctx, figures, args, elapsed)

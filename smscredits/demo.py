@@ -33,6 +33,20 @@ STEPS: list[tuple[str, list[str]]] = [
     ("A retry of m-1 is not charged again.",
      ["charge", "alice", "--to", "+36301234567", "--text", "Your code is 4711", "--id", "m-1"]),
     ("Refund a message that was not delivered.", ["refund", "m-2", "--note", "not delivered"]),
+    ("Or hold a message's cost when it is sent, and let its delivery report decide: the "
+     "hold counts against the balance and the limits until then.",
+     ["charge", "alice", "--to", "+36301234567", "--parts", "2", "--id", "m-4", "--hold"]),
+    ("Kannel's dlr-url reports it delivered (%d = 1): the hold is settled. (`settle m-4 "
+     "--parts 1` would settle it at the parts the SMSC really sent.)",
+     ["dlr", "m-4", "1", "--from", "kannel"]),
+    ("", ["charge", "alice", "--to", "+36301234567", "--parts", "1", "--id", "m-5", "--hold"]),
+    ("Jasmin reports a failure: the hold is voided, nothing is charged.",
+     ["dlr", "m-5", "UNDELIV", "--from", "jasmin"]),
+    ("A hold whose report never comes expires (hold_ttl, 48h by default): cron runs "
+     "`smscredits holds expire`; --older-than ends older holds at once.",
+     ["charge", "alice", "--to", "+36301234567", "--parts", "1", "--id", "m-6", "--hold"]),
+    ("", ["holds", "list"]),
+    ("", ["holds", "expire", "--older-than", "0s"]),
     ("Where the limits stand.", ["limits", "show", "alice"]),
     ("Raise a limit: the journal keeps the old value beside the new one.",
      ["limits", "set", "alice", "--daily", "30"]),

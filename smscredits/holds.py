@@ -74,6 +74,13 @@ def parse_ttl(text: str) -> int:
     return seconds * 1_000_000
 
 
+def parse_age(text: str) -> int:
+    """An age for ``--older-than``: as a ttl, and ``0s`` too (µs)."""
+    if text.strip() in ("0", "0s", "0m", "0h", "0d"):
+        return 0
+    return parse_ttl(text)
+
+
 def check_action(value: str, allowed: tuple[str, ...], what: str) -> str:
     if value not in allowed:
         raise BadInput(f"bad {what} {value!r}: expected one of {', '.join(allowed)}")

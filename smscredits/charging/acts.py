@@ -80,7 +80,9 @@ def _void(batch: Batch, op: MessageOp, row: dict[str, Any]) -> ChargeResult:
 
 
 def _expire(batch: Batch, op: MessageOp, row: dict[str, Any]) -> ChargeResult:
-    if row["status"] != "held" or (row["expires_at"] or 0) > batch.now:
+    due = (row["expires_at"] or 0) <= batch.now or (op.before is not None
+                                                    and row["at"] <= op.before)
+    if row["status"] != "held" or not due:
         return _as_it_stands(row, op, replayed=False)  # settled meanwhile, or not due
     settle = batch.rules().expiry == holds.SETTLE
     return _end(batch, op, row, "settled" if settle else "voided",

@@ -180,16 +180,17 @@ class Charger:
     def refund(self, msg_id: str, *, note: str | None = None) -> ChargeResult:
         return self.charge_batch([MessageOp("refund", msg_id, note=note)])[0]
 
-    def expire(self, *, batch: int = 1000) -> list[ChargeResult]:
-        """Settle or void (``hold_expiry``) every hold past its expiry, ``batch`` at a
-        time, each batch one transaction; the results of those it ended."""
+    def expire(self, *, batch: int = 1000, before: int | None = None) -> list[ChargeResult]:
+        """Settle or void (``hold_expiry``) every hold past its expiry (and with ``before``
+        every hold made before that instant, µs), ``batch`` at a time, each batch one
+        transaction; the results of those it ended."""
         ended: list[ChargeResult] = []
         while True:
             with self.db.read() as conn:
-                due = due_holds(conn, clock.now_us(), batch)
+                due = due_holds(conn, clock.now_us(), batch, before)
             if not due:
                 return ended
-            results = self.charge_batch([MessageOp("expire", i) for i in due])
+            results = self.charge_batch([MessageOp("expire", i, before=before) for i in due])
             done = [r for r in results if r.status in ("settled", "voided")]
             ended += done
             if not done:  # all settled meanwhile, or not due on this host's clock

@@ -56,7 +56,8 @@ class MessageOp:
     """An act on the message recorded under ``id``: ``settle`` (``parts``: the parts the
     SMSC actually sent, if they differ), ``void``, ``refund``, ``dlr`` (``status`` as
     ``source`` reports it) or ``expire`` (what ``holds expire`` does to a hold that is due).
-    ``user``, when given, must be the message's; ``note`` goes to the event."""
+    ``user``, when given, must be the message's; ``note`` goes to the event. ``before``: an
+    expire also ends a hold made before this instant (µs), whatever its expiry."""
 
     op: str
     id: str
@@ -65,6 +66,7 @@ class MessageOp:
     status: str | None = None
     source: str | None = None
     note: str | None = None
+    before: int | None = None
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass takes 3x as long to make

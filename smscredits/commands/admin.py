@@ -60,6 +60,9 @@ def config_show() -> None:
         value = config.mask_url(s.value) if key == "db" and s.value else s.value
         rows.append({"key": key, "value": value, "source": s.source, "env": env,
                      "meaning": meaning})
+    for key, value in config.dlr_settings().items():
+        rows.append({"key": key, "value": value, "source": "file", "env": None,
+                     "meaning": "what this delivery status does to a hold"})
     output().rows(rows, [("key", "Key"), ("value", "Value"), ("source", "Source"),
                          ("env", "Environment")], title=f"Settings ({config.config_file()})",
                   optional={"source": 2, "env": 1})
@@ -67,7 +70,9 @@ def config_show() -> None:
 
 @command(config_app, "set", example="smscredits config set default_tz Europe/Budapest")
 def config_set(
-    key: Annotated[str, typer.Argument(help="db, default_tz or actor.")],
+    key: Annotated[str, typer.Argument(help="db, default_tz, actor, hold_ttl, hold_expiry, "
+                                            "void_settled, or dlr.<kannel|jasmin|smpp>."
+                                            "<STATUS>.")],
     value: Annotated[str | None, typer.Argument(help="New value; leave out to unset.")] = None,
 ) -> None:
     """Write a setting to the config file (leave the value out to remove it)."""
@@ -79,6 +84,10 @@ def config_set(
         from smscredits.storage.engine import to_url
 
         to_url(value)
+    if value is not None:
+        from smscredits import holds
+
+        holds.check_setting(key, value)
     path = config.write_setting(key, value, None)
     shown = config.mask_url(value) if key == "db" and value else value
     output().message(f"{path}: {key} = {shown}" if value is not None else f"{path}: {key} unset",

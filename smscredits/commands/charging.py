@@ -377,8 +377,10 @@ def _charged_text(user: str, r: Any, *, given_id: bool) -> str:
         return (f"{user}: {r.id} already charged {r.cost} (balance then {r.balance}), "
                 "nothing charged now")
     if r.status == "held":
-        return (f"{user}: held {r.cost} for {what} to {r.to} ({r.rule} at {r.price}) until "
-                f"{r.expires_at}, balance {r.balance}{ident}")
+        from smscredits.render import local_time
+
+        return (f"{user}: held {r.cost} for {what} to {r.to} until "
+                f"{local_time(r.expires_at, 'UTC')}{ident}")
     return (f"{user}: charged {r.cost} for {what} to {r.to} ({r.rule} at {r.price}), "
             f"balance {r.balance}{ident}")
 

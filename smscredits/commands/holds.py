@@ -40,7 +40,11 @@ def act_text(r: Any) -> str:
     if r.replayed or r.status == "ignored":
         return f"{user}{r.id} {r.message}"
     if r.status == "held":
-        return f"{user}held {r.cost} for {r.id} until {r.expires_at}"
+        from smscredits.render import local_time
+
+        return f"{user}{r.id} held {r.cost} until {local_time(r.expires_at, 'UTC')}"
+    if not r.metered:
+        return f"{user}{r.id} {r.status} (not metered)"
     if r.status == "settled":
         note = f" ({r.message})" if r.reason else ""
         return (f"{user}{r.id} settled at {r.cost} (held {r.held}, {r.parts} part"
@@ -93,9 +97,10 @@ def register(root: typer.Typer) -> None:
                           ] = "smpp",
     ) -> None:
         """A delivery report: settles, voids or leaves the hold, by the status mapping."""
-        from smscredits import validate
+        from smscredits import holds, validate
         from smscredits.charging import Charger
 
+        holds.check_action(source, holds.SOURCES, "--from")
         with Charger(db()) as charger:
             show_act(charger.dlr(validate.message_id(msg_id), status, source))
 
@@ -110,7 +115,7 @@ def holds_list(
     from smscredits import clock, holds, reads
     from smscredits.render import in_zone
 
-    before = clock.now_us() - holds.parse_ttl(older_than) if older_than else None
+    before = clock.now_us() - holds.parse_age(older_than) if older_than else None
     handle = db()
     found = reads.open_holds(handle, user, before=before)
     out = output()
@@ -120,12 +125,18 @@ def holds_list(
 
 
 @command(holds_app, "expire", example="smscredits holds expire")
-def holds_expire() -> None:
+def holds_expire(
+    older_than: Annotated[str | None, typer.Option(
+        help="Also end holds made longer ago than this (0s: every open hold), whatever "
+             "their expiry.")] = None,
+) -> None:
     """Settle or void (hold_expiry) every hold past its expiry; for cron."""
+    from smscredits import clock, holds
     from smscredits.charging import Charger
 
+    before = None if older_than is None else clock.now_us() - holds.parse_age(older_than)
     with Charger(db()) as charger:
-        ended = charger.expire()
+        ended = charger.expire(before=before)
     out = output()
     settled = sum(r.status == "settled" for r in ended)
     if out.machine:
