@@ -396,9 +396,11 @@ class Batch:
             row["user_id"] == (account.user_id if account else None)))
         # A cost past the range (refused with its quote) is unlike any recorded one.
         too_dear = rejection is not None and rejection.reason == "amount_out_of_range"
+        # A hold settled at other parts, or voided, no longer has the cost it was held at.
         same_cost = (quote is None and not too_dear) or row["cost"] is None or (
             quote is not None and row["cost"] == quote.cost) or (
-            row["power_id"] is None and row["status"] != "rejected")
+            row["power_id"] is None and row["status"] != "rejected") or (
+            req.hold and row["status"] in ("settled", "voided", "refunded"))
         if not (same_user and same_cost):
             return ChargeResult(
                 "error", req.id, req.user, req.to, reason="conflict",
