@@ -233,24 +233,41 @@ def _move(conn: Connection, db: Db, row: RowMapping, tz: str) -> None:
 
 
 def _recounted(conn: Connection, prow: RowMapping, tz: str, now: int) -> dict[str, int]:
-    """The window keys and spending of an account at ``now`` in ``tz``, from its journal."""
+    """The window keys and spending of an account at ``now`` in ``tz``, from its journal:
+    each charge or hold counts in the windows of its instant, net of what its settle, void,
+    expiry or refund moved since (``limits.moved`` on the message's own windows)."""
+    import json
+
+    from smscredits.amounts import parse_amount
     from smscredits.storage.tables import events
 
     keys = limits.keys_at(now, tz)
     starts = [limits.starts_at(w, k, tz) for w, k in zip(limits.WINDOWS, keys, strict=True)]
     rows = conn.execute(
-        select(events.c.kind, events.c.ref, events.c.at, events.c.amount)
+        select(events.c.kind, events.c.ref, events.c.at, events.c.amount, events.c.detail)
         .where(events.c.power_id == prow["id"], events.c.at >= min(starts),
-               events.c.kind.in_(("message.charged", "message.refunded")))
+               events.c.kind.in_(_WINDOW_KINDS)).order_by(events.c.id)
     ).all()
-    refunded = {r.ref for r in rows if r.kind == "message.refunded"}
+    counted: dict[str, list[int]] = {}  # ref: [instant of its charge or hold, net amount]
+    for r in rows:
+        if r.kind == "message.charged":
+            counted[r.ref] = [r.at, -r.amount]
+        elif r.kind == "message.held":
+            counted[r.ref] = [r.at, parse_amount(json.loads(r.detail)["held"])]
+        elif r.ref in counted and r.kind == "message.refunded":
+            counted[r.ref][1] -= r.amount
+        elif r.ref in counted:  # settled, voided, expired: the difference from the hold
+            counted[r.ref][1] += -(r.amount or 0) - parse_amount(json.loads(r.detail)["held"])
     values: dict[str, int] = {}
     for window, key, start in zip(limits.WINDOWS, keys, starts, strict=True):
         values[f"{window}_key"] = key
-        values[f"{window}_spent"] = sum(
-            -r.amount for r in rows
-            if r.kind == "message.charged" and r.at >= start and r.ref not in refunded)
+        values[f"{window}_spent"] = sum(net for at, net in counted.values() if at >= start)
     return values
+
+
+# The events that move a limit window.
+_WINDOW_KINDS = ("message.charged", "message.refunded", "message.held", "message.settled",
+                 "message.voided", "message.expired")
 
 
 # -- powers ------------------------------------------------------------------------------

@@ -76,6 +76,7 @@ class Carried:
     changes: int
     accounts: dict[str, BatchUser | None]
     powers: dict[int, HeldPower]
+    owners: dict[int, BatchUser]
 
     @staticmethod
     def version_of(dbapi: Any) -> int:
@@ -107,7 +108,8 @@ class Batch:
         # Rows recorded before this batch (or flushed in it) that an act changed: by id.
         self.changed: dict[str, dict[str, Any]] = {}
         self.unwritten: dict[str, dict[str, Any]] = {}  # ... not yet written
-        self.owners: dict[int, BatchUser] = {}  # the user of each power read, by power id
+        # The user of each power read, by power id.
+        self.owners: dict[int, BatchUser] = carried.owners if carried else {}
         self.events: list[journal.EventTuple] = []
         # Postgres: the batch's events go to the server as they are made (see ``record``).
         self.stream: CopyStream | None = None

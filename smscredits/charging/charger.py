@@ -271,6 +271,6 @@ class Charger:
             return None
         dbapi: Any = conn.connection.dbapi_connection
         return Carried(dbapi, Carried.version_of(dbapi), dbapi.total_changes, batch.accounts,
-                        batch.powers)
+                       batch.powers, batch.owners)
 
 
