@@ -104,3 +104,63 @@ def test_kill_9_in_a_stream_of_holds_and_settles_then_a_rerun_does_nothing_twice
         assert (account.balance, account.held) == (
             to_decimal(INITIAL - taken), to_decimal(held))
     assert verify(db).ok
+
+
+def test_expiry_racing_settles_ends_each_hold_once(db: Any, db_url: str, tmp_path: Path
+                                                  ) -> None:
+    """`holds expire` (voiding) in one process while another settles the same holds: each
+    hold is settled or voided, never both, and the accounts agree with the journal."""
+    pricing.set_price(db, "default", "0.02")
+    for u in USERS:
+        ledger.add_user(db, u)
+        ledger.create_power(db, u, initial=INITIAL)
+    n = 20_000  # settles take seconds: expiry, a process started after the first, races them
+    ids = [f"r-{i:05d}" for i in range(n)]
+    holds = tmp_path / "holds.jsonl"
+    holds.write_text("".join(json.dumps({"op": "hold", "user": USERS[i % 3], "to": TO,
+                                         "parts": 1, "id": msg_id}) + "\n"
+                             for i, msg_id in enumerate(ids)))
+    settles = tmp_path / "settles.jsonl"
+    # Newest first: expiry takes the oldest first, so the two meet somewhere in the middle.
+    settles.write_text("".join(json.dumps({"op": "settle", "id": i}) + "\n"
+                               for i in reversed(ids)))
+    env = {**child_env(), "SMSCREDITS_HOLD_EXPIRY": "void"}
+    base = [sys.executable, "-m", "smscredits", "--db", db_url]
+    subprocess.run([*base, "charge", "--file", str(holds)], check=True, capture_output=True,
+                   cwd=ROOT, env=env, timeout=TIMEOUT)
+    results = (tmp_path / "settled.jsonl").open("w+")
+    settling = subprocess.Popen([*base, "charge", "--file", str(settles)], cwd=ROOT, env=env,
+                                stdout=results, stderr=subprocess.PIPE)
+    while settling.poll() is None and not Path(results.name).stat().st_size:
+        pass  # the first settles are in: expiry now races the rest
+    expired = 0
+    while settling.poll() is None or expired == 0:
+        done = subprocess.run([*base, "--json", "holds", "expire", "--older-than", "0s"],
+                              capture_output=True, text=True, cwd=ROOT, env=env,
+                              timeout=TIMEOUT)
+        assert done.returncode == 0, done.stderr
+        expired += len(json.loads(done.stdout))
+        if settling.poll() is not None:
+            break
+    _, err = settling.communicate(timeout=TIMEOUT)
+    assert settling.returncode == 0, err
+    results.seek(0)
+    lines = [json.loads(x) for x in results.read().splitlines()]
+    results.close()
+    assert {r["status"] for r in lines} <= {"settled", "voided"}
+    status, kinds = state(db)
+    assert set(status.values()) <= {"settled", "voided"}
+    assert all(kinds[(i, "message.settled")] + kinds[(i, "message.voided")]
+               + kinds[(i, "message.expired")] == 1 for i in ids)
+    voided = sum(s == "voided" for s in status.values())
+    assert voided == expired  # what expiry answered it ended is what it ended
+    if "postgres" in db_url:  # SQLite's one writer at a time may let the stream finish first
+        assert 0 < voided < n, "no race: one side ended every hold"
+    for u in USERS:
+        account = ledger.get_account(db, u)
+        taken = sum(PRICE for i, msg_id in enumerate(ids)
+                    if USERS[i % 3] == u and status[msg_id] == "settled")
+        assert (account.balance, account.held) == (to_decimal(INITIAL - taken), 0)
+    assert verify(db).ok
+    print(f"\n[summary] expiry race engine={'postgres' if 'postgres' in db_url else 'sqlite'} "
+          f"holds={n} settled={n - voided} voided_by_expiry={voided}")
