@@ -377,6 +377,7 @@ def delete_power(db: Db, user: str, kind: str = "credits", *, force: bool = Fals
                 "set them to 0 first or use --force"
             )
         _cancel_plans(conn, db.actor, account.user_id, f"{kind} power deleted")
+        _void_holds(conn, db.actor, prow, f"{kind} power deleted")
         journal.record(
             conn, at=clock.now_us(), kind="power.deleted", actor=db.actor,
             user_id=account.user_id, power_id=prow["id"], amount=-prow["balance"],
@@ -384,6 +385,25 @@ def delete_power(db: Db, user: str, kind: str = "credits", *, force: bool = Fals
         )
         conn.execute(delete(powers).where(powers.c.id == prow["id"]))
     return account
+
+
+def _void_holds(conn: Connection, actor: str, prow: RowMapping, note: str) -> None:
+    """The account's open holds voided (a forced delete): nothing holds on a deleted power."""
+    from smscredits.storage.tables import messages
+
+    held = conn.execute(select(messages.c.id, messages.c.cost).where(
+        messages.c.status == "held", messages.c.power_id == prow["id"])
+        .order_by(messages.c.id)).all()
+    for msg_id, cost in held:
+        journal.record(conn, at=clock.now_us(), kind="message.voided", actor=actor,
+                       user_id=prow["user_id"], power_id=prow["id"],
+                       balance_after=prow["balance"], ref=msg_id, note=note,
+                       detail={"held": format_amount(cost)})
+    if held:
+        conn.execute(update(messages).where(messages.c.status == "held",
+                                            messages.c.power_id == prow["id"])
+                     .values(status="voided", cost=0))
+        conn.execute(update(powers).where(powers.c.id == prow["id"]).values(held=0))
 
 
 # -- credits -----------------------------------------------------------------------------

@@ -129,7 +129,8 @@ def _end(batch: Batch, op: MessageOp, row: dict[str, Any], status: str, *, cost:
             return _error(op, "no_power", f"the credits power of message {op.id!r} was "
                           "deleted")
         keys = _keys(batch, row, power)
-        if cost > held and not power.can_take_more(cost - held, keys):
+        if cost > held and not power.can_take_more(cost - held, keys, _keys(batch, {
+                "at": max(batch.now, power.last_at)}, power)):
             cost, parts, reason = held, row["parts"], "settled_at_held"
         power.release(held, cost, keys)
         detail: dict[str, Any] = {"held": format_amount(held)}

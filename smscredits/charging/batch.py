@@ -266,7 +266,7 @@ class Batch:
             assert rejection is not None
             return self.reject(_base(req), account, quote, rejection)
         if account.power_id is None:
-            return self.unmetered(_base(req), account, quote, hold=req.hold)
+            return self.unmetered(_base(req), account, quote, hold=req.hold, ttl=req.ttl)
         return self.debit(req, account, quote, self.powers[account.power_id])
 
     def debit(self, req: ChargeRequest, account: BatchUser, quote: Quote,
@@ -347,7 +347,7 @@ class Batch:
         return balance
 
     def unmetered(self, base: ChargeResult, account: BatchUser, quote: Quote, *,
-                  hold: bool = False) -> ChargeResult:
+                  hold: bool = False, ttl: int | None = None) -> ChargeResult:
         """A message of a user without a credits power: recorded, not charged. A hold of
         one is recorded as held, so that its settle or void finds it (and moves nothing)."""
         now = clock.now_us()
@@ -357,8 +357,9 @@ class Batch:
             ref=msg_id, detail={"to": quote.to, "parts": quote.parts, "rule": quote.rule},
         ))
         status = "held" if hold else "charged"
+        expires = now + (ttl if ttl is not None else self.rules().ttl_us) if hold else None
         self.remember(msg_id, account, replace(quote, cost=0), now, status, None, None, None,
-                      base.user or "")
+                      base.user or "", expires_at=expires)
         return replace(base, status=status, id=msg_id, **{**_quoted(quote), "cost": Decimal(0)},
                        metered=False, message="user has no credits power: not metered")
 
@@ -373,7 +374,8 @@ class Batch:
 
     def remember(self, msg_id: str, account: BatchUser | None, quote: Quote | None, at: int,
                  status: str, reason: str | None, balance: int | None,
-                 keys: tuple[int, int, int] | None, name: str, to: str | None = None) -> None:
+                 keys: tuple[int, int, int] | None, name: str, to: str | None = None,
+                 expires_at: int | None = None) -> None:
         self.pending[msg_id] = (
             msg_id, name[:64], account.user_id if account else None,
             account.power_id if account else None, at,
@@ -381,7 +383,7 @@ class Batch:
             quote.country if quote else None, quote.rule if quote else None,
             quote.encoding if quote else None, quote.parts if quote else 0,
             quote.price if quote else None, quote.cost if quote else None,
-            status, reason, balance, *(keys or (None, None, None)), None,
+            status, reason, balance, *(keys or (None, None, None)), expires_at,
         )
 
     def first_result(self, req: ChargeRequest, account: BatchUser | None,

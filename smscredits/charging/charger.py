@@ -185,16 +185,15 @@ class Charger:
         every hold made before that instant, µs), ``batch`` at a time, each batch one
         transaction; the results of those it ended."""
         ended: list[ChargeResult] = []
+        after = ""
         while True:
             with self.db.read() as conn:
-                due = due_holds(conn, clock.now_us(), batch, before)
+                due = due_holds(conn, clock.now_us(), batch, before, after)
             if not due:
                 return ended
+            after = due[-1]  # one pass: a hold that cannot end (its power deleted) is passed
             results = self.charge_batch([MessageOp("expire", i, before=before) for i in due])
-            done = [r for r in results if r.status in ("settled", "voided")]
-            ended += done
-            if not done:  # all settled meanwhile, or not due on this host's clock
-                return ended
+            ended += [r for r in results if r.status in ("settled", "voided")]
 
     def charge_batch(self, reqs: Iterable[ChargeRequest | MessageOp]) -> list[ChargeResult]:
         """Charge several messages in one transaction (all results durable on return)."""

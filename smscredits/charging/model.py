@@ -15,6 +15,7 @@ from smscredits.parts import Parts, count_parts
 from smscredits.pricing import given_parts
 from smscredits.validate import is_message_id
 
+MAX_TTL_US = 366 * 86400 * 1_000_000  # a hold's longest time to live (holds.MAX_TTL_S)
 # A batch at least this big is part of a bulk run (see ``set_checkpoint_pages``).
 BULK_BATCH = 100
 # Exit code of a single charge refused for each reason.
@@ -118,6 +119,7 @@ def request_problem(req: ChargeRequest) -> str | None:
             and type(to) is str and to.isascii() and "\x00" not in to
             and (text is None or (type(text) is str and (text.isascii() or _encodes(text))))
             and (parts is None or type(parts) is int)
+            and (req.ttl is None or (type(req.ttl) is int and 0 < req.ttl <= MAX_TTL_US))
             # ``is_message_id`` without its regex (a third of the check's time):
             # 1-128 characters, each printable ASCII but a space.
             and (msg_id is None or (type(msg_id) is str and 0 < len(msg_id) <= 128
@@ -129,6 +131,9 @@ def request_problem(req: ChargeRequest) -> str | None:
             or (None if text is None else _string_problem("text", text, nul=False))
             or (None if parts is None or (type(parts) is int)
                 else "parts must be a whole number")
+            or (None if req.ttl is None or (type(req.ttl) is int and 0 < req.ttl <= MAX_TTL_US)
+                else f"bad ttl {str(req.ttl)[:40]}: a whole number of microseconds, up to 366 "
+                     "days")
             or (None if msg_id is None or (type(msg_id) is str and is_message_id(msg_id))
                 else f"bad message id {_shown(msg_id)}: 1-128 printable ASCII characters, "
                      "no spaces"))

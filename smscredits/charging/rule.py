@@ -72,13 +72,16 @@ class HeldPower:
         self.balance -= cost
         self.spent = limits.moved(self.keys, self.spent, keys, cost - held)
 
-    def can_take_more(self, extra: int, keys: Keys) -> bool:
-        """Whether ``extra`` beyond a hold can be taken, counted in the hold's windows while
-        they are current (a settle for more parts than held)."""
+    def can_take_more(self, extra: int, keys: Keys, now: Keys) -> bool:
+        """Whether ``extra`` beyond a hold can be taken (a settle for more parts than held):
+        balance and overdraft allow it, and so does each limit of the windows current at
+        ``now`` that the hold was counted in (a window that has ended is not checked: it
+        takes nothing more)."""
         floor = self.overdraft
         if self.balance - self.held - extra < (-floor if floor is not None else -MAX_MILLIS):
             return False
-        return limits.within(self.limits, limits.moved(self.keys, self.spent, keys, extra))
+        current = limits.spent_in(self.keys, self.spent, now)
+        return limits.within(self.limits, limits.moved(now, current, keys, extra))
 
     def give_back(self, cost: int, keys: Keys) -> None:
         """A refund of ``cost`` charged in the windows ``keys``."""
@@ -133,13 +136,13 @@ def with_numbers(refused: Rejected, power: HeldPower, cost: int, keys: Keys,
             "cost": to_decimal(cost),
             "available": to_decimal(power.balance - power.held + floor),
             "balance": to_decimal(power.balance), "overdraft": to_decimal(floor)}
-        held = ""
+        named = ""
         if power.held:  # named only where holds are used: the other refusals stay as they were
             numbers["held"] = to_decimal(power.held)
-            held = f", held {numbers['held']}"
+            named = f", held {numbers['held']}"
         return Refused(refused.reason, "insufficient credits: cost {cost}, available "
-                       "{available} (balance {balance}{held}, overdraft {overdraft})".format(
-                           held=held, **numbers), numbers)
+                       "{available} (balance {balance}{named}, overdraft {overdraft})".format(
+                           named=named, **numbers), numbers)
     if refused not in REFUSED:
         return refused  # a counter past the documented range: its message says it all
     i = REFUSED.index(refused) - 1

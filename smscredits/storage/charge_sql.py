@@ -111,12 +111,16 @@ def sqlite_data_version(dbapi: Any) -> int:
     return int(dbapi.execute("PRAGMA data_version").fetchone()[0])
 
 
-def due_holds(conn: Connection, now: int, limit: int, before: int | None = None) -> list[str]:
+def due_holds(conn: Connection, now: int, limit: int, before: int | None = None,
+              after: str = "") -> list[str]:
     """The ids of held messages whose expiry has come (or, with ``before``, held before
-    it), oldest first (the partial index of the held ones serves it)."""
+    it), by id from ``after`` on: a page of them (the partial index of the held ones serves
+    it; a hold that cannot end does not stop the pages after it)."""
     due = messages.c.expires_at <= now
     if before is not None:
         due = due | (messages.c.at <= before)
     return list(conn.execute(
-        select(messages.c.id).where(messages.c.status == "held", due)
-        .order_by(messages.c.expires_at).limit(limit)).scalars())
+        select(messages.c.id).where(messages.c.status == "held", due, messages.c.id > after)
+        .order_by(messages.c.id).limit(limit)).scalars())
+
+
