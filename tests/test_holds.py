@@ -20,6 +20,7 @@ from sqlalchemy import select
 from smscredits import holds, ledger, pricing, reads
 from smscredits.charging import Charger, ChargeRequest
 from smscredits.charging.model import ChargeResult, MessageOp
+from smscredits.errors import Conflict, InsufficientCredits
 from smscredits.storage.engine import Db
 from smscredits.storage.tables import events, messages, powers, users
 from smscredits.verify import verify
@@ -282,6 +283,61 @@ def test_settle_of_a_charge_an_unknown_id_or_anothers_message_is_refused(
     assert_verified(db)
 
 
+def test_settle_for_a_bad_number_of_parts_is_bad_input(db: Db, charger: Charger) -> None:
+    done(hold(charger, "m1", 3), "held")
+    for parts in (0, 256, -1):
+        failed(charger.settle("m1", parts=parts), "error", "bad_input", 2)
+    assert power(db) == (D(10), D(3))
+    done(charger.settle("m1", parts=255), "settled")  # 255 fits nowhere: at the held amount
+    assert power(db) == (D(7), D(0))
+    assert_verified(db)
+
+
+def test_settle_for_more_parts_may_use_the_overdraft(db: Db, charger: Charger) -> None:
+    ledger.set_overdraft(db, "alice", 2_000)
+    done(hold(charger, "m1", 10), "held")
+    r = done(charger.settle("m1", parts=12), "settled")
+    assert (r.cost, r.balance, r.reason) == (D(12), D(-2), None)
+    assert power(db) == (D(-2), D(0))
+    assert_verified(db)
+
+
+def test_a_hold_replayed_after_its_settle_answers_settled(db: Db, charger: Charger) -> None:
+    done(hold(charger, "m1", 3), "held")
+    done(charger.settle("m1"), "settled")
+    r = done(hold(charger, "m1", 3), "settled", replayed=True)
+    assert (r.cost, r.balance) == (D(3), D(7))
+    assert power(db) == (D(7), D(0))
+
+
+def test_holds_for_refused_users_are_refused(db: Db, charger: Charger) -> None:
+    ledger.add_user(db, "carol")
+    ledger.create_power(db, "carol", initial=10_000)
+    ledger.set_disabled(db, "carol", True)
+    failed(hold(charger, "m1", 1, user="carol"), "rejected", "user_disabled", 6)
+    failed(hold(charger, "m2", 1, user="nobody"), "rejected", "unknown_user", 3)
+    assert power(db, "carol") == (D(10), D(0))
+    assert_verified(db)
+
+
+# -- refund --------------------------------------------------------------------------------
+
+
+def test_refund_of_a_hold_is_refused_until_it_is_settled(db: Db, charger: Charger) -> None:
+    done(hold(charger, "m1", 3), "held")
+    done(hold(charger, "m2", 2), "held")
+    done(charger.void("m2"), "voided")
+    failed(charger.refund("m1"), "error", "still_held", 6)
+    failed(charger.refund("m2"), "error", "not_held", 6)
+    assert power(db) == (D(10), D(3))
+    done(charger.settle("m1", parts=2), "settled")
+    r = done(charger.refund("m1"), "refunded")
+    assert (r.cost, r.balance) == (D(2), D(10))
+    failed(charger.refund("m1"), "error", "already_refunded", 6)
+    assert spent(db) == (D(0), D(0), D(0))
+    assert_verified(db)
+
+
 # -- void ----------------------------------------------------------------------------------
 
 
@@ -341,36 +397,96 @@ def test_settle_after_void_replays_the_void(db: Db, charger: Charger) -> None:
 
 # -- a hold across a window boundary --------------------------------------------------------
 
-# 23:59 and then 00:01 in Budapest (UTC+1): Thursday the 3rd, then Friday the 4th.
-LATE = datetime(2026, 12, 3, 22, 59, tzinfo=UTC)
-EARLY = datetime(2026, 12, 3, 23, 1, tzinfo=UTC)
+# 23:59 and then 00:01 in Budapest (UTC+1): a day that ends (Thursday the 3rd), a day and
+# an ISO week (Sunday the 6th), a day and a month (Thursday the 31st).
+BOUNDARIES = {
+    "day": (datetime(2026, 12, 3, 22, 59, tzinfo=UTC), datetime(2026, 12, 3, 23, 1, tzinfo=UTC)),
+    "week": (datetime(2026, 12, 6, 22, 59, tzinfo=UTC), datetime(2026, 12, 6, 23, 1, tzinfo=UTC)),
+    "month": (datetime(2026, 12, 31, 22, 59, tzinfo=UTC),
+              datetime(2026, 12, 31, 23, 1, tzinfo=UTC)),
+}
 
 
-def test_a_void_after_midnight_gives_nothing_back_to_the_new_day(
-        db: Db, charger: Charger) -> None:
-    with freeze_time(LATE):
+def ended(boundary: str, *, current: Decimal, new: Decimal) -> tuple[Decimal, ...]:
+    """The (day, week, month) counters after a boundary: ``new`` in the windows that ended
+    at it (the day always), ``current`` in those that go on."""
+    return tuple(new if w == "day" or w == boundary else current
+                 for w in ("day", "week", "month"))
+
+
+@pytest.mark.parametrize("boundary", list(BOUNDARIES))
+def test_a_void_after_midnight_gives_nothing_back_to_the_new_window(
+        db: Db, charger: Charger, boundary: str) -> None:
+    late, early = BOUNDARIES[boundary]
+    with freeze_time(late):
         done(hold(charger, "m1", 3), "held")
         assert spent(db) == (D(3), D(3), D(3))
-    with freeze_time(EARLY):
+    with freeze_time(early):
         done(charge(charger, "c1", 2), "charged")
-        assert spent(db) == (D(2), D(5), D(5))
+        assert spent(db) == ended(boundary, current=D(5), new=D(2))
         done(charger.void("m1"), "voided")
-        # The old day ended with the hold; the week and month it was counted in go on.
+        # The window that ended kept the hold; one that goes on gets it back: 2 either way,
+        # and not 2 - 3 in a window that never counted the hold.
         assert spent(db) == (D(2), D(2), D(2))
         assert power(db) == (D(8), D(0))
         assert_verified(db)
 
 
-def test_a_settle_for_fewer_parts_after_midnight_gives_nothing_back_to_the_new_day(
-        db: Db, charger: Charger) -> None:
-    with freeze_time(LATE):
+@pytest.mark.parametrize("boundary", list(BOUNDARIES))
+def test_a_settle_for_fewer_parts_after_midnight_gives_nothing_back_to_the_new_window(
+        db: Db, charger: Charger, boundary: str) -> None:
+    late, early = BOUNDARIES[boundary]
+    with freeze_time(late):
         done(hold(charger, "m1", 3), "held")
-    with freeze_time(EARLY):
+    with freeze_time(early):
         done(charge(charger, "c1", 2), "charged")
         done(charger.settle("m1", parts=1), "settled")
-        assert spent(db) == (D(2), D(3), D(3))
+        assert spent(db) == ended(boundary, current=D(3), new=D(2))
         assert power(db) == (D(7), D(0))
         assert_verified(db)
+
+
+def test_a_settle_for_more_parts_after_midnight_leaves_the_new_day_whole(
+        db: Db, charger: Charger) -> None:
+    late, early = BOUNDARIES["day"]
+    with freeze_time(late):
+        ledger.set_limits(db, "alice", {"day": 3_000})
+        done(hold(charger, "m1", 3), "held")  # the old day is full
+    with freeze_time(early):
+        # Whether the extra part is taken is the old day's business; the new day's is not.
+        r = done(charger.settle("m1", parts=4), "settled")
+        assert r.cost is not None and r.balance == D(10) - r.cost
+        assert spent(db)[0] == D(0)
+        done(charge(charger, "c1", 3), "charged")
+        assert power(db) == (D(7) - r.cost, D(0))
+        assert_verified(db)
+
+
+# -- admin changes beside open holds ----------------------------------------------------
+
+
+def test_an_overdraft_the_holds_need_cannot_be_taken_away(db: Db, charger: Charger) -> None:
+    ledger.set_overdraft(db, "alice", 5_000)
+    done(hold(charger, "m1", 13), "held")  # 3 of the overdraft
+    before = every_row(db)
+    with pytest.raises(Conflict):
+        ledger.set_overdraft(db, "alice", 2_000)
+    assert every_row(db) == before
+    ledger.set_overdraft(db, "alice", 3_000)
+    assert_verified(db)
+
+
+def test_credits_the_holds_need_cannot_be_subtracted(db: Db, charger: Charger) -> None:
+    done(hold(charger, "m1", 6), "held")
+    before = every_row(db)
+    with pytest.raises(InsufficientCredits):
+        ledger.add_credits(db, "alice", -5_000)
+    with pytest.raises(InsufficientCredits):
+        ledger.set_credits(db, "alice", 5_000)
+    assert every_row(db) == before
+    ledger.add_credits(db, "alice", -4_000)
+    assert power(db) == (D(6), D(6))
+    assert_verified(db)
 
 
 # -- delivery reports ----------------------------------------------------------------------
@@ -542,6 +658,21 @@ def test_expiry_leaves_settled_and_voided_messages_alone(db: Db, charger: Charge
     with freeze_time(T0 + timedelta(minutes=5)):
         assert [r.id for r in charger.expire()] == ["m3"]
         assert power(db) == (D(6), D(0))
+        assert_verified(db)
+
+
+def test_expire_ends_every_due_hold_a_batch_at_a_time(db: Db, charger: Charger) -> None:
+    db.hold_rules = holds.Rules(ttl_us=60 * S, expiry="void")
+    with freeze_time(T0):
+        for i in range(5):
+            done(hold(charger, f"m{i}", 1), "held")
+        done(hold(charger, "late", 1, ttl=3600 * S), "held")
+    with freeze_time(T0 + timedelta(minutes=2)):
+        ended = charger.expire(batch=2)
+        assert sorted(r.id or "" for r in ended) == [f"m{i}" for i in range(5)]
+        assert {(r.status, r.reason) for r in ended} == {("voided", "expired")}
+        assert power(db) == (D(10), D(1))
+        assert status_of(db, "late") == "held"
         assert_verified(db)
 
 
