@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from freezegun import freeze_time
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from smscredits import holds, ledger, pricing, reads
 from smscredits.charging import Charger, ChargeRequest
@@ -130,8 +130,11 @@ def test_available_credits_leave_out_what_is_held(db: Db, charger: Charger) -> N
     ledger.set_overdraft(db, "alice", 2_000)
     done(hold(charger, "m1", 3), "held")
     account = reads.get_account(db, "alice")
-    assert account.balance == D(10)
+    assert (account.balance, account.held) == (D(10), D(3))
     assert account.available == D(9)  # balance 10 - held 3 + overdraft 2
+    done(charger.settle("m1", parts=2), "settled")
+    account = reads.get_account(db, "alice")
+    assert (account.balance, account.held, account.available) == (D(8), D(0), D(10))
 
 
 def test_a_hold_is_refused_for_credits_other_holds_took(db: Db, charger: Charger) -> None:
@@ -487,6 +490,56 @@ def test_credits_the_holds_need_cannot_be_subtracted(db: Db, charger: Charger) -
     ledger.add_credits(db, "alice", -4_000)
     assert power(db) == (D(6), D(6))
     assert_verified(db)
+
+
+def test_a_user_or_power_with_open_holds_is_not_deleted(db: Db, charger: Charger) -> None:
+    ledger.set_overdraft(db, "alice", 3_000)
+    ledger.set_credits(db, "alice", 0)  # the balance alone would allow a delete
+    done(hold(charger, "m1", 3), "held")  # on the overdraft
+    with pytest.raises(Conflict) as power_refused:
+        ledger.delete_power(db, "alice")
+    with pytest.raises(Conflict) as user_refused:
+        ledger.delete_user(db, "alice")
+    assert power_refused.value.code == user_refused.value.code == "credits_held"
+    assert power(db) == (D(0), D(3))
+    done(charger.void("m1"), "voided")
+    ledger.delete_power(db, "alice")
+    assert_verified(db)
+
+
+def test_open_holds_lists_only_what_is_still_held(db: Db, charger: Charger) -> None:
+    ledger.add_user(db, "bob")
+    ledger.create_power(db, "bob", initial=10_000)
+    with freeze_time(T0):
+        done(hold(charger, "m1", 1), "held")
+        done(hold(charger, "m2", 2), "held")
+        done(hold(charger, "b1", 3, user="bob"), "held")
+        done(charge(charger, "c1", 1), "charged")
+        done(charger.void("m1"), "voided")
+    assert [(h.id, h.user, h.held, h.parts) for h in reads.open_holds(db)] == [
+        ("m2", "alice", D(2), 2), ("b1", "bob", D(3), 3)]
+    assert [h.id for h in reads.open_holds(db, "bob")] == ["b1"]
+    assert reads.open_holds(db, "alice")[0].expires_at == "2026-12-05T10:00:00Z"
+
+
+# -- verify replays holds ------------------------------------------------------------------
+
+
+def test_verify_names_a_held_amount_its_journal_does_not_have(db: Db, charger: Charger) -> None:
+    done(hold(charger, "m1", 3), "held")
+    assert_verified(db)
+    with db.write() as conn:
+        conn.execute(update(powers).values(held=2_000))
+    assert "held" in {p.check for p in verify(db).problems}
+
+
+def test_verify_names_a_hold_reopened_behind_its_journal(db: Db, charger: Charger) -> None:
+    done(hold(charger, "m1", 3), "held")
+    done(charger.void("m1"), "voided")
+    with db.write() as conn:
+        conn.execute(update(messages).where(messages.c.id == "m1").values(status="held"))
+    problems = verify(db).problems
+    assert [(p.check, "m1" in p.detail) for p in problems] == [("message", True)], problems
 
 
 # -- delivery reports ----------------------------------------------------------------------
