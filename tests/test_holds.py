@@ -17,7 +17,7 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import select, update
 
-from smscredits import holds, ledger, pricing, reads
+from smscredits import holds, ledger, pricing, reads, refills
 from smscredits.charging import Charger, ChargeRequest
 from smscredits.charging.model import ChargeResult, MessageOp
 from smscredits.errors import Conflict, InsufficientCredits
@@ -198,6 +198,98 @@ def test_an_unmetered_users_hold_settles_and_voids_for_nothing(db: Db, charger: 
     done(charger.void("u2"), "voided")
     assert power(db) == (D(10), D(0))  # alice's untouched
     assert_verified(db)
+
+
+@pytest.mark.parametrize("ttl", [0, -S, 367 * 86400 * S, 10**30, "48h", 1.5])
+def test_a_bad_ttl_is_bad_input_answered_on_its_own(db: Db, charger: Charger,
+                                                    ttl: Any) -> None:
+    bad, good = charger.charge_batch([
+        ChargeRequest("alice", TO, parts=1, id="m1", hold=True, ttl=ttl),
+        ChargeRequest("alice", TO, parts=2, id="m2", hold=True, ttl=60 * S),
+    ])
+    failed(bad, "error", "bad_input", 2)
+    done(good, "held")
+    assert power(db) == (D(10), D(2))
+    assert_verified(db)
+
+
+def test_a_refused_holds_id_has_nothing_to_settle(db: Db, charger: Charger) -> None:
+    ledger.set_limits(db, "alice", {"day": 2_000})
+    failed(hold(charger, "m1", 3), "rejected", "daily_limit", 5)
+    failed(hold(charger, "m1", 3), "rejected", "daily_limit", 5)  # replayed as it was
+    failed(charger.settle("m1"), "error", "unknown_message", 3)
+    failed(charger.void("m1"), "error", "unknown_message", 3)
+    done(charger.dlr("m1", "DELIVRD"), "ignored")  # a report for it changes nothing
+    assert power(db) == (D(10), D(0))
+    assert_verified(db)
+
+
+def test_a_hold_twice_in_one_batch_is_held_once(db: Db, charger: Charger) -> None:
+    first, again = charger.charge_batch([
+        ChargeRequest("alice", TO, parts=2, id="m1", hold=True),
+        ChargeRequest("alice", TO, parts=2, id="m1", hold=True)])
+    done(first, "held")
+    done(again, "held", replayed=True)
+    assert power(db) == (D(10), D(2))
+    assert kinds(db, "m1") == ["message.held"]
+    assert_verified(db)
+
+
+def test_a_hold_settles_at_the_price_it_was_held_at(db: Db, charger: Charger) -> None:
+    done(hold(charger, "m1", 3), "held")
+    pricing.set_price(db, "default", "2")
+    r = done(charger.settle("m1", parts=4), "settled")
+    assert (r.cost, r.price, r.balance) == (D(4), D(1), D(6))
+    assert_verified(db)
+
+
+def test_a_threshold_refill_fires_when_a_settle_takes_the_balance_below_it(
+        db: Db, charger: Charger) -> None:
+    refills.schedule_plan(db, "alice", below=5_000, add=10_000)
+    done(hold(charger, "m1", 6), "held")
+    assert power(db) == (D(10), D(6))  # a hold moves no balance: nothing fired
+    r = done(charger.settle("m1"), "settled")
+    assert r.balance == D(14)  # 10 - 6, then 10 added
+    assert power(db) == (D(14), D(0))
+    assert_verified(db)
+
+
+def test_a_hold_voided_after_a_zone_change_is_recounted_in_its_windows(
+        db: Db, charger: Charger) -> None:
+    with freeze_time(T0):
+        done(hold(charger, "m1", 3), "held")
+        done(charge(charger, "c1", 1), "charged")
+        # 23:00 on the 3rd in Auckland: the windows are recounted in the new zone, and the
+        # hold counts in them as a charge does.
+        ledger.set_tz(db, "alice", "Pacific/Auckland")
+        assert spent(db) == (D(4), D(4), D(4))
+        done(charger.void("m1"), "voided")
+        assert spent(db) == (D(1), D(1), D(1))
+        assert power(db) == (D(9), D(0))
+        assert_verified(db)
+
+
+def test_an_unmetered_hold_expires_like_any_other(db: Db, charger: Charger) -> None:
+    db.hold_rules = holds.Rules(ttl_us=60 * S, expiry="void")
+    ledger.add_user(db, "bob")  # no credits power: not metered
+    with freeze_time(T0):
+        done(hold(charger, "u1", 3, user="bob"), "held")
+    with freeze_time(T0 + timedelta(minutes=2)):
+        assert [(r.id, r.status) for r in charger.expire()] == [("u1", "voided")]
+        assert reads.open_holds(db) == []
+        assert_verified(db)
+
+
+def test_a_settled_hold_is_recounted_in_its_windows_after_a_zone_change(
+        db: Db, charger: Charger) -> None:
+    with freeze_time(T0):
+        done(hold(charger, "m1", 3), "held")
+        done(charger.settle("m1", parts=2), "settled")
+        done(charge(charger, "c1", 1), "charged")
+        ledger.set_tz(db, "alice", "Pacific/Auckland")  # 23:00 on the 3rd there
+        assert spent(db) == (D(3), D(3), D(3))
+        assert power(db) == (D(7), D(0))
+        assert_verified(db)
 
 
 # -- settle --------------------------------------------------------------------------------
