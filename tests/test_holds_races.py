@@ -15,10 +15,12 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from freezegun import freeze_time
 from sqlalchemy import select
 
 from smscredits import holds, ledger, pricing
@@ -36,40 +38,41 @@ WORKER = r"""
 import json, sys
 from smscredits import holds
 from smscredits.charging import Charger
+from smscredits.charging.model import MessageOp
 from smscredits.storage.engine import open_db
 
 job = json.loads(sys.argv[1])
 db = open_db(job["url"], actor=job["name"])
-db.hold_rules = holds.Rules(void_settled=job["void_settled"])
+db.hold_rules = holds.Rules(**job["rules"])
 charger = Charger(db)
 print("ready", flush=True)
-while (msg_id := sys.stdin.readline().strip()):
-    if job["act"] == "settle":
-        r = charger.settle(msg_id)
-    elif job["act"] == "void":
-        r = charger.void(msg_id)
+while (line := sys.stdin.readline().strip()):
+    if job["act"] == "expire-all":  # what `holds expire` does, ``line`` at a time
+        rs = charger.expire(batch=int(line))
+    elif job["act"] in ("settle", "void", "expire"):
+        rs = charger.charge_batch([MessageOp(job["act"], line)])
     else:
-        r = charger.dlr(msg_id, job["act"], source="smpp")
-    print(json.dumps([msg_id, r.status, r.replayed, r.reason]), flush=True)
+        rs = [charger.dlr(line, job["act"], source="smpp")]
+    print(json.dumps([[r.id, r.status, r.replayed, r.reason] for r in rs]), flush=True)
 charger.close()
 db.dispose()
 """
 
 
-def start(name: str, url: str, act: str, void_settled: str,
+def start(name: str, url: str, act: str, rules: dict[str, str],
           log: Path) -> subprocess.Popen[str]:
     env = dict(os.environ)  # the test's isolated settings (conftest) included
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    job = {"url": url, "name": name, "act": act, "void_settled": void_settled}
+    job = {"url": url, "name": name, "act": act, "rules": rules}
     return subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(job)], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=log.open("w"), text=True)
 
 
-def race(url: str, acts: tuple[str, str], ids: list[str], void_settled: str,
+def race(url: str, acts: tuple[str, str], lines: list[str], rules: dict[str, str],
          tmp: Path) -> list[list[Any]]:
-    """Both acts over every id at once; each process's results, in its order."""
-    procs = [start(f"{act}-worker", url, act, void_settled, tmp / f"w{i}.log")
+    """Both acts on each line (an id) at once; each process's results, in its order."""
+    procs = [start(f"{act}-worker", url, act, rules, tmp / f"w{i}.log")
              for i, act in enumerate(acts)]
 
     def said(i: int) -> str:
@@ -81,12 +84,12 @@ def race(url: str, acts: tuple[str, str], ids: list[str], void_settled: str,
         for i in range(len(procs)):
             assert said(i) == "ready\n"
         results: list[list[Any]] = [[] for _ in procs]
-        for msg_id in ids:
+        for line in lines:
             for p in procs:
-                p.stdin.write(msg_id + "\n")  # type: ignore[union-attr]
+                p.stdin.write(line + "\n")  # type: ignore[union-attr]
                 p.stdin.flush()  # type: ignore[union-attr]
             for i, rows in enumerate(results):
-                rows.append(json.loads(said(i)))
+                rows += json.loads(said(i))
         for i, p in enumerate(procs):
             p.stdin.close()  # type: ignore[union-attr]
             assert p.wait(TIMEOUT) == 0, (tmp / f"w{i}.log").read_text()
@@ -123,13 +126,14 @@ def power_row(db: Db) -> tuple[int, int]:
 
 @pytest.fixture
 def ids(db: Db) -> list[str]:
-    """alice with 1000 credits and N holds of one part (1 credit) each."""
-    db.hold_rules = holds.Rules()
-    pricing.set_price(db, "default", "1")
-    ledger.add_user(db, "alice", tz="Europe/Budapest")
-    ledger.create_power(db, "alice", initial=1_000_000)
+    """alice with 1000 credits and N holds of one part (1 credit) each, made an hour ago
+    with a ttl of a minute: all due to expire."""
+    db.hold_rules = holds.Rules(ttl_us=60_000_000)
     made = [f"h-{i:03d}" for i in range(N)]
-    with Charger(db) as charger:
+    with freeze_time(datetime.now(UTC) - timedelta(hours=1)), Charger(db) as charger:
+        pricing.set_price(db, "default", "1")
+        ledger.add_user(db, "alice", tz="Europe/Budapest")
+        ledger.create_power(db, "alice", initial=1_000_000)
         held = charger.charge_batch([ChargeRequest("alice", TO, parts=1, id=i, hold=True)
                                      for i in made])
     assert {r.status for r in held} == {"held"}
@@ -147,7 +151,8 @@ def first_outcomes(results: list[list[Any]]) -> Counter[str]:
 def test_settle_and_void_of_the_same_holds_end_each_once(db: Db, db_url: str, ids: list[str],
                                                          void_settled: str,
                                                          tmp_path: Path) -> None:
-    settles, voids = race(db_url, ("settle", "void"), ids, void_settled, tmp_path)
+    settles, voids = race(db_url, ("settle", "void"), ids, {"void_settled": void_settled},
+                          tmp_path)
     found = ends(db)
     assert sorted(found) == ids
     for msg_id, kinds in found.items():
@@ -178,7 +183,7 @@ def test_settle_and_void_of_the_same_holds_end_each_once(db: Db, db_url: str, id
 
 def test_racing_delivery_reports_end_each_hold_once(db: Db, db_url: str, ids: list[str],
                                                     tmp_path: Path) -> None:
-    delivered, failed = race(db_url, ("DELIVRD", "UNDELIV"), ids, "refund", tmp_path)
+    delivered, failed = race(db_url, ("DELIVRD", "UNDELIV"), ids, {}, tmp_path)
     found = ends(db)
     assert sorted(found) == ids
     for msg_id, kinds in found.items():  # a report never refunds
@@ -193,5 +198,49 @@ def test_racing_delivery_reports_end_each_hold_once(db: Db, db_url: str, ids: li
     assert first["settled"] + first["voided"] == N
     settled = sum(1 for k in found.values() if k == ["message.settled"])
     assert power_row(db) == (1_000_000 - settled * 1000, 0)
+    report = verify(db)
+    assert report.ok, report.problems[:5]
+
+
+@pytest.mark.parametrize(("act", "expiry"), [("settle", "void"), ("void", "settle")])
+def test_an_act_racing_expiry_ends_each_hold_once(db: Db, db_url: str, ids: list[str],
+                                                  act: str, expiry: str,
+                                                  tmp_path: Path) -> None:
+    rules = {"void_settled": "refuse", "expiry": expiry, "ttl_us": 60_000_000}
+    acted, expired = race(db_url, (act, "expire"), ids, rules, tmp_path)  # type: ignore[arg-type]
+    found = ends(db)
+    assert sorted(found) == ids
+    mine = {"settle": "message.settled", "void": "message.voided"}[act]
+    for msg_id, kinds in found.items():
+        assert kinds in ([mine], ["message.expired"]), (msg_id, kinds)
+    now = statuses(db)
+    for (msg_id, a, a_replayed, a_reason), (_, e, _, e_reason) in zip(acted, expired,
+                                                                      strict=True):
+        if found[msg_id] == [mine]:  # the act first: expiry found it ended
+            assert (a, a_replayed, e) == (now[msg_id], False, "ignored"), msg_id
+        else:  # expired first: the act answers with that outcome, or is refused by it
+            assert (e, e_reason) == (now[msg_id], "expired"), msg_id
+            assert (a, a_replayed) == (now[msg_id], True) or (a, a_reason) == (
+                "error", "already_settled"), (msg_id, a, a_reason)
+    print(f"{act}/expire race: {N} holds, {sum(k == [mine] for k in found.values())} by "
+          f"{act}, {sum(k == ['message.expired'] for k in found.values())} expired")
+    assert power_row(db)[1] == 0
+    report = verify(db)
+    assert report.ok, report.problems[:5]
+
+
+def test_two_expiry_runs_at_once_end_each_hold_once(db: Db, db_url: str, ids: list[str],
+                                                    tmp_path: Path) -> None:
+    """Two ``holds expire`` from cron on two hosts, ten holds a transaction."""
+    rules = {"expiry": "settle", "ttl_us": 60_000_000}
+    first, second = race(db_url, ("expire-all", "expire-all"), ["10"], rules,  # type: ignore[arg-type]
+                         tmp_path)
+    ended = [msg_id for _, rows in ((0, first), (1, second)) for msg_id, *_ in rows]
+    assert sorted(ended) == ids  # each once, by one of them
+    assert {(s, r) for _, s, _, r in first + second} == {("settled", "expired")}
+    found = ends(db)
+    assert all(kinds == ["message.expired"] for kinds in found.values()), found
+    print(f"expiry race: {N} holds, {len(first)} and {len(second)} expired by each")
+    assert power_row(db) == (1_000_000 - N * 1000, 0)
     report = verify(db)
     assert report.ok, report.problems[:5]
