@@ -19,9 +19,9 @@ from sqlalchemy import select, update
 
 from smscredits import holds, ledger, pricing, reads, refills
 from smscredits.charging import Charger, ChargeRequest
-from smscredits.charging.model import ChargeResult, MessageOp
+from smscredits.charging.model import BULK_BATCH, ChargeResult, MessageOp
 from smscredits.errors import Conflict, InsufficientCredits
-from smscredits.storage.engine import Db
+from smscredits.storage.engine import Db, open_db
 from smscredits.storage.tables import events, messages, powers, users
 from smscredits.verify import verify
 
@@ -224,6 +224,51 @@ def test_a_refused_holds_id_has_nothing_to_settle(db: Db, charger: Charger) -> N
     failed(charger.void("m1"), "error", "unknown_message", 3)
     done(charger.dlr("m1", "DELIVRD"), "ignored")  # a report for it changes nothing
     assert power(db) == (D(10), D(0))
+    assert_verified(db)
+
+
+def test_a_hold_of_a_text_holds_its_parts(db: Db, charger: Charger) -> None:
+    r = done(charger.hold(ChargeRequest("alice", TO, text="a" * 161, id="m1")), "held")
+    assert (r.parts, r.encoding, r.held) == (2, "GSM-7", D(2))
+    s = done(charger.settle("m1"), "settled")
+    assert (s.parts, s.cost, s.balance) == (2, D(2), D(8))
+    assert_verified(db)
+
+
+def test_two_chargers_on_two_handles_see_each_others_acts(db: Db, db_url: str,
+                                                          charger: Charger) -> None:
+    other_db = open_db(db_url, actor="other")
+    other_db.hold_rules = holds.Rules()
+    try:
+        with Charger(other_db) as other:
+            done(hold(charger, "m1", 3), "held")
+            done(hold(other, "m2", 4), "held")
+            done(other.void("m1"), "voided")
+            done(charger.settle("m1"), "voided", replayed=True)  # not a stale held row
+            done(charger.settle("m2", parts=2), "settled")
+            done(other.void("m2"), "refunded")
+            done(hold(charger, "m3", 10), "held")  # all of it is free again
+            done(other.void("m3"), "voided")
+            done(hold(charger, "m4", 10), "held")  # and again, as the other one left it
+            done(other.settle("m4"), "settled")
+    finally:
+        other_db.dispose()
+    assert power(db) == (D(0), D(0))
+    assert_verified(db)
+
+
+def test_a_bulk_batch_of_holds_and_acts_commits_in_the_background(db: Db,
+                                                                  charger: Charger) -> None:
+    ledger.add_credits(db, "alice", 990_000)  # 1000 credits
+    reqs: list[ChargeRequest | MessageOp] = [
+        ChargeRequest("alice", TO, parts=1, id=f"m{i}", hold=True) for i in range(120)]
+    reqs += [MessageOp("settle" if i % 2 else "void", f"m{i}") for i in range(120)]
+    assert len(reqs) >= BULK_BATCH
+    pending = charger.begin(reqs)
+    results = pending.wait()
+    assert [r.status for r in results[120:]] == ["voided", "settled"] * 60
+    assert power(db) == (D(940), D(0))
+    assert kinds(db, "m1") == ["message.held", "message.settled"]
     assert_verified(db)
 
 
@@ -615,6 +660,17 @@ def test_open_holds_lists_only_what_is_still_held(db: Db, charger: Charger) -> N
         ("m2", "alice", D(2), 2), ("b1", "bob", D(3), 3)]
     assert [h.id for h in reads.open_holds(db, "bob")] == ["b1"]
     assert reads.open_holds(db, "alice")[0].expires_at == "2026-12-05T10:00:00Z"
+
+
+def test_a_forced_power_delete_leaves_no_hold_open_for_ever(db: Db, charger: Charger) -> None:
+    db.hold_rules = holds.Rules(ttl_us=60 * S)
+    with freeze_time(T0):
+        done(hold(charger, "m1", 3), "held")
+        ledger.delete_power(db, "alice", force=True)
+    with freeze_time(T0 + timedelta(minutes=5)):  # whether the delete or expiry ends it
+        charger.expire()
+        assert reads.open_holds(db) == []
+        assert_verified(db)
 
 
 # -- verify replays holds ------------------------------------------------------------------
