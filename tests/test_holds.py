@@ -17,7 +17,7 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import select, update
 
-from smscredits import holds, ledger, pricing, reads, refills
+from smscredits import clock, holds, ledger, pricing, reads, refills
 from smscredits.charging import Charger, ChargeRequest
 from smscredits.charging.model import BULK_BATCH, ChargeResult, MessageOp
 from smscredits.errors import Conflict, InsufficientCredits
@@ -670,6 +670,35 @@ def test_a_forced_power_delete_leaves_no_hold_open_for_ever(db: Db, charger: Cha
     with freeze_time(T0 + timedelta(minutes=5)):  # whether the delete or expiry ends it
         charger.expire()
         assert reads.open_holds(db) == []
+        assert_verified(db)
+
+
+def test_a_hold_that_cannot_end_does_not_stop_expiry_of_the_others(
+        db: Db, charger: Charger) -> None:
+    db.hold_rules = holds.Rules(ttl_us=60 * S)
+    with freeze_time(SETUP):
+        ledger.add_user(db, "bob")
+        ledger.create_power(db, "bob", initial=10_000)
+    with freeze_time(T0):
+        done(hold(charger, "b1", 1, user="bob"), "held")  # due first
+        done(hold(charger, "m1", 1, ttl=90 * S), "held")
+        done(hold(charger, "m2", 1, ttl=90 * S), "held")
+        ledger.delete_power(db, "bob", force=True)
+    with freeze_time(T0 + timedelta(minutes=5)):
+        charger.expire(batch=1)
+        assert (status_of(db, "m1"), status_of(db, "m2")) == ("settled", "settled")
+        assert power(db) == (D(8), D(0))
+
+
+def test_expire_before_an_instant_ends_holds_not_yet_due(db: Db, charger: Charger) -> None:
+    with freeze_time(T0):
+        done(hold(charger, "m1", 1), "held")
+    with freeze_time(T0 + timedelta(minutes=10)):
+        done(hold(charger, "m2", 2), "held")
+        before = clock.to_us(T0 + timedelta(minutes=5))
+        assert [(r.id, r.reason) for r in charger.expire(before=before)] == [("m1", "expired")]
+        assert charger.expire() == []  # m2 is not due for 48 hours
+        assert power(db) == (D(9), D(2))
         assert_verified(db)
 
 
