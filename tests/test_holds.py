@@ -463,6 +463,25 @@ def test_holds_for_refused_users_are_refused(db: Db, charger: Charger) -> None:
     assert_verified(db)
 
 
+def test_a_disabled_users_hold_still_settles_and_voids(db: Db, charger: Charger) -> None:
+    done(hold(charger, "m1", 3), "held")
+    done(hold(charger, "m2", 2), "held")
+    ledger.set_disabled(db, "alice", True)  # the messages were sent before
+    done(charger.settle("m1"), "settled")
+    done(charger.dlr("m2", "UNDELIV"), "voided")
+    assert power(db) == (D(7), D(0))
+    assert_verified(db)
+
+
+def test_a_lowered_limit_does_not_stop_a_settle_at_the_held_parts(db: Db,
+                                                                  charger: Charger) -> None:
+    done(hold(charger, "m1", 3), "held")
+    ledger.set_limits(db, "alice", {"day": 1_000})
+    done(charger.settle("m1"), "settled")
+    assert power(db) == (D(7), D(0))
+    assert_verified(db)
+
+
 # -- refund --------------------------------------------------------------------------------
 
 
@@ -729,7 +748,9 @@ def test_verify_names_a_hold_reopened_behind_its_journal(db: Db, charger: Charge
     ("kannel", "1", "settled"), ("kannel", "2", "voided"), ("kannel", "16", "voided"),
     ("jasmin", "DELIVRD", "settled"), ("jasmin", "UNDELIV", "voided"),
     ("jasmin", "ESME_RINVDSTADR", "voided"), ("smpp", "EXPIRED", "voided"),
-    ("smpp", "delivrd", "settled"),
+    ("smpp", "delivrd", "settled"), ("jasmin", "ACCEPTD", "settled"),
+    ("jasmin", "REJECTD", "voided"), ("smpp", "DELETED", "voided"),
+    ("kannel", "3", "settled"), ("kannel", "18", "voided"), ("kannel", " 1 ", "settled"),
 ])
 def test_a_final_report_settles_or_voids(db: Db, charger: Charger, source: str, status: str,
                                          outcome: str) -> None:
@@ -741,7 +762,8 @@ def test_a_final_report_settles_or_voids(db: Db, charger: Charger, source: str, 
 
 
 @pytest.mark.parametrize(("source", "status"), [
-    ("kannel", "4"), ("kannel", "8"), ("jasmin", "ESME_ROK"), ("smpp", "ENROUTE"),
+    ("kannel", "4"), ("kannel", "8"), ("kannel", "12"), ("jasmin", "ESME_ROK"),
+    ("jasmin", "UNKNOWN"), ("smpp", "ENROUTE"),
 ])
 def test_a_report_that_is_not_final_leaves_the_hold(db: Db, charger: Charger, source: str,
                                                     status: str) -> None:
