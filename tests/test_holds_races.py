@@ -37,9 +37,14 @@ TIMEOUT = 120
 WORKER = r"""
 import json, sys
 from smscredits import holds
-from smscredits.charging import Charger
+from collections import namedtuple
+from smscredits import ledger
+from smscredits.charging import Charger, ChargeRequest
 from smscredits.charging.model import MessageOp
+from smscredits.errors import InsufficientCredits
 from smscredits.storage.engine import open_db
+
+Result = namedtuple("Result", "id status replayed reason", defaults=(False, None))
 
 job = json.loads(sys.argv[1])
 db = open_db(job["url"], actor=job["name"])
@@ -49,6 +54,14 @@ print("ready", flush=True)
 while (line := sys.stdin.readline().strip()):
     if job["act"] == "expire-all":  # what `holds expire` does, ``line`` at a time
         rs = charger.expire(batch=int(line))
+    elif job["act"] == "hold":
+        rs = [charger.hold(ChargeRequest("alice", "+36301234567", parts=1, id=line))]
+    elif job["act"] == "subtract":  # an admin taking 8 credits away
+        try:
+            ledger.add_credits(db, "alice", -8000)
+            rs = [Result(line, "subtracted")]
+        except InsufficientCredits:
+            rs = [Result(line, "refused", "insufficient_credits")]
     elif job["act"] in ("settle", "void", "expire"):
         rs = charger.charge_batch([MessageOp(job["act"], line)])
     else:
@@ -242,5 +255,27 @@ def test_two_expiry_runs_at_once_end_each_hold_once(db: Db, db_url: str, ids: li
     assert all(kinds == ["message.expired"] for kinds in found.values()), found
     print(f"expiry race: {N} holds, {len(first)} and {len(second)} expired by each")
     assert power_row(db) == (1_000_000 - N * 1000, 0)
+    report = verify(db)
+    assert report.ok, report.problems[:5]
+
+
+def test_holds_racing_an_admin_subtracting_credits_keep_every_hold_payable(
+        db: Db, db_url: str, ids: list[str], tmp_path: Path) -> None:
+    """1000 credits, 120 held; one process holds 1 more per line, the other takes 8 away:
+    together they ask for more than is available, and neither may leave a hold unpayable."""
+    lines = [f"n-{i:03d}" for i in range(N)]
+    held, taken = race(db_url, ("hold", "subtract"), lines, {"ttl_us": 3_600_000_000},
+                       tmp_path)
+    assert {s for _, s, _, _ in held} <= {"held", "rejected"}, held
+    assert {r for _, s, _, r in held if s == "rejected"} <= {"insufficient_credits"}
+    assert {s for _, s, _, _ in taken} <= {"subtracted", "refused"}, taken
+    holds_ok = sum(s == "held" for _, s, _, _ in held)
+    subtracted = sum(s == "subtracted" for _, s, _, _ in taken)
+    balance, now_held = power_row(db)
+    assert (balance, now_held) == (1_000_000 - 8000 * subtracted, (N + holds_ok) * 1000)
+    assert balance - now_held >= 0
+    assert balance - now_held < 8000  # refused only when fewer than 8 were left
+    print(f"hold/subtract race: {holds_ok} held, {subtracted} subtractions, "
+          f"{(balance - now_held) / 1000} left")
     report = verify(db)
     assert report.ok, report.problems[:5]
