@@ -1,11 +1,14 @@
-"""Settles and voids of the same holds racing from two processes, on SQLite and Postgres.
+"""Acts on the same holds racing from two processes, on SQLite and Postgres.
 
-Each process opens its own handle and Charger, says ``ready``, and then acts on each id it
-reads from its stdin, one transaction per act, answering with the result. Both are sent the
-same id at once and answer before the next is sent: a start barrier per id (never a sleep),
-so the two acts on every id race, whichever engine runs ahead. Whatever
-the interleaving, each hold ends once: the journal has one ``message.settled`` or one
-``message.voided`` for it, never both, and ``verify`` finds the ledger consistent.
+Each process opens its own handle and Charger, says ``ready``, and then acts on each line
+(an id) it reads from its stdin, one transaction per act, answering with the results. Both
+are sent the same line at once and answer before the next is sent: a start barrier per id
+(never a sleep), so the two acts on every id race, whichever engine runs ahead. Raced:
+settle against void, a delivered report against a failed one, settle or void against
+expiry, two expiry runs, and holds against an admin taking credits away. Whatever the
+interleaving, each hold ends once (the journal has one ``message.settled``, ``voided`` or
+``expired`` for it, never two), every hold stays payable, and ``verify`` finds the ledger
+consistent. Run with ``-s`` to see who won how often.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ db.dispose()
 """
 
 
-def start(name: str, url: str, act: str, rules: dict[str, str],
+def start(name: str, url: str, act: str, rules: dict[str, Any],
           log: Path) -> subprocess.Popen[str]:
     env = dict(os.environ)  # the test's isolated settings (conftest) included
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
@@ -82,7 +85,7 @@ def start(name: str, url: str, act: str, rules: dict[str, str],
                             stderr=log.open("w"), text=True)
 
 
-def race(url: str, acts: tuple[str, str], lines: list[str], rules: dict[str, str],
+def race(url: str, acts: tuple[str, str], lines: list[str], rules: dict[str, Any],
          tmp: Path) -> list[list[Any]]:
     """Both acts on each line (an id) at once; each process's results, in its order."""
     procs = [start(f"{act}-worker", url, act, rules, tmp / f"w{i}.log")
@@ -220,7 +223,7 @@ def test_an_act_racing_expiry_ends_each_hold_once(db: Db, db_url: str, ids: list
                                                   act: str, expiry: str,
                                                   tmp_path: Path) -> None:
     rules = {"void_settled": "refuse", "expiry": expiry, "ttl_us": 60_000_000}
-    acted, expired = race(db_url, (act, "expire"), ids, rules, tmp_path)  # type: ignore[arg-type]
+    acted, expired = race(db_url, (act, "expire"), ids, rules, tmp_path)
     found = ends(db)
     assert sorted(found) == ids
     mine = {"settle": "message.settled", "void": "message.voided"}[act]
@@ -246,9 +249,9 @@ def test_two_expiry_runs_at_once_end_each_hold_once(db: Db, db_url: str, ids: li
                                                     tmp_path: Path) -> None:
     """Two ``holds expire`` from cron on two hosts, ten holds a transaction."""
     rules = {"expiry": "settle", "ttl_us": 60_000_000}
-    first, second = race(db_url, ("expire-all", "expire-all"), ["10"], rules,  # type: ignore[arg-type]
+    first, second = race(db_url, ("expire-all", "expire-all"), ["10"], rules,
                          tmp_path)
-    ended = [msg_id for _, rows in ((0, first), (1, second)) for msg_id, *_ in rows]
+    ended = [row[0] for row in first + second]
     assert sorted(ended) == ids  # each once, by one of them
     assert {(s, r) for _, s, _, r in first + second} == {("settled", "expired")}
     found = ends(db)
