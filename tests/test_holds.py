@@ -101,13 +101,14 @@ def failed(result: ChargeResult, status: str, reason: str, exit_code: int) -> Ch
 
 @pytest.fixture
 def charger(db: Db) -> Iterator[Charger]:
-    """alice (Budapest) with 10 credits, a price of 1 a part, the default hold rules."""
+    """alice (Budapest) with 10 credits, a price of 1 a part, the default hold rules; the
+    test runs at T0 unless it moves the clock itself (so that no window ends under it)."""
     db.hold_rules = holds.Rules()
     with freeze_time(SETUP):
         pricing.set_price(db, "default", "1")
         ledger.add_user(db, "alice", tz="Europe/Budapest")
         ledger.create_power(db, "alice", initial=10_000)
-    with Charger(db) as c:
+    with freeze_time(T0), Charger(db) as c:
         yield c
 
 
@@ -669,16 +670,16 @@ def test_a_user_or_power_with_open_holds_is_not_deleted(db: Db, charger: Charger
 def test_open_holds_lists_only_what_is_still_held(db: Db, charger: Charger) -> None:
     ledger.add_user(db, "bob")
     ledger.create_power(db, "bob", initial=10_000)
-    with freeze_time(T0):
-        done(hold(charger, "m1", 1), "held")
-        done(hold(charger, "m2", 2), "held")
-        done(hold(charger, "b1", 3, user="bob"), "held")
-        done(charge(charger, "c1", 1), "charged")
-        done(charger.void("m1"), "voided")
+    for i, (msg_id, parts, user) in enumerate([("m1", 1, "alice"), ("m2", 2, "alice"),
+                                                ("b1", 3, "bob")]):
+        with freeze_time(T0 + timedelta(seconds=i)):
+            done(hold(charger, msg_id, parts, user=user), "held")
+    done(charge(charger, "c1", 1), "charged")
+    done(charger.void("m1"), "voided")
     assert [(h.id, h.user, h.held, h.parts) for h in reads.open_holds(db)] == [
         ("m2", "alice", D(2), 2), ("b1", "bob", D(3), 3)]
     assert [h.id for h in reads.open_holds(db, "bob")] == ["b1"]
-    assert reads.open_holds(db, "alice")[0].expires_at == "2026-12-05T10:00:00Z"
+    assert reads.open_holds(db, "alice")[0].expires_at == "2026-12-05T10:00:01Z"
 
 
 def test_a_forced_power_delete_leaves_no_hold_open_for_ever(db: Db, charger: Charger) -> None:
