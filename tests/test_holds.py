@@ -23,6 +23,7 @@ from smscredits.charging.model import BULK_BATCH, ChargeResult, MessageOp
 from smscredits.errors import Conflict, InsufficientCredits
 from smscredits.storage.engine import Db, open_db
 from smscredits.storage.tables import events, messages, powers, users
+from smscredits.usage import usage
 from smscredits.verify import verify
 
 TO = "+36301234567"  # HU mobile
@@ -145,6 +146,8 @@ def test_a_hold_is_refused_for_credits_other_holds_took(db: Db, charger: Charger
     assert r.refusal is not None
     assert (r.refusal["available"], r.refusal["held"], r.refusal["balance"]) == (
         D(4), D(6), D(10))
+    assert r.message == ("insufficient credits: cost 5, available 4 (balance 10, held 6, "
+                         "overdraft 0)")
     failed(charge(charger, "c1", 5), "rejected", "insufficient_credits", 4)
     assert every_row(db)["powers"] == before["powers"]
     assert power(db) == (D(10), D(6))
@@ -720,6 +723,30 @@ def test_expire_before_an_instant_ends_holds_not_yet_due(db: Db, charger: Charge
         assert charger.expire() == []  # m2 is not due for 48 hours
         assert power(db) == (D(9), D(2))
         assert_verified(db)
+
+
+def test_usage_counts_holds_by_their_outcome(db: Db, charger: Charger) -> None:
+    db.hold_rules = holds.Rules(ttl_us=60 * S)
+    done(hold(charger, "m1", 3), "held")
+    done(charger.settle("m1", parts=2), "settled")
+    done(hold(charger, "m2", 2), "held")
+    done(charger.void("m2"), "voided")
+    done(hold(charger, "m3", 1, ttl=3600 * S), "held")
+    done(hold(charger, "m4", 1), "held")
+    done(hold(charger, "m5", 1), "held")
+    done(charge(charger, "c1", 1), "charged")
+    done(hold(charger, "m6", 1), "held")
+    done(charger.settle("m6"), "settled")
+    done(charger.void("m6"), "refunded")
+    with freeze_time(T0 + timedelta(minutes=2)):
+        done(charger.charge_batch([MessageOp("expire", "m4")])[0], "settled")
+        db.hold_rules = holds.Rules(ttl_us=60 * S, expiry="void")
+        done(charger.charge_batch([MessageOp("expire", "m5")])[0], "voided")
+    [day] = usage(db, "alice")
+    assert (day.messages, day.spent, day.refunded) == (7, D(5), 1)  # m1 2, m3 1, m4 1, c1 1
+    assert (day.held, day.settled, day.voided, day.expired) == (1, 2, 2, 2)
+    assert power(db) == (D(6), D(1))
+    assert_verified(db)
 
 
 # -- verify replays holds ------------------------------------------------------------------
