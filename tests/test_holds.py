@@ -176,6 +176,8 @@ def test_a_hold_with_a_used_id_replays_or_conflicts(db: Db, charger: Charger) ->
     again = done(hold(charger, "m1", 3), "held", replayed=True)
     assert (again.cost, again.held, again.balance, again.expires_at) == (
         first.cost, first.held, first.balance, first.expires_at)
+    later = done(hold(charger, "m1", 3, ttl=60 * S), "held", replayed=True)
+    assert later.expires_at == first.expires_at  # the first hold's, as it stands
     failed(hold(charger, "m1", 3, user="bob"), "error", "conflict", 6)
     failed(hold(charger, "m1", 2), "error", "conflict", 6)
     assert every_row(db) == before
@@ -432,8 +434,9 @@ def test_settle_of_a_charge_an_unknown_id_or_anothers_message_is_refused(
 
 def test_settle_for_a_bad_number_of_parts_is_bad_input(db: Db, charger: Charger) -> None:
     done(hold(charger, "m1", 3), "held")
-    for parts in (0, 256, -1):
-        failed(charger.settle("m1", parts=parts), "error", "bad_input", 2)
+    for parts in (0, 256, -1, "2", 2.0):
+        failed(charger.charge_batch([MessageOp("settle", "m1", parts=parts)])[0],  # type: ignore[arg-type]
+               "error", "bad_input", 2)
     assert power(db) == (D(10), D(3))
     done(charger.settle("m1", parts=255), "settled")  # 255 fits nowhere: at the held amount
     assert power(db) == (D(7), D(0))
