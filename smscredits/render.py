@@ -78,17 +78,31 @@ def _default(value: Any) -> orjson.Fragment:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+# The JSON numbers of the cost and price of recent result lines, by cost. A charge's cost and
+# price are the Decimals of a cached quote, the same objects line after line, so their text
+# is kept: found by the cost's hash (which the object keeps), used only for the very same
+# objects (an equal Decimal may be written otherwise: 0.05, 0.050).
+_shown: dict[Any, tuple[Any, Any, Any, Any]] = {}
+_SHOWN_MAX = 1024
+
+
 def charge_line(r: ChargeResult, line: int) -> str:
     """One result line of ``charge --file``: ``to_json({**r.as_dict(), "line": line})``.
     Once per message, so the dict is written out (a third of ``as_dict``'s time) and its
     amounts made numbers here (orjson's call back per Decimal costs more)."""
     cost, price, balance = r.cost, r.price, r.balance
+    seen = _shown.get(cost)
+    if seen is not None and seen[0] is cost and seen[2] is price:
+        cost_json, price_json = seen[1], seen[3]
+    else:
+        cost_json = _number(cost) if type(cost) is Decimal else cost
+        price_json = _number(price) if type(price) is Decimal else price
+        if len(_shown) >= _SHOWN_MAX:
+            _shown.clear()
+        _shown[cost] = (cost, cost_json, price, price_json)
     doc = {"status": r.status, "id": r.id, "user": r.user, "to": r.to, "reason": r.reason,
-           "message": r.message,
-           "cost": _number(cost) if type(cost) is Decimal else cost,
-           "parts": r.parts, "encoding": r.encoding,
-           "price": _number(price) if type(price) is Decimal else price,
-           "rule": r.rule, "country": r.country,
+           "message": r.message, "cost": cost_json, "parts": r.parts, "encoding": r.encoding,
+           "price": price_json, "rule": r.rule, "country": r.country,
            "balance": _number(balance) if type(balance) is Decimal else balance,
            "metered": r.metered, "replayed": r.replayed, "refusal": r.refusal, "line": line}
     try:
