@@ -2,10 +2,11 @@
 
     python bench/json_lines.py [--n 200000] [--repeat 5] [--against OLD/render.py]
 
-Prints the best of ``--repeat`` runs per case, in microseconds per line. ``--against`` loads
-another version of ``smscredits/render.py`` (e.g. ``git show main:smscredits/render.py >
-/tmp/render_main.py``) and times it in the same process, runs taking turns, so that both
-see the same load; the last column is new / old.
+Prints the best of ``--repeat`` runs per case, in microseconds of CPU time per line (CPU
+time: the machine may be shared). ``--against`` loads another version of
+``smscredits/render.py`` (e.g. ``git show main:smscredits/render.py > /tmp/render_main.py``)
+and times it in the same process, runs taking turns, so that both see the same load; the
+last column is new / old.
 """
 
 from __future__ import annotations
@@ -68,9 +69,9 @@ def run(name: str, items: list[Any], case: Case, modules: list[ModuleType], repe
     best = [float("inf")] * len(modules)
     for _ in range(repeat):
         for i, module in enumerate(modules):
-            start = time.perf_counter()
+            start = time.process_time()
             case(module, items)
-            best[i] = min(best[i], time.perf_counter() - start)
+            best[i] = min(best[i], time.process_time() - start)
     figures = "".join(f"{t / len(items) * 1e6:>10.3f}" for t in best)
     ratio = f"{best[0] / best[1]:>8.3f}" if len(best) == 2 else ""
     print(f"{name:<32}{figures}{ratio}")
