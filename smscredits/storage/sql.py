@@ -12,21 +12,24 @@ A runner is ``run(sql, params) -> rows``, each row readable by column name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from smscredits.storage import blocks
 
-Params = dict[str, Any]
-Query = tuple[str, Params]
+if TYPE_CHECKING:  # types only: this module is on the cold-start path of the read commands
+    from collections.abc import Callable
+    from typing import Protocol, TypeVar
 
+    Params = dict[str, Any]
+    Query = tuple[str, Params]
+    # A term of a WHERE clause: its SQL and the parameters it names; None when not used.
+    Term = tuple[str, Params] | None
 
-class Row(Protocol):
-    def __getitem__(self, key: Any, /) -> Any: ...
+    class Row(Protocol):
+        def __getitem__(self, key: Any, /) -> Any: ...
 
-
-R = TypeVar("R", bound=Row)
-Run = Callable[[str, Params], list[R]]
+    R = TypeVar("R", bound=Row)
+    Run = Callable[[str, Params], list[R]]
 
 USER = "SELECT users.* FROM users WHERE users.name = :name"
 ACCOUNTS = ("SELECT powers.*, users.name, users.disabled, users.tz "
@@ -36,9 +39,6 @@ EVENTS = ("SELECT events.*, users.name "
 NEWEST_EVENT = "SELECT max(events.id) AS newest FROM events"
 PLANS = ("SELECT refill_plans.*, users.name, users.tz "
          "FROM refill_plans JOIN users ON users.id = refill_plans.user_id")
-
-# A term of a WHERE clause: its SQL and the parameters it names; None when not used.
-Term = tuple[str, Params] | None
 
 
 def _where(*terms: Term) -> Query:
