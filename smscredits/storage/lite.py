@@ -65,8 +65,9 @@ def render_url(
     query: Mapping[str, str | Sequence[str]] | None = None,
     hide_password: bool = True,
 ) -> str:
-    """A database URL as text, written as SQLAlchemy's ``URL.render_as_string`` writes it
-    (which ``engine`` once called), so that every database is shown as before."""
+    """A database URL as text, written exactly as SQLAlchemy's ``URL.render_as_string``
+    writes it, so that every output naming a database reads as it always has (a test
+    compares the two)."""
     text = driver + "://"
     if user is not None:
         text += quote(user, safe=" +")
