@@ -32,8 +32,8 @@ from smscredits.ledger import power_row, user_row
 # Plans as shown (and their reads) are in reads, importable without SQLAlchemy.
 from smscredits.reads import ACTIVE, CANCELLED, PAUSED, Plan, plan_of, rule_of
 from smscredits.storage.engine import Db
-from smscredits.storage.queries import plan_rows_where
-from smscredits.storage.tables import powers, refill_applications, refill_plans, users
+from smscredits.storage.queries import plan_rows
+from smscredits.storage.tables import powers, refill_applications, refill_plans
 from smscredits.thresholds import rearm, sync_threshold
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def schedule_plan(
 
 def get_plan(db: Db, plan_id: int) -> Plan:
     with db.read() as conn:
-        rows = plan_rows_where(conn, refill_plans.c.id == plan_id)
+        rows = plan_rows(conn, plan_id=plan_id)
     if not rows:
         raise NotFound(f"no refill plan {plan_id}", code="unknown_plan")
     return plan_of(rows[0], db.default_tz, clock.now())
@@ -180,12 +180,8 @@ def _locked_plan(conn: Connection, plan_id: int) -> RowMapping | None:
     """The plan as committed now, with its user's name and zone, its row locked until the
     transaction ends (on Postgres; SQLite's write transaction holds the whole database).
     A cancel or pause committed meanwhile is seen here, or waits for this transaction."""
-    stmt = (select(refill_plans, users.c.name, users.c.tz)
-            .join(users, users.c.id == refill_plans.c.user_id)
-            .where(refill_plans.c.id == plan_id))
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=refill_plans)
-    return conn.execute(stmt).mappings().first()
+    rows = plan_rows(conn, plan_id=plan_id, lock=True)
+    return rows[0] if rows else None
 
 
 def _still_due(plan: RowMapping, period: int, balance: int, default_tz: str) -> bool:
@@ -277,7 +273,7 @@ def run(db: Db, *, dry_run: bool = False) -> list[Application]:
     """Apply every due period of every active plan, each exactly once."""
     now = clock.now()
     with db.read() as conn:
-        plans = plan_rows_where(conn, refill_plans.c.status == ACTIVE)
+        plans = plan_rows(conn, status=ACTIVE)
         balances = dict(conn.execute(select(powers.c.user_id, powers.c.balance)).all())
     results: list[Application] = []
     for plan in plans:

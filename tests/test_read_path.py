@@ -394,10 +394,17 @@ def test_a_terminal_still_gets_rich_styles(monkeypatch: pytest.MonkeyPatch) -> N
     assert "\x1b[1m" in out.getvalue()  # the header in bold
 
 
-@pytest.mark.parametrize("message", ["database is locked", "disk I/O error",
-                                     "attempt to write a readonly database", "two\nlines\nmore",
-                                     ""])
-def test_a_failed_read_is_worded_as_the_engine_words_it(message: str) -> None:
+@pytest.mark.parametrize("message, said", [
+    ("database is locked", "unavailable: database is locked"),
+    ("disk I/O error", "unavailable: disk I/O error"),
+    ("attempt to write a readonly database",
+     "is read-only: attempt to write a readonly database"),
+    ("two\nlines\nmore", "unavailable: two lines"),
+    ("", "unavailable: OperationalError"),
+])
+def test_a_failed_read_is_worded_alike_on_both_paths(message: str, said: str) -> None:
+    """One wording (``lite.explain``), whether the driver's error comes bare (the light path)
+    or wrapped by SQLAlchemy (the engine's)."""
     import sqlite3
 
     from sqlalchemy import exc
@@ -406,6 +413,8 @@ def test_a_failed_read_is_worded_as_the_engine_words_it(message: str) -> None:
     found = lite.sqlite_file(setting)
     assert found is not None
     error = sqlite3.OperationalError(message)
+    expected = f"database sqlite:////srv/odd name/credits.db {said}"
     core = engine.explain(exc.OperationalError("SELECT 1", None, error), engine.to_url(setting))
     light = lite.explain(error, lite.describe(*found))
-    assert (light.message, light.exit_code) == (core.message, core.exit_code)
+    assert (light.message, light.exit_code) == (core.message, core.exit_code) == (
+        expected, DATABASE)

@@ -14,9 +14,11 @@ from sqlalchemy.engine import URL, make_url
 from smscredits import config
 from smscredits.errors import DatabaseError
 
-# HEAD, the Alembic head this code expects (a test checks it against the migration scripts,
-# so that the per-command schema check needs no Alembic import), and the busy timeout live
-# in storage.lite, whose read path must not import this module.
+# How a database is shown and a failure worded, HEAD (the Alembic head this code expects: a
+# test checks it against the migration scripts, so that the per-command schema check needs
+# no Alembic import) and the busy timeout live in storage.lite, whose read path must not
+# import this module.
+from smscredits.storage import lite
 from smscredits.storage.hot import driver_errors
 from smscredits.storage.lite import BUSY_TIMEOUT_MS, HEAD
 
@@ -80,8 +82,14 @@ def is_sqlite_uri(url: URL) -> bool:
 
 
 def describe(url: URL) -> str:
-    """The URL as every output shows it: its secrets masked (``config.mask_url``)."""
-    return config.mask_url(url.render_as_string(hide_password=True))
+    """The URL as every output shows it: its secrets masked (``lite.describe``)."""
+    return lite.describe(url.drivername, url.database, **_parts(url))
+
+
+def _parts(url: URL) -> dict[str, Any]:
+    """The URL's parts besides its driver and database, as ``lite.render_url`` takes them."""
+    return {"user": url.username, "password": url.password, "host": url.host,
+            "port": url.port, "query": url.query}
 
 
 def sqlite_path(url: URL) -> Path | None:
@@ -184,14 +192,10 @@ def set_checkpoint_pages(conn: Connection, pages: int) -> None:
 
 
 def explain(e: exc.DBAPIError, url: URL) -> DatabaseError:
-    """A one-line, secret-free message for a database failure."""
-    raw = str(e.orig) if e.orig is not None else str(e)
-    first = " ".join(line.strip() for line in raw.strip().splitlines()[:2]) or type(e).__name__
-    # The driver may quote any part of the connection settings (a passfile's path, a key).
-    first = config.mask_text(first, url.render_as_string(hide_password=False))
-    if "readonly" in first or "read-only" in first:
-        return DatabaseError(f"database {describe(url)} is read-only: {first}")
-    return DatabaseError(f"database {describe(url)} unavailable: {first}")
+    """A one-line, secret-free message for a database failure (``lite.explain``)."""
+    secrets = lite.render_url(url.drivername, url.database, **_parts(url), hide_password=False)
+    return lite.explain(e, describe(url), said=None if e.orig is None else str(e.orig),
+                        url=secrets)
 
 
 class Db:

@@ -2,27 +2,30 @@
 
 Importing SQLAlchemy costs a read command more than its whole query; so when the database
 setting names a SQLite file that already exists, ``log``, ``events`` and ``credits balance``
-open it here, read-only, and run the queries of ``storage.queries`` as the equivalent SQL
-text. Anything else (Postgres, a file still to be created, ``:memory:``, a URL with query
-options) gets None, and the caller takes the SQLAlchemy path of ``storage.engine``.
+open it here, read-only, and run the SQL text of ``storage.sql`` (which ``storage.queries``
+runs through SQLAlchemy). Anything else (Postgres, a file still to be created, ``:memory:``,
+a URL with query options) gets None, and the caller takes the SQLAlchemy path of
+``storage.engine``.
 
-The URL resolution and the wording of a failed read repeat those of ``storage.engine``
-without its SQLAlchemy import; tests hold the two together. A file the engine would refuse
-(unreadable, or at another schema) is left to the engine, so its errors are the engine's.
+How a database is shown (``describe``) and a failure worded (``explain``) are defined here,
+without SQLAlchemy, and ``storage.engine`` uses them. ``sqlite_file`` is a light reading of
+the setting that only says which plain SQLite file it names, and leaves anything else to the
+engine's parser; tests hold the two together. A file the engine would refuse (unreadable,
+or at another schema) is left to the engine, so its errors are the engine's.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, quote_plus, unquote
 
 from smscredits import config
 from smscredits.errors import DatabaseError
-from smscredits.storage import blocks
+from smscredits.storage import sql
 
 if TYPE_CHECKING:
     import sqlite3
@@ -51,16 +54,57 @@ def sqlite_file(setting: str) -> tuple[str, str] | None:
     return None
 
 
-def describe(driver: str, database: str) -> str:
-    """The URL as ``engine.describe`` shows it (secrets masked by ``config.mask_url``)."""
-    return config.mask_url(f"{driver}:///{quote(database, safe=' +/')}")
+def render_url(
+    driver: str,
+    database: str | None,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    query: Mapping[str, str | Sequence[str]] | None = None,
+    hide_password: bool = True,
+) -> str:
+    """A database URL as text, written exactly as SQLAlchemy's ``URL.render_as_string``
+    writes it, so that every output naming a database reads as it always has (a test
+    compares the two)."""
+    text = driver + "://"
+    if user is not None:
+        text += quote(user, safe=" +")
+        if password is not None:
+            text += ":" + ("***" if hide_password else quote(str(password), safe=" +"))
+        text += "@"
+    if host is not None:
+        text += f"[{host}]" if ":" in host else host
+    if port is not None:
+        text += f":{port}"
+    if database is not None:
+        text += "/" + quote(database, safe=" +/")
+    if query:
+        text += "?" + "&".join(f"{quote_plus(key)}={quote_plus(value)}"
+                               for key in sorted(query) for value in _listed(query[key]))
+    return text
 
 
-def explain(e: Exception, shown: str) -> DatabaseError:
-    """A one-line message for a failure, as ``engine.explain`` words it."""
-    raw = str(e)
+def _listed(value: str | Sequence[str]) -> list[str]:
+    """A query option's values: one, or the several a repeated option has."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def describe(driver: str, database: str | None, **parts: Any) -> str:
+    """The database as every output shows it: the URL (``render_url``, taking its other
+    parts) with its secrets masked (``config.mask_url``)."""
+    return config.mask_url(render_url(driver, database, **parts))
+
+
+def explain(e: BaseException, shown: str, *, said: str | None = None,
+            url: str = "") -> DatabaseError:
+    """A one-line, secret-free message for a database failure: what the driver ``said``
+    (by default, what ``e`` says), its secrets and those of ``url`` masked."""
+    raw = str(e) if said is None else said
     first = " ".join(line.strip() for line in raw.strip().splitlines()[:2]) or type(e).__name__
-    first = config.mask_text(first)
+    # The driver may quote any part of the connection settings (a passfile's path, a key).
+    first = config.mask_text(first, url)
     if "readonly" in first or "read-only" in first:
         return DatabaseError(f"database {shown} is read-only: {first}")
     return DatabaseError(f"database {shown} unavailable: {first}")
@@ -135,22 +179,24 @@ def _schema_version(conn: sqlite3.Connection) -> str | None:
     return None if row is None else row[0]
 
 
-# -- the queries of storage.queries, as SQL text -------------------------------------------
+# -- the queries of storage.sql, on sqlite3 ---------------------------------------------------
+
+
+def _runner(conn: sqlite3.Connection) -> sql.Run[sqlite3.Row]:
+    def run(statement: str, params: sql.Params) -> list[sqlite3.Row]:
+        return conn.execute(statement, params).fetchall()
+
+    return run
 
 
 def user_row(conn: sqlite3.Connection, name: str) -> sqlite3.Row | None:
-    return conn.execute("SELECT users.* FROM users WHERE users.name = ?", (name,)).fetchone()
+    rows = _runner(conn)(*sql.user(name))
+    return rows[0] if rows else None
 
 
 def account_rows(conn: sqlite3.Connection, user: str | None,
                  kind: str | None) -> list[sqlite3.Row]:
-    where, params = _where([("users.name = ?", user)] if user is not None else [],
-                           [("powers.kind = ?", kind)] if kind is not None else [])
-    return conn.execute(
-        "SELECT powers.*, users.name, users.disabled, users.tz "
-        f"FROM powers JOIN users ON users.id = powers.user_id{where} "
-        "ORDER BY users.name, powers.kind", params,
-    ).fetchall()
+    return _runner(conn)(*sql.accounts(user, kind))
 
 
 def event_rows(
@@ -164,46 +210,10 @@ def event_rows(
     limit: int,
     credit_only: bool,
 ) -> list[sqlite3.Row]:
-    # The conditions in the order storage.queries writes them.
-    where, params = _where(
-        [("events.at >= ?", since)] if since is not None else [],
-        [("events.at < ?", until)] if until is not None else [],
-        [(f"events.kind IN ({', '.join('?' * len(kinds))})", *kinds)] if kinds else [],
-        [("events.amount IS NOT NULL",)] if credit_only else [],
-        [("events.id < ?", before)] if before is not None else [],
-        [("events.user_id = ?", user_id)] if user_id is not None else [],
-    )
-    sql = ("SELECT events.*, users.name "
-           f"FROM events LEFT OUTER JOIN users ON users.id = events.user_id{where}")
-    if user_id is None:
-        return conn.execute(f"{sql} ORDER BY events.id DESC LIMIT ?", [*params, limit]).fetchall()
-    # One user's events by the blocks of the account index, as storage.queries finds them.
-    newest = conn.execute("SELECT max(events.id) FROM events").fetchone()[0]
-
-    def fetch(within: str, n: int) -> list[sqlite3.Row]:
-        return conn.execute(f"{sql} AND {within} ORDER BY events.id DESC LIMIT ?",
-                            [*params, n]).fetchall()
-
-    return blocks.newest_page(newest, before, limit, fetch)
+    return sql.event_rows(_runner(conn), user_id=user_id, since=since, until=until,
+                          kinds=kinds, before=before, limit=limit, credit_only=credit_only)
 
 
 def plan_rows(conn: sqlite3.Connection, *, user_id: int | None,
               all_: bool) -> list[sqlite3.Row]:
-    where, params = _where(
-        [] if all_ else [("refill_plans.status != ?", "cancelled")],
-        [("refill_plans.user_id = ?", user_id)] if user_id is not None else [],
-    )
-    return conn.execute(
-        "SELECT refill_plans.*, users.name, users.tz "
-        f"FROM refill_plans JOIN users ON users.id = refill_plans.user_id{where} "
-        "ORDER BY refill_plans.id", params,
-    ).fetchall()
-
-
-def _where(*terms: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
-    """`` WHERE a AND b`` of the given conditions, each ``(sql, *values)``, and the values."""
-    used = [term for group in terms for term in group]
-    if not used:
-        return "", []
-    return (" WHERE " + " AND ".join(sql for sql, *_ in used),
-            [value for _, *values in used for value in values])
+    return _runner(conn)(*sql.plans(user_id=user_id, all_=all_))
