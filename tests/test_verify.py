@@ -106,7 +106,7 @@ def test_a_refunded_message_set_back_to_charged_is_found(alice: Db, cli: Any) ->
     assert cli("refund", "m-0").exit_code == 0  # the tampered row lets it through ...
     found = _one(_verify_cli(cli))  # ... and the second refund is named
     assert found["check"] == "message" and "more than once" in found["detail"]
-    assert found["found"] == "1 charge(s), 2 refund(s), 0 unmetered"
+    assert found["found"] == "1 charge(s), 0 hold(s), 2 refund(s), 0 unmetered"
     assert cli("log", "alice", "--json").json()[0]["id"] == found["event_id"]
 
 

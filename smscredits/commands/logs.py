@@ -82,7 +82,7 @@ def register(root: typer.Typer) -> None:
              rich_help_panel="Logs")
     def log(user: UserOpt = None, since: Since = None, until: Until = None, kind: Kind = None,
             limit: Limit = 50, before: Before = None) -> None:
-        """The credit log: every change of a balance, newest first."""
+        """The credit log: every change of a balance (and every hold), newest first."""
         _show(user, since, until, kind, limit, before, credit_only=True)
 
     @command(root, "events", example="smscredits events alice --kind user.disabled --json",

@@ -95,12 +95,18 @@ def events(
         _equals("events.at", "since", since, ">="),
         _equals("events.at", "until", until, "<"),
         _in("events.kind", "kind", kinds or []),
-        ("events.amount IS NOT NULL", {}) if credit_only else None,
+        (CREDIT_LOG, {}) if credit_only else None,
         _equals("events.id", "before", before, "<"),
         _equals("events.user_id", "user_id", user_id),
         (within, {}) if within else None,
     )
     return f"{EVENTS}{where} ORDER BY events.id DESC LIMIT :limit", {**params, "limit": limit}
+
+
+# The credit log: the events that changed a balance, and those that reserved credits or
+# released them (a hold, a void, an expiry), which change what is available.
+CREDIT_LOG = ("(events.amount IS NOT NULL OR events.kind IN "
+              "('message.held', 'message.voided', 'message.expired'))")
 
 
 def plans(*, user_id: int | None = None, all_: bool = True, plan_id: int | None = None,
