@@ -166,6 +166,8 @@ def _act(op: str, data: dict[str, Any]) -> MessageOp:
         raise BadInput("user must be a string")
     if parts is not None and (type(parts) is not int or not 1 <= parts <= MAX_PARTS):
         raise BadInput(f"bad parts: must be a whole number 1-{MAX_PARTS}")
+    if type(data.get("status")) is int:  # Kannel's %d, as a gateway may pass it on
+        data["status"] = str(data["status"])
     for key in ("note", "status", "from"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise BadInput(f"{key} must be a string")
