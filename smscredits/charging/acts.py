@@ -186,23 +186,19 @@ def _as_it_stands(row: dict[str, Any], op: MessageOp, *, replayed: bool) -> Char
     """The message as it is: an act already done (a report twice, a settle after a void),
     or one that changes nothing (a report that is not final, a hold not yet due)."""
     status = row["status"]
-    r = ChargeResult(
-        status if replayed or status == "held" else "ignored", row["id"], row["user_name"],
-        row["to_number"], cost=None if row["cost"] is None else to_decimal(row["cost"]),
+    held = status == "held"
+    return ChargeResult(
+        status if replayed else "ignored", row["id"], row["user_name"], row["to_number"],
+        cost=None if row["cost"] is None else to_decimal(row["cost"]),
         parts=row["parts"] or None, encoding=row["encoding"],
         price=None if row["price"] is None else to_decimal(row["price"]), rule=row["rule"],
         country=row["country"],
         balance=None if row["balance_after"] is None else to_decimal(row["balance_after"]),
         metered=row["power_id"] is not None, replayed=replayed,
-        expires_at=clock.iso(row["expires_at"]) if status == "held" else None)
-    if status == "held":
-        r.held = r.cost
-    if not replayed:
-        r.status = "ignored"
-        r.message = f"{op.op} {op.status or ''}".rstrip() + f": message {status}, unchanged"
-    else:
-        r.message = f"already {status}: first result returned, nothing changed"
-    return r
+        message=(f"already {status}: first result returned, nothing changed" if replayed
+                 else f"{op.op} {op.status or ''}".rstrip() + f": message {status}, unchanged"),
+        held=to_decimal(row["cost"]) if held and row["cost"] is not None else None,
+        expires_at=clock.iso(row["expires_at"]) if held else None)
 
 
 def _error(op: MessageOp, reason: str, message: str) -> ChargeResult:
