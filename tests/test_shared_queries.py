@@ -130,7 +130,8 @@ def test_the_sql_of_a_query_is_one_text_with_named_parameters() -> None:
     assert text == (
         "SELECT events.*, users.name FROM events LEFT OUTER JOIN users ON users.id = "
         "events.user_id WHERE events.at >= :since AND events.at < :until AND events.kind IN "
-        "(:kind_0, :kind_1) AND events.amount IS NOT NULL AND events.id < :before AND "
+        "(:kind_0, :kind_1) AND (events.amount IS NOT NULL OR events.kind IN ('message.held', "
+        "'message.voided', 'message.expired')) AND events.id < :before AND "
         "events.user_id = :user_id AND (events.id >> 15) IN (0) ORDER BY events.id DESC "
         "LIMIT :limit")
     assert params == {"since": 1, "until": 2, "kind_0": "a", "kind_1": "b", "before": 9,
