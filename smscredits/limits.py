@@ -92,6 +92,16 @@ def within(limits: tuple[int | None, int | None, int | None], spent: Spent) -> b
             and spent[2] <= (month if month is not None else MAX_MILLIS))
 
 
+def room_for(limits: tuple[int | None, int | None, int | None], spent: Spent, now: Keys,
+             keys: Keys, extra: int) -> bool:
+    """Whether ``extra``, counted in the windows ``keys`` that are still current at ``now``
+    (``spent``: the counters of the windows ``now``), keeps each of those within its limit.
+    A window it is not counted in (ended, or another) is none of its concern."""
+    after = moved(now, spent, keys, extra)
+    return all(after[i] <= (limit if limit is not None else MAX_MILLIS)
+               for i, limit in enumerate(limits) if now[i] == keys[i])
+
+
 def passed(limits: tuple[int | None, int | None, int | None], spent: Spent) -> str | None:
     """The first window (day, week, month) whose limit these counters pass; None if none
     does. A window without a limit is never passed."""

@@ -146,13 +146,15 @@ def _end(batch: Batch, op: MessageOp, row: dict[str, Any], status: str, *, cost:
                     balance_after=power.balance, ref=op.id, note=op.note, detail=detail)
     else:
         cost = 0
-    batch.change(op.id, status=status, cost=cost, parts=parts,
-                 reason="expired" if expired else reason,
-                 balance_after=power.balance if power is not None else None)
     if power is not None and cost and power.refill_below is not None \
             and power.balance < power.refill_below:
         batch.refill(batch.owners[power.id], power)
         power = batch.powers[power.id]  # read again after the plan moved it
+    # Recorded with the balance the caller is told (after a refill it fired), so that a
+    # replay tells the same.
+    batch.change(op.id, status=status, cost=cost, parts=parts,
+                 reason="expired" if expired else reason,
+                 balance_after=power.balance if power is not None else None)
     result = _result(batch.message(op.id) or row, status, power, cost=cost, held=held)
     if reason is not None:
         result.reason = reason

@@ -404,7 +404,8 @@ class Batch:
         same_cost = (quote is None and not too_dear) or row["cost"] is None or (
             quote is not None and row["cost"] == quote.cost) or (
             row["power_id"] is None and row["status"] != "rejected") or (
-            req.hold and row["status"] in ("settled", "voided", "refunded"))
+            req.hold and row["expires_at"] is not None  # it was a hold, and it has ended
+            and row["status"] in ("settled", "voided", "refunded"))
         if not (same_user and same_cost):
             return ChargeResult(
                 "error", req.id, req.user, req.to, reason="conflict",

@@ -74,14 +74,13 @@ class HeldPower:
 
     def can_take_more(self, extra: int, keys: Keys, now: Keys) -> bool:
         """Whether ``extra`` beyond a hold can be taken (a settle for more parts than held):
-        balance and overdraft allow it, and so does each limit of the windows current at
-        ``now`` that the hold was counted in (a window that has ended is not checked: it
-        takes nothing more)."""
+        balance and overdraft allow it, and so does the limit of each window current at
+        ``now`` that the hold was counted in (the others do not count it)."""
         floor = self.overdraft
         if self.balance - self.held - extra < (-floor if floor is not None else -MAX_MILLIS):
             return False
-        current = limits.spent_in(self.keys, self.spent, now)
-        return limits.within(self.limits, limits.moved(now, current, keys, extra))
+        return limits.room_for(self.limits, limits.spent_in(self.keys, self.spent, now), now,
+                               keys, extra)
 
     def give_back(self, cost: int, keys: Keys) -> None:
         """A refund of ``cost`` charged in the windows ``keys``."""
