@@ -1305,3 +1305,40 @@ def test_a_replayed_charge_that_fired_a_threshold_plan_repeats_the_first_result(
     again = charger.charge(ChargeRequest("alice", HU, parts=1, id="m1"))
     assert again.replayed and ledger.get_account(db, "alice").balance == 11
     assert replay_fields(again) == replay_fields(first)
+
+
+def test_a_charge_refused_beside_a_hold_names_what_is_held(db: Db) -> None:
+    """A charge refused for the balance while credits are held: the refusal's numbers name
+    the held amount (was: a TypeError making the refusal's message, and the batch lost)."""
+    pricing.set_price(db, "HU", "1")
+    ledger.add_user(db, "alice", tz="Europe/Budapest")
+    ledger.create_power(db, "alice", initial=1_000, overdraft=0)
+    db.hold_rules = holds.Rules()
+    charger = Charger(db)
+    assert charger.hold(ChargeRequest("alice", HU, parts=1, id="m1")).status == "held"
+    refused = charger.charge(ChargeRequest("alice", HU, parts=1))
+    assert (refused.status, refused.reason) == ("rejected", "insufficient_credits")
+    assert refused.refusal == {"cost": Decimal(1), "available": Decimal(0),
+                               "balance": Decimal(1), "overdraft": Decimal(0),
+                               "held": Decimal(1)}
+
+
+def test_a_replayed_settle_that_fired_a_threshold_plan_repeats_the_first_result(db: Db) -> None:
+    """The settle's answer shows the balance after the refill it fired; so must a settle,
+    a delivery report or a charge sent again with its id (was: the balance before the
+    refill, as for charges before)."""
+    pricing.set_price(db, "HU", "1")
+    ledger.add_user(db, "alice", tz="Europe/Budapest")
+    ledger.create_power(db, "alice", initial=1_000)
+    refills.schedule_plan(db, "alice", below=1_000, top_up_to=11_000)
+    db.hold_rules = holds.Rules()
+    charger = Charger(db)
+    assert charger.hold(ChargeRequest("alice", HU, parts=1, id="m1")).status == "held"
+    first = charger.settle("m1")
+    assert (first.status, first.balance) == ("settled", Decimal(11))
+    for again in (charger.settle("m1"), charger.dlr("m1", "DELIVRD"),
+                  charger.charge(ChargeRequest("alice", HU, parts=1, id="m1"))):
+        assert again.replayed, again
+        assert (again.status, again.cost, again.balance) == ("settled", Decimal(1),
+                                                             Decimal(11)), again
+    assert ledger.get_account(db, "alice").balance == 11
