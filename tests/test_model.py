@@ -826,7 +826,10 @@ class ModelMachine(RuleBasedStateMachine):
         self.check_act(self.charger.charge_batch([op])[0], want, op)
 
     def some_id(self, data: st.DataObject) -> str:
-        return data.draw(st.sampled_from([*sorted(self.messages), "nope"]), label="id")
+        """A message id: most often one still held, else any known, or an unknown one."""
+        held = sorted(i for i, m in self.messages.items() if m.status == "held")
+        known = st.sampled_from([*sorted(self.messages), "nope"])
+        return data.draw(st.sampled_from(held) | known if held else known, label="id")
 
     @rule(data=st.data(), parts=SETTLE_PARTS, user=st.none() | st.integers(0, 1))
     def settle(self, data: st.DataObject, parts: int | None, user: int | None) -> None:
@@ -1342,3 +1345,31 @@ def test_a_replayed_settle_that_fired_a_threshold_plan_repeats_the_first_result(
         assert (again.status, again.cost, again.balance) == ("settled", Decimal(1),
                                                              Decimal(11)), again
     assert ledger.get_account(db, "alice").balance == 11
+
+
+def test_a_settle_for_more_parts_is_not_refused_by_a_window_it_is_not_counted_in(
+        db: Db) -> None:
+    """A hold of yesterday settled today for more parts: the difference is counted in the
+    hold's windows still current (its week and month), so only their limits may refuse it.
+    (Was: refused, settled at the held amount, by the day's limit: the hold's ended day when
+    nothing was charged since midnight, today's when something was.)"""
+    with freeze_time(datetime(2026, 1, 6, 12, 0, tzinfo=UTC)) as frozen:
+        pricing.set_price(db, "HU", "1")
+        ledger.add_user(db, "alice", tz="Europe/Budapest")
+        ledger.create_power(db, "alice", initial=10_000)
+        ledger.set_limits(db, "alice", {"day": 2_000})
+        db.hold_rules = holds.Rules()
+        charger = Charger(db)
+        for msg_id in ("m1", "m2"):
+            assert charger.hold(ChargeRequest("alice", HU, parts=1, id=msg_id)).held == 1
+        frozen.tick(timedelta(days=1))
+        first = charger.settle("m1", parts=2)  # yesterday's day limit does not count it
+        assert (first.status, first.reason, first.cost) == ("settled", None, Decimal(2))
+        assert charger.charge(ChargeRequest("alice", HU, parts=1)).status == "charged"
+        ledger.set_limits(db, "alice", {"day": 0})
+        second = charger.settle("m2", parts=2)  # nor does today's, passed by a charge
+        assert (second.status, second.reason, second.cost) == ("settled", None, Decimal(2))
+        assert ledger.get_account(db, "alice").balance == 5
+        assert [w.spent for w in reads.show_limits(db, "alice").windows] == [1, 5, 5]
+        report = verify.verify(db)
+        assert report.ok, report.problems
