@@ -831,11 +831,13 @@ class ModelMachine(RuleBasedStateMachine):
         self.check_act(self.charger.charge_batch([op])[0], want, op)
 
     def some_id(self, data: st.DataObject) -> str:
-        """A message id: most often one still held, else any known, or an unknown one. (In the
-        order they were made: a generated id is random, its place must not be.)"""
-        held = [i for i, m in self.messages.items() if m.status == "held"]
-        known = st.sampled_from([*self.messages, "nope"])
-        return data.draw(st.sampled_from(held) | known if held else known, label="id")
+        """A message id: most often one held or settled, else any known, or an unknown one. (In
+        the order they were made: a generated id is random, its place must not be.)"""
+        ids = st.sampled_from([*self.messages, "nope"])
+        for status in ("settled", "held"):
+            some = [i for i, m in self.messages.items() if m.status == status]
+            ids = st.sampled_from(some) | ids if some else ids
+        return data.draw(ids, label="id")
 
     @rule(data=st.data(), parts=SETTLE_PARTS, user=st.none() | st.integers(0, 1))
     def settle(self, data: st.DataObject, parts: int | None, user: int | None) -> None:
