@@ -4,12 +4,16 @@ Rules add (positive and negative) and set credits, charge (singly and in batches
 without message ids, repeated ids included), refund (charged, already refunded and unknown
 ids), change limits, overdrafts, prices and whether a user is disabled, schedule and run daily
 refill plans (``--add`` / ``--top-up-to``, at times that fall in DST gaps and folds) and a
-threshold plan, pause/resume/cancel plans, and move a frozen clock by minutes to days. Each
+threshold plan, pause/resume/cancel plans, hold messages (alone and in batches with charges
+and acts), settle them (at the parts held or others), void them, send delivery reports of
+each gateway, expire them once the clock passed their ttl and refund settled ones (by
+``refund`` and by a void), and move a frozen clock by minutes to days. Each
 outcome is predicted exactly by the model (ints in thousandths of a credit; windows and refill
 due times computed here with ``zoneinfo``, not with smscredits' calendar code) and compared.
-After every step: balances, limit windows, the credit log, the overdraft floor, the plans'
-state and ``verify`` must all agree with the model. Runs on SQLite and (smaller) on Postgres,
-each example on a fresh database; the bugs it found are kept as plain tests at the end.
+After every step: balances, held amounts, limit windows, the credit log, the overdraft floor,
+the plans' state and ``verify`` must all agree with the model. Runs on SQLite and (smaller) on
+Postgres, each example on a fresh database; the bugs it found are kept as plain tests at the
+end.
 """
 
 from __future__ import annotations
@@ -39,10 +43,11 @@ from hypothesis.stateful import (
     rule,
 )
 
-from smscredits import ledger, pricing, reads, refills, verify
+from smscredits import holds, ledger, pricing, reads, refills, verify
 from smscredits.amounts import MAX_MILLIS
 from smscredits.charging import Charger, ChargeRequest, ChargeResult
 from smscredits.charging import refund as refund_message
+from smscredits.charging.model import MessageOp
 from smscredits.errors import BadInput, Conflict, InsufficientCredits, NotFound, SmsCreditsError
 from smscredits.storage.engine import Db, open_db
 from smscredits.storage.migrate import upgrade
@@ -113,6 +118,46 @@ STARTS = st.one_of(
     st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2027, 12, 31),
                  timezones=st.just(UTC)),
 )
+
+
+# Holds: the ttl in force (µs), a hold's own ttl, the parts a settle reports.
+SECOND = 1_000_000
+RULES = st.builds(
+    holds.Rules,
+    ttl_us=st.sampled_from([30 * 60, 6 * 3600, 48 * 3600]).map(lambda s: s * SECOND),
+    expiry=st.sampled_from([holds.SETTLE, holds.VOID]),
+    void_settled=st.sampled_from(["refund", "refund", "refuse"]),
+)
+HOLD_TTLS = st.none() | st.sampled_from([10 * 60, 24 * 3600]).map(lambda s: s * SECOND)
+HOLD_REQUESTS = st.tuples(REQUESTS, HOLD_TTLS)
+SETTLE_PARTS = st.none() | st.integers(1, 4)
+# What a delivery report does, by the gateways' documentation (None: a status unknown to
+# them): Kannel's DLR type bits (1 delivered, 2 failed, 4 queued, 8 accepted, 16 rejected;
+# a combination: delivered wins, then a failure), Jasmin's and SMPP 3.4's receipt states
+# and Jasmin's submit statuses.
+REPORTS = {
+    ("kannel", "1"): "settle", ("kannel", "2"): "void", ("kannel", "4"): "ignore",
+    ("kannel", "8"): "ignore", ("kannel", "16"): "void", ("kannel", "9"): "settle",
+    ("kannel", "12"): "ignore", ("kannel", "24"): "void", ("kannel", "64"): None,
+    ("jasmin", "DELIVRD"): "settle", ("jasmin", "UNDELIV"): "void",
+    ("jasmin", "ESME_ROK"): "ignore", ("jasmin", "ESME_RTHROTTLED"): "void",
+    ("jasmin", "enroute"): "ignore",
+    ("smpp", "ACCEPTD"): "settle", ("smpp", "delivrd"): "settle", ("smpp", "EXPIRED"): "void",
+    ("smpp", "REJECTD"): "void", ("smpp", "UNKNOWN"): "ignore", ("smpp", "BOGUS"): None,
+}
+DLRS = st.sampled_from(sorted(REPORTS))
+FINAL = ("settled", "voided", "refunded")
+ACT_IDS = st.sampled_from(["m1", "m2", "m3", "m4", "nope"])
+# One item of a mixed batch: a charge, a hold, or an act on a message id.
+BATCH_ITEMS = st.one_of(
+    REQUESTS.map(lambda r: ("charge", r)),
+    HOLD_REQUESTS.map(lambda r: ("hold", r)),
+    st.tuples(st.sampled_from(["settle", "void", "refund"]), ACT_IDS, SETTLE_PARTS),
+    st.tuples(st.just("dlr"), ACT_IDS, DLRS),
+)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def dec(millis: int) -> Decimal:
@@ -186,6 +231,29 @@ def refused_out_of_range(call: Any, *args: Any, **kwargs: Any) -> None:
     event(f"refused: {OUT} by {call.__name__}")
 
 
+def iso(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def stands(result: ChargeResult) -> tuple[Any, ...]:
+    """What a replay of a hold's id shows of the message as it stands."""
+    return (result.status, result.reason, result.cost, result.parts, result.balance,
+            result.held, result.expires_at)
+
+
+def as_it_stands(msg: MMessage) -> tuple[Any, ...]:
+    """The model's side of ``stands``: a refunded message shows as charged."""
+    held = msg.status == "held"
+    assert msg.cost is not None and msg.balance is not None and msg.expires_at is not None
+    return ("charged" if msg.status == "refunded" else msg.status, msg.reason, dec(msg.cost),
+            msg.parts, dec(msg.balance), dec(msg.cost) if held else None,
+            iso(msg.expires_at) if held else None)
+
+
+def error(reason: str) -> dict[str, Any]:
+    return {"status": "error", "reason": reason}
+
+
 def replay_fields(result: ChargeResult) -> tuple[Any, ...]:
     """What a replay must repeat of the first result."""
     return (result.status, result.reason, result.id, result.to, result.cost, result.parts,
@@ -202,6 +270,7 @@ class MUser:
     overdraft: int | None  # None: unlimited
     limits: dict[str, int | None] = field(default_factory=lambda: dict.fromkeys(WINDOWS))
     disabled: bool = False
+    held: int = 0  # reserved by open holds
 
 
 @dataclass
@@ -214,14 +283,22 @@ class MCharge:
 
 @dataclass
 class MMessage:
-    """The first outcome recorded for a message id."""
+    """A message id's row: its first outcome, and for a hold what became of it."""
 
     user: str
-    cost: int | None
-    status: str  # charged | rejected | refunded
+    cost: int | None  # a hold's: what it holds, then what it was settled at (voided: 0)
+    status: str  # charged | rejected | refunded | held | settled | voided
     reason: str | None
+    # Counted in the windows (a hold's cost while held, then what it was settled at); a
+    # refund or void takes it out.
     charge: MCharge | None = None
     first: ChargeResult | None = None  # what the first attempt returned
+    balance: int | None = None  # the balance its last result told
+    # A hold's: the price a part, its parts, the amount held and when it expires.
+    price: int = 0
+    parts: int = 0
+    held: int | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass
@@ -254,6 +331,7 @@ class Outcome:
     replayed: bool = False
     first: ChargeResult | None = None  # a replay returns the first result
     refusal: dict[str, Any] | None = None  # a refusal's numbers, resets_at apart
+    message: MMessage | None = None  # a new hold's, or a hold's replayed as it stands
 
 
 class ModelMachine(RuleBasedStateMachine):
@@ -289,6 +367,7 @@ class ModelMachine(RuleBasedStateMachine):
                 finally:
                     gc.enable()
         finally:
+            self.charger.release()  # its connection: Postgres has a limit on them
             self.db.dispose()
             self.close_database()
 
@@ -308,14 +387,16 @@ class ModelMachine(RuleBasedStateMachine):
         daily=st.lists(st.tuples(st.integers(0, 1), DST_TIMES | st.sampled_from(AT_TIMES),
                                  st.booleans(), REFILLS), max_size=2),
         threshold=st.none() | st.tuples(st.integers(0, 1), THRESHOLDS, st.booleans(), REFILLS),
+        rules=RULES,
     )
     def setup(self, start: datetime | tuple[int, int],
               accounts: list[tuple[str, int, int | None, dict[str, int | None]]],
               prices: dict[str, int], daily: list[tuple[int, str | None, bool, int]],
-              threshold: tuple[int, int, bool, int] | None) -> None:
+              threshold: tuple[int, int, bool, int] | None, rules: holds.Rules) -> None:
         if isinstance(start, tuple):
             start = CHANGES[accounts[0][0]][start[0]] - timedelta(hours=start[1])
         self.now = start
+        self.db.hold_rules = self.rules = rules
         self._freezer = freeze_time(start)
         self.frozen = self._freezer.__enter__()
         for key, price in prices.items():
@@ -356,7 +437,9 @@ class ModelMachine(RuleBasedStateMachine):
         if out_of_range(amount):  # the amount itself: checked first
             refused_out_of_range(ledger.add_credits, self.db, name, amount)
             return
-        if amount < 0 and u.overdraft is not None and u.balance + amount < -u.overdraft:
+        # What is held stays payable: a subtraction takes only what is available.
+        if amount < 0 and u.overdraft is not None and \
+                u.balance - u.held + amount < -u.overdraft:
             with pytest.raises(InsufficientCredits):
                 ledger.add_credits(self.db, name, amount)
             return
@@ -377,7 +460,7 @@ class ModelMachine(RuleBasedStateMachine):
         if out_of_range(target):  # the target itself: checked before the overdraft
             refused_out_of_range(ledger.set_credits, self.db, name, target)
             return
-        if u.overdraft is not None and target < -u.overdraft:
+        if u.overdraft is not None and target - u.held < -u.overdraft:
             with pytest.raises(InsufficientCredits):
                 ledger.set_credits(self.db, name, target)
             return
@@ -397,7 +480,7 @@ class ModelMachine(RuleBasedStateMachine):
         if overdraft is not None and out_of_range(overdraft):
             refused_out_of_range(ledger.set_overdraft, self.db, name, overdraft)
             return
-        if overdraft is not None and u.balance < -overdraft:
+        if overdraft is not None and u.balance - u.held < -overdraft:
             with pytest.raises(Conflict):
                 ledger.set_overdraft(self.db, name, overdraft)
             return
@@ -426,9 +509,11 @@ class ModelMachine(RuleBasedStateMachine):
 
     # -- charges and refunds ---------------------------------------------------------------
 
-    def expect_charge(self, user: str, to: str, parts: int, msg_id: str | None) -> Outcome:
-        """Predict one charge and apply it to the model."""
+    def expect_charge(self, user: str, to: str, parts: int, msg_id: str | None,
+                      hold: bool = False, ttl: int | None = None) -> Outcome:
+        """Predict one charge (with ``hold``: a hold) and apply it to the model."""
         cost: int | None = None
+        price = 0
         reason: str | None = None
         if to == BAD:
             reason = "invalid_number"
@@ -442,11 +527,16 @@ class ModelMachine(RuleBasedStateMachine):
                     reason = OUT
         if msg_id is not None and msg_id in self.messages:
             first = self.messages[msg_id]
-            same_cost = cost is None or first.cost is None or first.cost == cost
+            # A hold that ended (settled at other parts, voided) no longer has the cost it
+            # was held at: a hold sent again with its id replays it whatever it costs now.
+            same_cost = cost is None or first.cost is None or first.cost == cost or (
+                hold and first.held is not None and first.status in FINAL)
             if first.user != user or not same_cost:
                 return Outcome("error", "conflict")
-            status = "rejected" if first.status == "rejected" else "charged"
-            return Outcome(status, first.reason, first.cost, replayed=True, first=first.first)
+            # A hold's id replays the message as it stands (a refunded one as charged).
+            status = "charged" if first.status == "refunded" else first.status
+            return Outcome(status, first.reason, first.cost, replayed=True, first=first.first,
+                           message=first if first.held is not None else None)
         u = self.users.get(user)
         # The documented order: number, price, user, then balance and the limit windows.
         if reason is None and u is None:
@@ -455,11 +545,14 @@ class ModelMachine(RuleBasedStateMachine):
             reason = "user_disabled"
         refusal: dict[str, Any] | None = None
         if reason is None and u is not None and cost is not None:
-            if u.overdraft is not None and u.balance - cost < -u.overdraft:
+            # What a charge or a hold can take: balance - held + overdraft.
+            if u.overdraft is not None and u.balance - u.held - cost < -u.overdraft:
                 reason = "insufficient_credits"
-                refusal = {"cost": dec(cost), "available": dec(u.balance + u.overdraft),
+                refusal = {"cost": dec(cost), "available": dec(u.balance - u.held + u.overdraft),
                            "balance": dec(u.balance), "overdraft": dec(u.overdraft)}
-            elif out_of_range(u.balance - cost):  # an unlimited overdraft
+                if u.held:
+                    refusal["held"] = dec(u.held)
+            elif out_of_range(u.balance - u.held - cost):  # an unlimited overdraft
                 reason = OUT
             else:
                 spent = self.spent(user)
@@ -483,16 +576,32 @@ class ModelMachine(RuleBasedStateMachine):
             return Outcome("rejected", reason, None if reason == OUT else cost,
                            refusal=refusal)
         assert u is not None and cost is not None
-        u.balance -= cost
         charge = MCharge(user, cost, self.now)
         self.charges.append(charge)
+        if hold:  # reserved: the windows count it, the balance does not move
+            u.held += cost
+            expires = self.now + timedelta(microseconds=self.rules.ttl_us if ttl is None
+                                           else ttl)
+            held = MMessage(user, cost, "held", None, charge, balance=u.balance, price=price,
+                            parts=parts, held=cost, expires_at=expires)
+            if msg_id is not None:
+                self.messages[msg_id] = held
+            return Outcome("held", None, cost, u.balance, message=held)
+        u.balance -= cost
         if msg_id is not None:
             self.messages[msg_id] = MMessage(user, cost, "charged", None, charge)
+        self.fire_thresholds(user, "a charge")
+        if msg_id is not None:
+            self.messages[msg_id].balance = u.balance
+        return Outcome("charged", None, cost, u.balance)
+
+    def fire_thresholds(self, user: str, by: str) -> None:
+        """After the balance went down: an armed threshold plan it passed under fires."""
+        u = self.users[user]
         for plan in self.user_plans(user, threshold=True):
             if plan.status == "active" and plan.armed and u.balance < (plan.below or 0):
                 self.apply(plan, plan.crossings + 1)
-                event("threshold plan fired by a charge")
-        return Outcome("charged", None, cost, u.balance)
+                event(f"threshold plan fired by {by}")
 
     def check_result(self, result: ChargeResult, want: Outcome, req: ChargeRequest) -> None:
         got = (result.status, result.reason, result.replayed)
@@ -502,6 +611,9 @@ class ModelMachine(RuleBasedStateMachine):
             return
         if want.cost is not None:
             assert result.cost == dec(want.cost), (req, result, want)
+        if want.replayed and want.message is not None:
+            assert stands(result) == as_it_stands(want.message), (req, result, want)
+            return
         if want.replayed:
             assert want.first is not None
             assert replay_fields(result) == replay_fields(want.first), (req, result, want)
@@ -509,14 +621,19 @@ class ModelMachine(RuleBasedStateMachine):
         if req.id is not None:
             self.messages[req.id].first = result
         self.check_refusal(result, want, req)
-        if want.status == "charged":
+        if want.status in ("charged", "held"):
             assert result.balance == dec(want.balance or 0), (req, result, want)
             if req.id is None:
                 assert result.id is not None and result.id not in self.messages
-                self.messages[result.id] = MMessage(req.user, want.cost, "charged", None,
-                                                    self.charges[-1])
+                self.messages[result.id] = want.message or MMessage(
+                    req.user, want.cost, "charged", None, self.charges[-1],
+                    balance=want.balance)
             assert result.id is not None
             self.refundable.append(result.id)
+        if want.status == "held":
+            assert want.message is not None and want.message.expires_at is not None
+            assert (result.held, result.expires_at) == (
+                dec(want.message.cost or 0), iso(want.message.expires_at)), (req, result)
 
     def check_refusal(self, result: ChargeResult, want: Outcome, req: ChargeRequest) -> None:
         """A refusal by the balance or a limit carries the numbers that decided it; the reset
@@ -564,10 +681,11 @@ class ModelMachine(RuleBasedStateMachine):
                 refund_message(self.db, msg_id)
             assert e.value.code == "unknown_message"
             return
-        if msg.status == "refunded":
+        if msg.status in ("refunded", "held", "voided"):
             with pytest.raises(Conflict) as e:
                 refund_message(self.db, msg_id)
-            assert e.value.code == "already_refunded"
+            assert e.value.code == {"refunded": "already_refunded", "held": "still_held",
+                                    "voided": "not_held"}[msg.status]
             return
         assert msg.charge is not None and msg.cost is not None
         if out_of_range(self.users[msg.user].balance + msg.cost):
@@ -580,6 +698,218 @@ class ModelMachine(RuleBasedStateMachine):
         self.rearm(msg.user)
         assert (done.amount, done.balance, done.user) == (dec(msg.cost), dec(u.balance),
                                                           msg.user)
+
+    # -- holds -------------------------------------------------------------------------------
+
+    def hold_request(self, req: tuple[tuple[int, str, int, str | None], int | None]
+                     ) -> ChargeRequest:
+        request = self.request(req[0])
+        request.hold, request.ttl = True, req[1]
+        return request
+
+    def expect_request(self, request: ChargeRequest) -> Outcome:
+        return self.expect_charge(request.user, request.to, request.parts or 0, request.id,
+                                  request.hold, request.ttl)
+
+    @rule(req=HOLD_REQUESTS)
+    def hold(self, req: tuple[tuple[int, str, int, str | None], int | None]) -> None:
+        request = self.hold_request(req)
+        want = self.expect_request(request)
+        self.check_result(self.charger.hold(request), want, request)
+
+    @rule(req=HOLD_REQUESTS)
+    def hold_again(self, req: tuple[tuple[int, str, int, str | None], int | None]) -> None:
+        """Holds, what most acts need first: twice the weight of other rules."""
+        self.hold(req)
+
+    def act_op(self, item: tuple[str, str, Any], user: int | None = None) -> MessageOp:
+        kind, msg_id, extra = item
+        name = None if user is None else self.pick(user)
+        if kind == "dlr":
+            return MessageOp("dlr", msg_id, user=name, source=extra[0], status=extra[1])
+        return MessageOp(kind, msg_id, user=name, parts=extra)
+
+    def expect_act(self, op: MessageOp) -> dict[str, Any]:
+        """Predict an act on a message and apply it to the model: the fields its result must
+        have."""
+        msg = self.messages.get(op.id)
+        if msg is None or (msg.status == "rejected" and op.op != "dlr"):
+            return error("unknown_message")
+        if op.user is not None and op.user != msg.user:
+            return error("conflict")
+        kind = op.op
+        if kind == "dlr":
+            action = REPORTS[(op.source or "", op.status or "")]
+            if action is None:
+                return error("unknown_status")
+            if msg.status != "held":  # a report twice or late: only `void` refunds
+                return self.standing(msg, replayed=msg.status in FINAL)
+            if action == "ignore":
+                return self.standing(msg, replayed=False)
+            kind = action
+        if kind == "refund" or (op.op == "void" and msg.status == "settled"):
+            if kind == "void" and self.rules.void_settled == "refuse":
+                return error("already_settled")
+            return self.expect_refund(msg)
+        if msg.status in FINAL:
+            return self.standing(msg, replayed=True)
+        if msg.status != "held":
+            return error("not_held")
+        if kind == "void":
+            return self.end_hold(msg, "voided", 0, msg.parts)
+        parts = msg.parts if op.parts is None else op.parts
+        cost = msg.price * parts
+        if cost > (msg.held or 0) and not self.can_take_more(msg, cost - (msg.held or 0)):
+            return self.end_hold(msg, "settled", msg.held or 0, msg.parts, "settled_at_held")
+        return self.end_hold(msg, "settled", cost, parts)
+
+    @staticmethod
+    def standing(msg: MMessage, *, replayed: bool) -> dict[str, Any]:
+        """An act that finds its work done (replayed) or nothing to do (ignored)."""
+        held = msg.status == "held"
+        return {"status": msg.status if replayed else "ignored", "reason": None,
+                "replayed": replayed, "cost": None if msg.cost is None else dec(msg.cost),
+                "balance": None if msg.balance is None else dec(msg.balance),
+                "held": dec(msg.cost or 0) if held else None,
+                "expires_at": iso(msg.expires_at) if held and msg.expires_at else None}
+
+    def can_take_more(self, msg: MMessage, extra: int) -> bool:
+        """Whether a settle may take ``extra`` beyond the hold: within what is available
+        and within the limit of each of the hold's windows still current."""
+        u = self.users[msg.user]
+        floor = MAX_MILLIS if u.overdraft is None else u.overdraft
+        if u.balance - u.held - extra < -floor:
+            return False
+        assert msg.charge is not None
+        spent = self.spent(msg.user)
+        day, today = local_date(msg.charge.at, u.tz), local_date(self.now, u.tz)
+        for window in WINDOWS:
+            limit = u.limits[window]
+            if same_window(window, day, today) and \
+                    spent[window] + extra > (MAX_MILLIS if limit is None else limit):
+                event(f"settle: more than held refused by the {window}'s limit")
+                return False
+        return True
+
+    def end_hold(self, msg: MMessage, status: str, cost: int, parts: int,
+                 reason: str | None = None, *, expired: bool = False) -> dict[str, Any]:
+        """A hold settled at ``cost`` or voided: held released, the cost taken, the windows
+        moved by the difference (a void: the hold no longer counts)."""
+        u = self.users[msg.user]
+        held = msg.held or 0
+        assert msg.status == "held" and msg.charge is not None
+        u.held -= held
+        u.balance -= cost
+        if status == "voided":
+            msg.charge.refunded = True
+        msg.charge.cost = cost
+        msg.status, msg.cost, msg.parts = status, cost, parts
+        msg.reason = "expired" if expired else reason
+        if cost:
+            self.fire_thresholds(msg.user, f"a {status} hold")
+        msg.balance = u.balance
+        event(f"hold {status}{' (expired)' if expired else ''} {reason or ''}")
+        return {"status": status, "reason": msg.reason, "replayed": False, "cost": dec(cost),
+                "parts": parts, "balance": dec(u.balance), "held": dec(held)}
+
+    def expect_refund(self, msg: MMessage) -> dict[str, Any]:
+        if msg.status == "refunded":
+            return error("already_refunded")
+        if msg.status in ("held", "voided"):
+            return error("still_held" if msg.status == "held" else "not_held")
+        u = self.users[msg.user]
+        assert msg.cost is not None and msg.charge is not None
+        if out_of_range(u.balance + msg.cost):
+            return error(OUT)
+        u.balance += msg.cost
+        msg.status, msg.charge.refunded = "refunded", True
+        self.rearm(msg.user)
+        event("refund of a settled hold" if msg.held is not None else "refund of a charge")
+        return {"status": "refunded", "replayed": False, "cost": dec(msg.cost),
+                "balance": dec(u.balance), "held": None}
+
+    def check_act(self, result: ChargeResult, want: dict[str, Any], op: MessageOp) -> None:
+        got = {key: getattr(result, key) for key in want}
+        event(f"act: {op.op} {want['status']} {want.get('reason') or ''}")
+        assert got == want, (op, result)
+
+    def act(self, op: MessageOp) -> None:
+        want = self.expect_act(op)
+        self.check_act(self.charger.charge_batch([op])[0], want, op)
+
+    def some_id(self, data: st.DataObject) -> str:
+        """A message id: most often one held or settled, else any known, or an unknown one. (In
+        the order they were made: a generated id is random, its place must not be.)"""
+        ids = st.sampled_from([*self.messages, "nope"])
+        for status in ("settled", "held"):
+            some = [i for i, m in self.messages.items() if m.status == status]
+            ids = st.sampled_from(some) | ids if some else ids
+        return data.draw(ids, label="id")
+
+    @rule(data=st.data(), parts=SETTLE_PARTS, user=st.none() | st.integers(0, 1))
+    def settle(self, data: st.DataObject, parts: int | None, user: int | None) -> None:
+        self.act(self.act_op(("settle", self.some_id(data), parts), user))
+
+    @rule(data=st.data(), user=st.none() | st.integers(0, 1))
+    def void(self, data: st.DataObject, user: int | None) -> None:
+        self.act(self.act_op(("void", self.some_id(data), None), user))
+
+    @rule(data=st.data(), report=DLRS)
+    def dlr(self, data: st.DataObject, report: tuple[str, str]) -> None:
+        msg_id = self.some_id(data)
+        want = self.expect_act(self.act_op(("dlr", msg_id, report)))
+        result = self.charger.dlr(msg_id, report[1], source=report[0])
+        self.check_act(result, want, MessageOp("dlr", msg_id, source=report[0],
+                                               status=report[1]))
+
+    @rule(data=st.data())
+    def refund_by_the_charger(self, data: st.DataObject) -> None:
+        msg_id = self.some_id(data)
+        want = self.expect_act(MessageOp("refund", msg_id))
+        self.check_act(self.charger.refund(msg_id), want, MessageOp("refund", msg_id))
+
+    @rule(later=st.sampled_from([timedelta(0), timedelta(minutes=11), timedelta(hours=7),
+                                 timedelta(hours=25), timedelta(hours=49)]),
+          before=st.none() | st.sampled_from([timedelta(0), timedelta(hours=1)]))
+    def expire(self, later: timedelta, before: timedelta | None) -> None:
+        """``holds expire`` after the clock moved on: every hold due (with ``before``: and
+        every hold made that long ago or earlier) is settled at the held amount or voided."""
+        self.move_clock(later)
+        cutoff = None if before is None else self.now - before
+        due = [i for i, m in self.messages.items() if m.status == "held" and (
+            (m.expires_at is not None and m.expires_at <= self.now)
+            or (cutoff is not None and m.charge is not None and m.charge.at <= cutoff))]
+        results = self.charger.expire(
+            before=None if cutoff is None else (cutoff - EPOCH) // timedelta(microseconds=1))
+        assert sorted(r.id or "" for r in results) == sorted(due), results
+        for r in results:  # in the order they were ended: a threshold plan may fire
+            msg = self.messages[r.id or ""]
+            settle = self.rules.expiry == holds.SETTLE
+            want = self.end_hold(msg, "settled" if settle else "voided",
+                                 msg.held or 0 if settle else 0, msg.parts, expired=True)
+            self.check_act(r, want, MessageOp("expire", r.id or ""))
+        event(f"expire{'' if before is None else ' --before'}: "
+              f"{min(len(results), 3)}{'+' * (len(results) >= 3)} holds")
+
+    @rule(items=st.lists(BATCH_ITEMS, min_size=2, max_size=5),
+          users=st.lists(st.none() | st.integers(0, 1), min_size=5, max_size=5))
+    def mixed_batch(self, items: list[tuple[str, Any, Any]], users: list[int | None]) -> None:
+        """Charges, holds and acts on messages in one batch: each sees the ones before it."""
+        ops: list[ChargeRequest | MessageOp] = []
+        for (kind, *rest), user in zip(items, users, strict=False):
+            if kind == "charge":
+                ops.append(self.request(rest[0]))
+            elif kind == "hold":
+                ops.append(self.hold_request(rest[0]))
+            else:
+                ops.append(self.act_op((kind, rest[0], rest[1]), user))
+        results = self.charger.charge_batch(ops)
+        assert len(results) == len(ops)
+        for op, result in zip(ops, results, strict=True):
+            if isinstance(op, ChargeRequest):
+                self.check_result(result, self.expect_request(op), op)
+            else:
+                self.check_act(result, self.expect_act(op), op)
 
     # -- refill plans ----------------------------------------------------------------------
 
@@ -820,12 +1150,16 @@ class ModelMachine(RuleBasedStateMachine):
             return
         for name, u in self.users.items():
             account = ledger.get_account(self.db, name)
-            assert account.balance == dec(u.balance), name
+            assert (account.balance, account.held) == (dec(u.balance), dec(u.held)), name
             assert account.overdraft == (None if u.overdraft is None else dec(u.overdraft))
-            assert u.overdraft is None or account.balance >= -dec(u.overdraft), name
+            assert account.available == (
+                None if u.overdraft is None else dec(u.balance - u.held + u.overdraft)), name
+            assert u.overdraft is None or account.available >= 0, name
             self.check_limits(name, reads.show_limits(self.db, name))
             log = reads.query_events(self.db, name, credit_only=True, limit=100_000)
-            assert sum(e.amount for e in log) == account.balance, name
+            # The log shows holds, voids and expiries too: they change what is available,
+            # not the balance (no amount).
+            assert sum(e.amount for e in log if e.amount is not None) == account.balance, name
             assert log[0].balance_after == account.balance, name
         for plan in reads.list_plans(self.db, all_=True):
             mine = self.plans[plan.id]
@@ -994,3 +1328,83 @@ def test_a_replayed_charge_that_fired_a_threshold_plan_repeats_the_first_result(
     again = charger.charge(ChargeRequest("alice", HU, parts=1, id="m1"))
     assert again.replayed and ledger.get_account(db, "alice").balance == 11
     assert replay_fields(again) == replay_fields(first)
+
+
+def test_a_charge_refused_beside_a_hold_names_what_is_held(db: Db) -> None:
+    """A charge refused for the balance while credits are held: the refusal's numbers name
+    the held amount (was: a TypeError making the refusal's message, and the batch lost)."""
+    pricing.set_price(db, "HU", "1")
+    ledger.add_user(db, "alice", tz="Europe/Budapest")
+    ledger.create_power(db, "alice", initial=1_000, overdraft=0)
+    db.hold_rules = holds.Rules()
+    charger = Charger(db)
+    assert charger.hold(ChargeRequest("alice", HU, parts=1, id="m1")).status == "held"
+    refused = charger.charge(ChargeRequest("alice", HU, parts=1))
+    assert (refused.status, refused.reason) == ("rejected", "insufficient_credits")
+    assert refused.refusal == {"cost": Decimal(1), "available": Decimal(0),
+                               "balance": Decimal(1), "overdraft": Decimal(0),
+                               "held": Decimal(1)}
+
+
+def test_a_replayed_settle_that_fired_a_threshold_plan_repeats_the_first_result(db: Db) -> None:
+    """The settle's answer shows the balance after the refill it fired; so must a settle,
+    a delivery report or a charge sent again with its id (was: the balance before the
+    refill, as for charges before)."""
+    pricing.set_price(db, "HU", "1")
+    ledger.add_user(db, "alice", tz="Europe/Budapest")
+    ledger.create_power(db, "alice", initial=1_000)
+    refills.schedule_plan(db, "alice", below=1_000, top_up_to=11_000)
+    db.hold_rules = holds.Rules()
+    charger = Charger(db)
+    assert charger.hold(ChargeRequest("alice", HU, parts=1, id="m1")).status == "held"
+    first = charger.settle("m1")
+    assert (first.status, first.balance) == ("settled", Decimal(11))
+    for again in (charger.settle("m1"), charger.dlr("m1", "DELIVRD"),
+                  charger.charge(ChargeRequest("alice", HU, parts=1, id="m1"))):
+        assert again.replayed, again
+        assert (again.status, again.cost, again.balance) == ("settled", Decimal(1),
+                                                             Decimal(11)), again
+    assert ledger.get_account(db, "alice").balance == 11
+
+
+def test_a_settle_for_more_parts_is_not_refused_by_a_window_it_is_not_counted_in(
+        db: Db) -> None:
+    """A hold of yesterday settled today for more parts: the difference is counted in the
+    hold's windows still current (its week and month), so only their limits may refuse it.
+    (Was: refused, settled at the held amount, by the day's limit: the hold's ended day when
+    nothing was charged since midnight, today's when something was.)"""
+    with freeze_time(datetime(2026, 1, 6, 12, 0, tzinfo=UTC)) as frozen:
+        pricing.set_price(db, "HU", "1")
+        ledger.add_user(db, "alice", tz="Europe/Budapest")
+        ledger.create_power(db, "alice", initial=10_000)
+        ledger.set_limits(db, "alice", {"day": 2_000})
+        db.hold_rules = holds.Rules()
+        charger = Charger(db)
+        for msg_id in ("m1", "m2"):
+            assert charger.hold(ChargeRequest("alice", HU, parts=1, id=msg_id)).held == 1
+        frozen.tick(timedelta(days=1))
+        first = charger.settle("m1", parts=2)  # yesterday's day limit does not count it
+        assert (first.status, first.reason, first.cost) == ("settled", None, Decimal(2))
+        assert charger.charge(ChargeRequest("alice", HU, parts=1)).status == "charged"
+        ledger.set_limits(db, "alice", {"day": 0})
+        second = charger.settle("m2", parts=2)  # nor does today's, passed by a charge
+        assert (second.status, second.reason, second.cost) == ("settled", None, Decimal(2))
+        assert ledger.get_account(db, "alice").balance == 5
+        assert [w.spent for w in reads.show_limits(db, "alice").windows] == [1, 5, 5]
+        report = verify.verify(db)
+        assert report.ok, report.problems
+
+
+def test_a_hold_with_the_id_of_a_refunded_charge_at_another_cost_is_a_conflict(db: Db) -> None:
+    """The same id with another cost is a conflict; that a hold which ended replays whatever
+    it costs now does not make a refunded charge one (was: replayed as charged)."""
+    pricing.set_price(db, "HU", "1")
+    ledger.add_user(db, "alice", tz="Europe/Budapest")
+    ledger.create_power(db, "alice", initial=5_000)
+    db.hold_rules = holds.Rules()
+    charger = Charger(db)
+    assert charger.charge(ChargeRequest("alice", HU, parts=1, id="m1")).status == "charged"
+    assert charger.refund("m1").status == "refunded"
+    again = charger.hold(ChargeRequest("alice", HU, parts=2, id="m1"))
+    assert (again.status, again.reason) == ("error", "conflict"), again
+    assert ledger.get_account(db, "alice").held == 0
