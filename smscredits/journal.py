@@ -62,6 +62,12 @@ def message_detail(to: str, parts: int, rule: str) -> str:
     return f'{{"parts":{int(parts)},"rule":{_quote(rule)},"to":{_quote(to)}}}'
 
 
+def hold_detail(message: str, held: str, expires_at: str) -> str:
+    """``dump_detail`` of a hold: ``message_detail``'s keys with ``held`` and ``expires_at``
+    (which sort before them), written directly: one per hold."""
+    return f'{{"expires_at":{_quote(expires_at)},"held":{_quote(held)},{message[1:]}'
+
+
 # The columns of an event row, in the order of ``EventTuple``: ``HASHED_COLUMNS``, the hash.
 EVENT_COLUMNS = (*HASHED_COLUMNS, "hash")
 EventTuple = tuple[int, int | None, int | None, str, int | None, int | None, str | None,

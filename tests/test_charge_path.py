@@ -216,3 +216,11 @@ def test_the_fast_line_decoder_answers_as_json_does(plain_cli: Any, tmp_path: An
                                             "charged", "error", "error", "charged", "error",
                                             "error", "error"]
     assert lines[8]["balance"] == 6
+
+
+@given(to=text_, parts=st.integers(1, 255), rule=text_, held=text_, expires_at=text_)
+def test_a_holds_detail_is_the_general_detail(to: str, parts: int, rule: str, held: str,
+                                              expires_at: str) -> None:
+    assert journal.hold_detail(journal.message_detail(to, parts, rule), held, expires_at) == \
+        journal.dump_detail({"to": to, "parts": parts, "rule": rule, "held": held,
+                             "expires_at": expires_at})

@@ -108,6 +108,7 @@ class Batch:
         # Rows recorded before this batch (or flushed in it) that an act changed: by id.
         self.changed: dict[str, dict[str, Any]] = {}
         self.unwritten: dict[str, dict[str, Any]] = {}  # ... not yet written
+        self.shown: dict[int, str] = {}  # instants as ISO text, made once
         # The user of each power read, by power id.
         self.owners: dict[int, BatchUser] = carried.owners if carried else {}
         self.events: list[journal.EventTuple] = []
@@ -309,10 +310,13 @@ class Batch:
              power: HeldPower, now: int, keys: Keys) -> ChargeResult:
         """A hold taken (``power.take``): its event and its message row, until when it holds."""
         expires = now + (req.ttl if req.ttl is not None else self.rules().ttl_us)
+        expires_at = self.shown.get(expires)
+        if expires_at is None:  # a batch's holds share an instant, and so their expiry
+            expires_at = self.shown[expires] = clock.iso(expires) or ""
         self.chain(power, now, kind="message.held", user_id=account.user_id, ref=msg_id,
                    balance_after=power.balance,
-                   detail={"to": quote.to, "parts": quote.parts, "rule": quote.rule,
-                           "held": format_amount(quote.cost), "expires_at": clock.iso(expires)})
+                   detail=journal.hold_detail(quote.detail, format_amount(quote.cost),
+                                              expires_at))
         self.pending[msg_id] = (
             msg_id, req.user[:64], account.user_id, power.id, now, quote.to, quote.country,
             quote.rule, quote.encoding, quote.parts, quote.price, quote.cost, "held", None,
@@ -321,7 +325,7 @@ class Batch:
                             parts=quote.parts, encoding=quote.encoding,
                             price=quote.price_shown, rule=quote.rule, country=quote.country,
                             balance=to_decimal(power.balance), held=quote.cost_shown,
-                            expires_at=clock.iso(expires))
+                            expires_at=expires_at)
 
     def chain(self, power: HeldPower, now: int, **fields: Any) -> None:
         """An event of this account, chained to its head, which it becomes."""
