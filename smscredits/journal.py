@@ -68,6 +68,19 @@ def hold_detail(message: str, held: str, expires_at: str) -> str:
     return f'{{"expires_at":{_quote(expires_at)},"held":{_quote(held)},{message[1:]}'
 
 
+def release_detail(held: str, *, parts: int | None = None, outcome: str | None = None,
+                   settled_at_held: bool = False) -> str:
+    """``dump_detail`` of a hold's end (settled, voided, expired): what it held, and the
+    parts it was settled at, its outcome by expiry, whether it was settled at the held
+    amount, each only when there is one; written directly (one per settle or void)."""
+    text = f'{{"held":{_quote(held)}'
+    if outcome is not None:
+        text += f',"outcome":{_quote(outcome)}'
+    if parts is not None:
+        text += f',"parts":{int(parts)}'
+    return text + (',"settled_at_held":true}' if settled_at_held else "}")
+
+
 # The columns of an event row, in the order of ``EventTuple``: ``HASHED_COLUMNS``, the hash.
 EVENT_COLUMNS = (*HASHED_COLUMNS, "hash")
 EventTuple = tuple[int, int | None, int | None, str, int | None, int | None, str | None,

@@ -224,3 +224,18 @@ def test_a_holds_detail_is_the_general_detail(to: str, parts: int, rule: str, he
     assert journal.hold_detail(journal.message_detail(to, parts, rule), held, expires_at) == \
         journal.dump_detail({"to": to, "parts": parts, "rule": rule, "held": held,
                              "expires_at": expires_at})
+
+
+@given(held=text_, parts=st.none() | st.integers(1, 255),
+       outcome=st.none() | st.sampled_from(["settled", "voided"]), at_held=st.booleans())
+def test_a_releases_detail_is_the_general_detail(held: str, parts: int | None,
+                                                 outcome: str | None, at_held: bool) -> None:
+    general: dict[str, object] = {"held": held}
+    if parts is not None:
+        general["parts"] = parts
+    if outcome is not None:
+        general["outcome"] = outcome
+    if at_held:
+        general["settled_at_held"] = True
+    assert journal.release_detail(held, parts=parts, outcome=outcome,
+                                  settled_at_held=at_held) == journal.dump_detail(general)

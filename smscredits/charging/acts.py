@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from smscredits import clock, holds
+from smscredits import clock, holds, journal
 from smscredits.amounts import MAX_MILLIS, format_amount, to_decimal
 from smscredits.charging.model import ChargeResult, MessageOp
 from smscredits.errors import BadInput
@@ -112,7 +112,7 @@ def _refund(batch: Batch, op: MessageOp, row: dict[str, Any]) -> ChargeResult:
     power.give_back(cost, _keys(batch, row, power))
     batch.chain(power, batch.now, kind="message.refunded", user_id=row["user_id"],
                 amount=cost, balance_after=power.balance, ref=op.id, note=op.note)
-    batch.change(op.id, status="refunded")
+    batch.change(op.id, row, status="refunded")
     batch.raised(row["user_id"], power)
     return _result(row, "refunded", power, cost=cost)
 
@@ -133,13 +133,9 @@ def _end(batch: Batch, op: MessageOp, row: dict[str, Any], status: str, *, cost:
                 "at": max(batch.now, power.last_at)}, power)):
             cost, parts, reason = held, row["parts"], "settled_at_held"
         power.release(held, cost, keys)
-        detail: dict[str, Any] = {"held": format_amount(held)}
-        if status == "settled":
-            detail["parts"] = parts
-        if reason is not None:
-            detail["settled_at_held"] = True
-        if expired:
-            detail["outcome"] = status
+        detail = journal.release_detail(
+            format_amount(held), parts=parts if status == "settled" else None,
+            outcome=status if expired else None, settled_at_held=reason is not None)
         batch.chain(power, batch.now,
                     kind="message.expired" if expired else f"message.{status}",
                     user_id=row["user_id"], amount=-cost if cost else None,
@@ -152,10 +148,10 @@ def _end(batch: Batch, op: MessageOp, row: dict[str, Any], status: str, *, cost:
         power = batch.powers[power.id]  # read again after the plan moved it
     # Recorded with the balance the caller is told (after a refill it fired), so that a
     # replay tells the same.
-    batch.change(op.id, status=status, cost=cost, parts=parts,
+    batch.change(op.id, row, status=status, cost=cost, parts=parts,
                  reason="expired" if expired else reason,
                  balance_after=power.balance if power is not None else None)
-    result = _result(batch.message(op.id) or row, status, power, cost=cost, held=held)
+    result = _result({**row, "parts": parts}, status, power, cost=cost, held=held)
     if reason is not None:
         result.reason = reason
         result.message = (f"settled at the held {format_amount(held)}: the {op.parts} "

@@ -223,10 +223,9 @@ class Batch:
             return dict(zip(MESSAGE_COLUMNS, row, strict=True))
         return self.known.get(msg_id)
 
-    def change(self, msg_id: str, **values: Any) -> None:
-        """Change ``CHANGED_COLUMNS`` of a message the batch has (``message``)."""
-        row = self.message(msg_id)
-        assert row is not None
+    def change(self, msg_id: str, row: dict[str, Any], **values: Any) -> None:
+        """Change ``CHANGED_COLUMNS`` of a message the batch has (``row``: as ``message``
+        gives it)."""
         row = {**row, **values}
         if msg_id in self.pending:
             self.pending[msg_id] = tuple(row[c] for c in MESSAGE_COLUMNS)
