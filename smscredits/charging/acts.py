@@ -10,6 +10,7 @@ once. An act that finds its work already done answers with the message as it sta
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from smscredits import clock, holds, journal
@@ -134,7 +135,7 @@ def _end(batch: Batch, op: MessageOp, row: dict[str, Any], status: str, *, cost:
             cost, parts, reason = held, row["parts"], "settled_at_held"
         power.release(held, cost, keys)
         detail = journal.release_detail(
-            format_amount(held), parts=parts if status == "settled" else None,
+            _amount_text(held), parts=parts if status == "settled" else None,
             outcome=status if expired else None, settled_at_held=reason is not None)
         batch.chain(power, batch.now,
                     kind="message.expired" if expired else f"message.{status}",
@@ -172,12 +173,18 @@ def _keys(batch: Batch, row: dict[str, Any], power: HeldPower) -> tuple[int, int
 def _result(row: dict[str, Any], status: str, power: HeldPower | None, *, cost: int,
             held: int | None = None) -> ChargeResult:
     return ChargeResult(
-        status, row["id"], row["user_name"], row["to_number"], cost=to_decimal(cost),
+        status, row["id"], row["user_name"], row["to_number"], cost=_amount(cost),
         parts=row["parts"] or None, encoding=row["encoding"],
-        price=None if row["price"] is None else to_decimal(row["price"]), rule=row["rule"],
+        price=None if row["price"] is None else _amount(row["price"]), rule=row["rule"],
         country=row["country"],
         balance=None if power is None else to_decimal(power.balance),
-        metered=power is not None, held=None if held is None else to_decimal(held))
+        metered=power is not None, held=None if held is None else _amount(held))
+
+
+# Costs and prices recur from message to message: each made a Decimal (and text) once, and
+# the same object each time (which the result line's writer keeps the JSON text of).
+_amount = lru_cache(maxsize=4096)(to_decimal)
+_amount_text = lru_cache(maxsize=4096)(format_amount)
 
 
 def _as_it_stands(row: dict[str, Any], op: MessageOp, *, replayed: bool) -> ChargeResult:

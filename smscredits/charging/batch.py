@@ -168,8 +168,10 @@ class Batch:
 
     def recall(self, stmt: Executable, ids: list[str]) -> None:
         known = HotStatement(self.conn, stmt)
-        for row in known.rows({"ids": listed(ids, self.postgres)}):
-            record = dict(zip(known.columns(), row, strict=True))
+        rows = known.rows({"ids": listed(ids, self.postgres)})
+        columns = known.columns()
+        for row in rows:
+            record = dict(zip(columns, row, strict=True))
             self.known[record["id"]] = record
 
     def acted_powers(self, stmt: Executable, ids: list[str]) -> list[int]:
