@@ -46,8 +46,15 @@ HASHED_COLUMNS = ("at", "user_id", "power_id", "kind", "amount", "balance_after"
 
 
 def hash_of(prev: str | None, fields: tuple[Any, ...]) -> str:
-    """The hash of an event whose ``HASHED_COLUMNS`` are ``fields``, chained to ``prev``."""
-    text = "\x1f".join([prev or "", *["" if f is None else str(f) for f in fields]])
+    """The hash of an event whose ``HASHED_COLUMNS`` are ``fields``, chained to ``prev``:
+    of their text joined by \x1f, a NULL as nothing. Written out as one f-string (a join of
+    a list costs every charge a few microseconds more)."""
+    at, user, power, kind, amount, after, ref, note, actor, detail = fields
+    text = (f"{prev or ''}\x1f{'' if at is None else at}\x1f{'' if user is None else user}"
+            f"\x1f{'' if power is None else power}\x1f{'' if kind is None else kind}"
+            f"\x1f{'' if amount is None else amount}\x1f{'' if after is None else after}"
+            f"\x1f{'' if ref is None else ref}\x1f{'' if note is None else note}"
+            f"\x1f{'' if actor is None else actor}\x1f{'' if detail is None else detail}")
     return hashlib.sha256(text.encode()).hexdigest()
 
 

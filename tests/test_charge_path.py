@@ -239,3 +239,16 @@ def test_a_releases_detail_is_the_general_detail(held: str, parts: int | None,
         general["settled_at_held"] = True
     assert journal.release_detail(held, parts=parts, outcome=outcome,
                                   settled_at_held=at_held) == journal.dump_detail(general)
+
+
+_field = st.none() | st.integers(-(2**63), 2**63) | text_
+
+
+@given(prev=st.none() | text_, fields=st.tuples(*[_field] * 10))
+def test_an_events_hash_is_of_its_fields_joined(prev: str | None,
+                                                fields: tuple[object, ...]) -> None:
+    """The hash's text, as ``verify`` and every journal written so far have it."""
+    import hashlib
+
+    text = "\x1f".join([prev or "", *["" if f is None else str(f) for f in fields]])
+    assert journal.hash_of(prev, fields) == hashlib.sha256(text.encode()).hexdigest()
