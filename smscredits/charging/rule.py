@@ -34,7 +34,9 @@ class HeldPower:
     last_hash: str | None
     refill_below: int | None
     last_at: int  # the instant of the account's latest event
-    rolled: bool = False  # a window key moved on since the row was last written
+    # A window key or the held amount moved since the row was last written: the whole
+    # state is written back (``written``), else only what a charge moves (``spent_written``).
+    rolled: bool = False
 
     @classmethod
     def of(cls, pid: int, row: Any) -> HeldPower:
@@ -60,6 +62,7 @@ class HeldPower:
             self.keys, self.rolled = keys, True
         if hold:
             self.held += cost
+            self.rolled = True
         else:
             self.balance -= cost
         self.spent = spent
@@ -69,6 +72,7 @@ class HeldPower:
         """End a hold of ``held`` counted in the windows ``keys``, taking ``cost`` from the
         balance (0: a void). The windows move by the difference while they are current."""
         self.held -= held
+        self.rolled = True
         self.balance -= cost
         self.spent = limits.moved(self.keys, self.spent, keys, cost - held)
 
@@ -105,9 +109,9 @@ class HeldPower:
                 self.id)
 
     def spent_written(self) -> tuple[Any, ...]:
-        """``SPENT_COLUMNS`` and then the power id: enough while no window rolled over."""
+        """``SPENT_COLUMNS`` and then the power id: enough while nothing ``rolled``."""
         ds, ws, ms = self.spent
-        return (self.balance, self.held, ds, ws, ms, self.last_hash, self.last_at, self.id)
+        return (self.balance, ds, ws, ms, self.last_hash, self.last_at, self.id)
 
 
 # Why a take is refused: insufficient credits, then each window's limit, in this order.

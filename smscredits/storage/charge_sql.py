@@ -30,8 +30,8 @@ STATE_COLUMNS = ("balance", "held", "overdraft", "daily_limit", "weekly_limit", 
 # ... and what a batch writes back.
 WRITTEN_COLUMNS = ("balance", "held", "day_key", "day_spent", "week_key", "week_spent",
                    "month_key", "month_spent", "last_hash", "last_at")
-SPENT_COLUMNS = ("balance", "held", "day_spent", "week_spent", "month_spent", "last_hash",
-                 "last_at")
+# ... or, while no window rolled over and no hold moved (a batch of charges), only these.
+SPENT_COLUMNS = ("balance", "day_spent", "week_spent", "month_spent", "last_hash", "last_at")
 
 
 STATE = [powers.c[name] for name in STATE_COLUMNS]
