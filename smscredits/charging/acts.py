@@ -104,7 +104,7 @@ def _refund(batch: Batch, op: MessageOp, row: dict[str, Any]) -> ChargeResult:
                       "refund")
     power = batch.powers.get(row["power_id"])
     if power is None:
-        return _error(op, "no_power", f"the credits power of message {op.id!r} was deleted")
+        return _no_power(op)
     cost = row["cost"]
     if power.balance + cost > MAX_MILLIS:
         return _error(op, "amount_out_of_range", f"refund of {op.id!r} refused: the balance "
@@ -127,8 +127,7 @@ def _end(batch: Batch, op: MessageOp, row: dict[str, Any], status: str, *, cost:
     if row["power_id"] is not None:
         power = batch.powers.get(row["power_id"])
         if power is None:
-            return _error(op, "no_power", f"the credits power of message {op.id!r} was "
-                          "deleted")
+            return _no_power(op)
         keys = _keys(batch, row, power)
         if cost > held and not power.can_take_more(cost - held, keys, _keys(batch, {
                 "at": max(batch.now, power.last_at)}, power)):
@@ -204,6 +203,10 @@ def _as_it_stands(row: dict[str, Any], op: MessageOp, *, replayed: bool) -> Char
                  else f"{op.op} {op.status or ''}".rstrip() + f": message {status}, unchanged"),
         held=to_decimal(row["cost"]) if held and row["cost"] is not None else None,
         expires_at=clock.iso(row["expires_at"]) if held else None)
+
+
+def _no_power(op: MessageOp) -> ChargeResult:
+    return _error(op, "no_power", f"the credits power of message {op.id!r} was deleted")
 
 
 def _error(op: MessageOp, reason: str, message: str) -> ChargeResult:

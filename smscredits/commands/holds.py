@@ -39,10 +39,6 @@ def act_text(r: Any) -> str:
     user = f"{r.user}: " if r.user else ""
     if r.replayed or r.status == "ignored":
         return f"{user}{r.id} {r.message}"
-    if r.status == "held":
-        from smscredits.render import local_time
-
-        return f"{user}{r.id} held {r.cost} until {local_time(r.expires_at, 'UTC')}"
     if not r.metered:
         return f"{user}{r.id} {r.status} (not metered)"
     if r.status == "settled":
