@@ -24,7 +24,11 @@ KEYS: dict[str, tuple[str, str]] = {
     "hold_expiry": ("SMSCREDITS_HOLD_EXPIRY", "what expiry does to a hold: settle or void"),
     "void_settled": ("SMSCREDITS_VOID_SETTLED",
                      "what void does to a settled message: refund or refuse"),
+    "serve.token": ("SMSCREDITS_SERVE_TOKEN", "bearer token of `serve`'s gateway role"),
+    "serve.admin_token": ("SMSCREDITS_SERVE_ADMIN_TOKEN", "bearer token of `serve`'s admin role"),
 }
+# Settings whose value is a secret: shown masked.
+SECRET_KEYS = frozenset(("serve.token", "serve.admin_token"))
 DEFAULTS = {"default_tz": "UTC", "hold_ttl": "48h", "hold_expiry": "settle",
             "void_settled": "refund"}
 # A delivery status mapped otherwise than by default: dlr.<kannel|jasmin|smpp>.<STATUS>,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
     from types import ModuleType
 
+    from smscredits.parts import Parts
     from smscredits.schedule import Rule
 
 # Read by column name; keyed by Any because SQLAlchemy's RowMapping also takes Column keys.
@@ -373,3 +374,30 @@ def open_holds(db: Any, user: str | None = None, *, before: int | None = None
     return [OpenHold(r["id"], r["name"] or r["user_name"], r["user_id"], r["to_number"],
                      to_decimal(r["cost"] or 0), r["parts"], clock.iso(r["at"]) or "",
                      clock.iso(r["expires_at"])) for r in rows]
+
+
+def quote(db: Source, to: str, parts: Parts, *, counted: bool, user: str | None = None
+          ) -> dict[str, Any]:
+    """What a message of ``parts`` to ``to`` would cost (``price quote``): its price rule,
+    the rules that nearly matched and, for ``user``, the limits left. ``counted``: the parts
+    were counted from a text (not given), so the encoding and units are known."""
+    from smscredits.pricing import PriceBook, Rejected, destination, kind_of
+
+    with db.read() as conn:
+        book = PriceBook.load(conn)
+    try:
+        q = book.quote(to, parts)
+    except Rejected as r:
+        error = NotFound if r.reason == "no_price" else BadInput
+        raise error(r.message, code=r.reason) from None
+    data: dict[str, Any] = {
+        "to": q.to, "country": q.country,
+        "encoding": parts.encoding if counted else None,
+        "units": parts.units if counted else None, "parts": q.parts,
+        "rule": q.rule, "price": to_decimal(q.price), "cost": to_decimal(q.cost),
+        "matched": {"rule": q.rule, "kind": kind_of(q.rule), "country": q.country},
+        "near_misses": book.near_misses(destination(q.to), q.rule),
+    }
+    if user is not None:
+        data["limits"] = show_limits(db, user).windows
+    return data

@@ -119,7 +119,12 @@ def _request(raw: bytes) -> Any:
         line = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise BadInput(f"not UTF-8 text: byte {e.object[e.start]:#04x} at {e.start}") from None
-    data = json.loads(line)
+    return request_of(json.loads(line))
+
+
+def request_of(data: Any) -> ChargeRequest | MessageOp:
+    """The ChargeRequest or MessageOp of one decoded JSON line or API object, or BadInput
+    naming what is wrong with it."""
     if not isinstance(data, dict):
         raise BadInput("expected a JSON object")
     op = data.get("op", "charge")

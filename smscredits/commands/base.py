@@ -177,6 +177,8 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
             "A delivery report: settles, voids or leaves a hold."),
     "holds": ("holds", "holds_app", "Prices and charging",
               "List open holds; settle or void those past their expiry."),
+    "serve": ("serve", "register", "Prices and charging",
+              "Serve the charging API over HTTP for gateway hosts."),
     "log": ("logs", "register", "Logs", "The credit log: every change of a balance."),
     "events": ("logs", "register", "Logs", "The event journal: everything that happened."),
     "usage": ("charging", "register", "Logs", "Spend and message counts per period or country."),

@@ -12,7 +12,7 @@ import typer
 
 from smscredits.commands.base import app, command, db, output
 from smscredits.commands.users import OptionalUser, UserArg
-from smscredits.errors import BadInput, NotFound
+from smscredits.errors import BadInput
 
 price_app = app("price", "Set prices per message part by destination; quote a message.",
                 "smscredits price set HU 0.8")
@@ -128,30 +128,8 @@ def price_quote(
 ) -> None:
     """What a message would cost: encoding, parts, matching price rule, cost."""
     from smscredits import reads
-    from smscredits.pricing import PriceBook, Rejected, destination, kind_of
 
-    handle = db()
-    counted = _parts(text, parts)
-    with handle.read() as conn:
-        book = PriceBook.load(conn)
-    try:
-        quote = book.quote(to, counted)
-    except Rejected as r:
-        error = NotFound if r.reason == "no_price" else BadInput
-        raise error(r.message, code=r.reason) from None
-    # Parts given, not counted: no encoding nor units, as in a charge's result.
-    counted_here = text is not None
-    data: dict[str, Any] = {
-        "to": quote.to, "country": quote.country,
-        "encoding": counted.encoding if counted_here else None,
-        "units": counted.units if counted_here else None, "parts": quote.parts,
-        "rule": quote.rule, "price": _dec(quote.price), "cost": _dec(quote.cost),
-        "matched": {"rule": quote.rule, "kind": kind_of(quote.rule), "country": quote.country},
-        "near_misses": book.near_misses(destination(quote.to), quote.rule),
-    }
-    lim = reads.show_limits(handle, user) if user is not None else None
-    if lim is not None:
-        data["limits"] = lim.windows
+    data = reads.quote(db(), to, _parts(text, parts), counted=text is not None, user=user)
     out = output()
     if out.machine:
         out.one(data)
@@ -164,9 +142,9 @@ def price_quote(
                        ("units", "Units"), ("parts", "Parts"), ("rule", "Price rule"),
                        ("price", "Price per part"), ("cost", "Cost")]
                + ([("near_misses", "Near misses")] if data["near_misses"] else []))
-    if lim is not None:
+    if user is not None:
         out.out.write("\n")
-        _show_limits(lim, "Limits left for")
+        _show_limits(reads.show_limits(db(), user), "Limits left for")
 
 
 def _rule_text(matched: dict[str, Any]) -> str:
@@ -174,12 +152,6 @@ def _rule_text(matched: dict[str, Any]) -> str:
     if matched["kind"] == "default" and matched["country"]:
         return f"default (no price for {matched['country']})"
     return f"{matched['rule']} ({matched['kind']})"
-
-
-def _dec(millis: int) -> Any:
-    from smscredits.amounts import to_decimal
-
-    return to_decimal(millis)
 
 
 # -- limits ------------------------------------------------------------------------------

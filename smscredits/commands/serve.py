@@ -1,0 +1,97 @@
+"""`serve`: the HTTP service for gateway hosts (``smscredits.serve``; the ``serve`` extra)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from smscredits.commands.base import command, state
+from smscredits.errors import BadInput
+
+if TYPE_CHECKING:
+    from smscredits.serve.app import Settings
+
+
+def register(root: typer.Typer) -> None:
+    @command(root, "serve", rich_help_panel="Prices and charging",
+             example="smscredits serve --host 127.0.0.1 --port 8787")
+    def serve(
+        host: Annotated[str, typer.Option(help="Address to listen on; any but a loopback "
+                                          "address needs a token.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8787,
+        workers: Annotated[int, typer.Option(help="Worker processes (on SQLite one writes at "
+                                             "a time: keep 1).", min=1, max=64)] = 1,
+        tokens: Annotated[str | None, typer.Option(
+            metavar="FILE", help="Tokens file: ROLE TOKEN per line (gateway or admin), "
+            "owner-only.")] = None,
+        max_body: Annotated[int, typer.Option(help="Largest request body, bytes.",
+                                              min=1024, max=256 * 1024 * 1024)]
+        = 4 * 1024 * 1024,
+        access_log: Annotated[bool, typer.Option(help="Log each request (never its query "
+                                                 "or token).")] = True,
+    ) -> None:
+        """Serve the charging API over HTTP (charge, hold, settle, void, DLRs, metrics)."""
+        try:
+            import uvicorn
+
+            from smscredits.serve.app import Settings, create_app
+            from smscredits.serve.auth import is_loopback, load_tokens
+        except ImportError as e:
+            raise BadInput(f"serve needs the serve extra: pip install 'smscredits[serve]' "
+                           f"({e.name} is missing)") from None
+        from smscredits.storage.engine import open_db
+
+        run = state()
+        tokens_file = Path(tokens) if tokens is not None else None
+        known = load_tokens(tokens_file)
+        if known.open and not is_loopback(host):
+            raise BadInput(f"--host {host} is not a loopback address: give a token (config "
+                           "set serve.token, or --tokens FILE) before listening on it")
+        open_db(run.db_flag, actor=run.actor, create=False).dispose()  # fails early, exit 7
+        settings = Settings(db=run.db_flag, actor=run.actor, tokens_file=tokens_file,
+                            max_body=max_body)
+        config = _logging(access_log)
+        if workers == 1:
+            uvicorn.run(create_app(settings), host=host, port=port, log_config=config,
+                        access_log=False, server_header=False, lifespan="on")
+            return
+        _serve_workers(settings, host, port, workers, config)
+
+
+def _serve_workers(settings: Settings, host: str, port: int, workers: int,
+                   config: dict[str, object]) -> None:
+    """Several worker processes: each imports the app anew, from the settings in its
+    environment; their metrics go to one shared directory."""
+    import tempfile
+
+    import uvicorn
+
+    from smscredits.serve.app import SETTINGS_ENV
+
+    with tempfile.TemporaryDirectory(prefix="smscredits-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        os.environ[SETTINGS_ENV] = settings.to_json()
+        uvicorn.run("smscredits.serve.app:from_environment", factory=True, host=host,
+                    port=port, workers=workers, log_config=config, access_log=False,
+                    server_header=False, lifespan="on")
+
+
+def _logging(access: bool) -> dict[str, object]:
+    """uvicorn's messages and the service's own, one line each on stderr; the access log
+    (``smscredits.access``) at INFO when asked for."""
+    line = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    return {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"line": line},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line",
+                                "stream": "ext://sys.stderr"}},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "smscredits": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "smscredits.access": {"handlers": ["stderr"], "propagate": False,
+                                  "level": "INFO" if access else "WARNING"},
+        },
+    }

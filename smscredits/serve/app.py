@@ -1,0 +1,444 @@
+"""The HTTP API of ``smscredits serve``: a Starlette app over the charging core.
+
+Every message a request carries goes through ``GroupCommit`` (``group``), which charges the
+messages of concurrent requests in one transaction by the path of ``charge --file``: the same
+results, reasons and replays (a retried request with the same message id gets its first
+result). A request body is one JSON object (one message: its result, with an HTTP status by
+its outcome) or an array of them (``{"results": [...]}``, 200, one result per item, in order).
+Errors are ``{"error": {"code", "message"}}``; a message refused by the charge path answers
+with its result beside the error. ``ERRORS`` below maps each code to its HTTP status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from smscredits.charging import Charger, ChargeResult
+from smscredits.charging.model import EXIT_FOR, ChargeRequest, MessageOp
+from smscredits.charging.stream import request_of
+from smscredits.errors import BadInput, Exit, SmsCreditsError
+from smscredits.render import to_json
+from smscredits.serve import dlr
+from smscredits.serve.auth import ADMIN, GATEWAY, Tokens, load_tokens
+from smscredits.serve.group import GroupCommit
+from smscredits.serve.metrics import Metrics
+
+log = logging.getLogger("smscredits.serve")
+access_log = logging.getLogger("smscredits.access")
+
+# The HTTP status of each outcome: a message's by its exit code, the API's own by code.
+STATUS_FOR_EXIT = {Exit.USAGE: 400, Exit.NOT_FOUND: 404, Exit.INSUFFICIENT: 402,
+                   Exit.LIMIT: 402, Exit.CONFLICT: 409, Exit.DATABASE: 503,
+                   Exit.FAILURE: 500}
+ERRORS = {"bad_json": 400, "bad_input": 400, "unauthorized": 401, "forbidden": 403,
+          "no_route": 404, "method_not_allowed": 405, "too_large": 413,
+          "database_unavailable": 503, "internal": 500}
+MAX_BODY = 4 * 1024 * 1024  # bytes: an array of 10 000 long messages
+MAX_ITEMS = 10_000
+SETTINGS_ENV = "SMSCREDITS_SERVE_SETTINGS"  # how ``serve --workers`` passes them on
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str, status: int | None = None,
+                 result: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+        self.status = status or ERRORS.get(code, 400)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``serve`` was told: the database, the tokens file, the limits of a request."""
+
+    db: str | None = None
+    actor: str | None = None
+    tokens_file: Path | None = None
+    max_body: int = MAX_BODY
+    max_items: int = MAX_ITEMS
+
+    def to_json(self) -> str:
+        return to_json({**self.__dict__, "tokens_file": None if self.tokens_file is None
+                        else str(self.tokens_file)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        data = orjson.loads(text)
+        path = data.pop("tokens_file")
+        return cls(**data, tokens_file=None if path is None else Path(path))
+
+
+class Service:
+    """One app's open database, group commit, tokens and metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        from smscredits.storage.engine import open_db
+
+        self.settings = settings
+        self.tokens: Tokens = load_tokens(settings.tokens_file)
+        self.metrics = Metrics()
+        self.db = open_db(settings.db, actor=settings.actor, create=False)
+        self.group = GroupCommit(Charger(self.db), observe=self.metrics.batch)
+
+    async def close(self) -> None:
+        await self.group.close()
+        self.db.dispose()
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def _authorize(request: Request, role: str, *, query_token: bool = False) -> Service:
+    """The service, if the request's token has ``role`` (an admin has every role)."""
+    service = _service(request)
+    header = request.headers.get("authorization")
+    token = None
+    if header is not None and header[:7].lower() == "bearer ":
+        token = header[7:].strip()
+    elif query_token:  # a gateway's report URL cannot carry a header
+        token = request.query_params.get("token")
+    granted = service.tokens.role_of(token)
+    if granted is None:
+        raise ApiError("unauthorized", "a valid bearer token is required")
+    if role == ADMIN and granted != ADMIN:
+        raise ApiError("forbidden", "this token's role (gateway) may not do this")
+    return service
+
+
+async def _body(request: Request, limit: int) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ApiError("too_large", f"request body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError("too_large", f"request body over {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as e:
+        raise ApiError("bad_json", f"bad JSON: {e}") from None
+
+
+def _item(data: Any, op: str) -> ChargeRequest | MessageOp:
+    """The request of one object for ``op``'s endpoint; BadInput naming its fault."""
+    if isinstance(data, dict):
+        given = data.get("op", op)
+        if given != op:
+            raise BadInput(f"op {str(given)[:40]!r} sent to the {op} endpoint")
+        data = {**data, "op": op}
+    return request_of(data)
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(to_json(value), status, media_type="application/json")
+
+
+def _result(r: ChargeResult) -> dict[str, Any]:
+    doc = r.as_dict()
+    del doc["line"]
+    return doc
+
+
+def _answer(r: ChargeResult) -> Response:
+    """One message's result: 200 when done, else its error with the result beside it."""
+    if r.exit_code == 0:
+        return _json(_result(r))
+    status = STATUS_FOR_EXIT.get(EXIT_FOR.get(r.reason or "", Exit.FAILURE), 500)
+    return _json({"error": {"code": r.reason or "error", "message": r.message or r.status},
+                  "result": _result(r)}, status)
+
+
+async def _run(service: Service, op: str, data: Any) -> Response:
+    """Charge (or act on) one message or an array of them."""
+    if isinstance(data, list):
+        return await _run_array(service, op, data)
+    try:
+        item = _item(data, op)
+    except BadInput as e:
+        raise ApiError("bad_input", e.message) from None
+    [r] = await service.group.run([item])
+    service.metrics.results(op, [r])
+    return _answer(r)
+
+
+async def _run_array(service: Service, op: str, data: list[Any]) -> Response:
+    if len(data) > service.settings.max_items:
+        raise ApiError("too_large", f"{len(data)} items: at most {service.settings.max_items}")
+    parsed: list[ChargeRequest | MessageOp | ChargeResult] = []
+    for number, value in enumerate(data):
+        try:
+            parsed.append(_item(value, op))
+        except BadInput as e:
+            parsed.append(ChargeResult("error", None, None, None, reason="bad_input",
+                                       message=f"item {number}: {e.message}"))
+    items = [p for p in parsed if not isinstance(p, ChargeResult)]
+    charged = iter(await service.group.run(items) if items else [])
+    results = [p if isinstance(p, ChargeResult) else next(charged) for p in parsed]
+    service.metrics.results(op, results)
+    return _json({"results": [_result(r) for r in results]})
+
+
+def _messages(op: str, role: str) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        service = _authorize(request, role)
+        return await _run(service, op, await _body(request, service.settings.max_body))
+
+    endpoint.__name__ = op
+    return endpoint
+
+
+async def quote(request: Request) -> Response:
+    service = _authorize(request, GATEWAY)
+    data = await _body(request, service.settings.max_body)
+    if not isinstance(data, dict) or not data.keys() <= {"to", "text", "parts", "user"}:
+        raise ApiError("bad_input", "expected an object with to, text or parts, and user")
+    user = data.get("user")
+    try:  # checked as a charge's fields are; the user, if given, too
+        req = request_of({**data, "user": user if user is not None else "-", "op": "charge"})
+    except BadInput as e:
+        raise ApiError("bad_input", e.message) from None
+    assert isinstance(req, ChargeRequest)
+    from smscredits import reads
+    from smscredits.charging.model import parts_of
+
+    return _json(await run_in_threadpool(
+        reads.quote, service.db, req.to, parts_of(req), counted=req.text is not None,
+        user=user))
+
+
+async def balance(request: Request) -> Response:
+    service = _authorize(request, GATEWAY)
+    from smscredits import reads
+    from smscredits.render import plain
+
+    user = request.path_params["user"]
+
+    def read() -> dict[str, Any]:
+        account: dict[str, Any] = plain(reads.get_account(service.db, user))
+        account["limits"] = plain(reads.show_limits(service.db, user).windows)
+        return account
+
+    return _json(await run_in_threadpool(read))
+
+
+async def events(request: Request) -> Response:
+    service = _authorize(request, ADMIN)
+    from smscredits import clock, journal, reads, validate
+
+    query = request.query_params
+    limit = _whole(query.get("limit", "50"), "limit", 1, 1000)
+    before = None if "before" not in query else _whole(query["before"], "before", 1, 2**62)
+    kinds = query.getlist("kind")
+    for k in kinds:
+        if k not in journal.KINDS:
+            raise ApiError("bad_input", f"unknown kind {k[:40]!r}")
+    since_at, until_at = validate.time_range(query.get("since"), query.get("until"),
+                                             now=clock.now())
+    rows = await run_in_threadpool(
+        reads.query_events, service.db, request.path_params["user"],
+        since=None if since_at is None else clock.to_us(since_at),
+        until=None if until_at is None else clock.to_us(until_at),
+        kinds=kinds, before=before, limit=limit + 1,
+        credit_only=query.get("all") not in ("1", "true", "yes"))
+    more = len(rows) > limit
+    return _json({"events": rows[:limit], "next_before": rows[limit - 1].id if more else None})
+
+
+def _whole(text: str, name: str, low: int, high: int) -> int:
+    if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+        raise ApiError("bad_input", f"bad {name} {text[:40]!r}: a whole number {low}-{high}")
+    return int(text)
+
+
+async def kannel_dlr(request: Request) -> Response:
+    service = _authorize(request, GATEWAY, query_token=True)
+    op = dlr.kannel(await dlr.fields(request, service.settings.max_body))
+    [r] = await service.group.run([op])
+    service.metrics.results("dlr", [r])
+    return _answer(r)
+
+
+async def jasmin_dlr(request: Request) -> Response:
+    service = _authorize(request, GATEWAY, query_token=True)
+    op = dlr.jasmin(await dlr.fields(request, service.settings.max_body))
+    [r] = await service.group.run([op])
+    service.metrics.results("dlr", [r])
+    # Jasmin resends a report until it reads exactly this; a report that changes nothing
+    # (a duplicate, an unknown message) is answered too, or it would come back for ever.
+    return Response("ACK/Jasmin", media_type="text/plain")
+
+
+async def metrics(request: Request) -> Response:
+    service = _authorize(request, GATEWAY)
+    body, kind = service.metrics.render()
+    return Response(body, media_type=kind)
+
+
+async def healthz(request: Request) -> Response:
+    service = _service(request)
+    from sqlalchemy import text
+
+    def ping() -> None:
+        with service.db.read() as conn:
+            conn.execute(text("SELECT 1"))
+
+    await run_in_threadpool(ping)
+    return _json({"status": "ok"})
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def _error(code: str, message: str, status: int, result: dict[str, Any] | None = None,
+           headers: dict[str, str] | None = None) -> Response:
+    doc: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if result is not None:
+        doc["result"] = result
+    response = _json(doc, status)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+async def _api_error(request: Request, e: Exception) -> Response:
+    assert isinstance(e, ApiError)
+    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+    return _error(e.code, e.message, e.status, e.result, headers)
+
+
+async def _core_error(request: Request, e: Exception) -> Response:
+    assert isinstance(e, SmsCreditsError)
+    return _error(e.code, e.message, STATUS_FOR_EXIT.get(e.exit_code, 500))
+
+
+async def _http_error(request: Request, e: Exception) -> Response:
+    assert isinstance(e, HTTPException)
+    code = {404: "no_route", 405: "method_not_allowed"}.get(e.status_code, "bad_request")
+    return _error(code, str(e.detail), e.status_code)
+
+
+def _unexpected(scope: Scope, e: Exception) -> Response:
+    from sqlalchemy import exc
+
+    service: Service | None = getattr(scope["app"].state, "service", None)
+    if isinstance(e, exc.DBAPIError) and service is not None:
+        from smscredits.storage.engine import explain
+
+        explained = explain(e, service.db.url)
+        return _error(explained.code, explained.message, 503)
+    log.error("internal error on %s %s: %s", scope["method"], scope["path"][:200],
+              type(e).__name__)
+    return _error("internal", "internal error: see the service's log", 500)
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def route_label(path: str) -> str:
+    """A path as a metrics label: a user's name is not a label value."""
+    if path.startswith("/v1/users/"):
+        return "/v1/users/{user}/" + path.rsplit("/", 1)[-1]
+    return path if path in _PATHS else "other"
+
+
+class Observed:
+    """Times every request for ``/metrics`` and writes the access log: method, path without
+    its query (which may hold a token), status and milliseconds."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began, status, status_sent = time.perf_counter(), 500, False
+
+        async def sent(message: Message) -> None:
+            nonlocal status, status_sent
+            if message["type"] == "http.response.start":
+                status, status_sent = message["status"], True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        except Exception as e:  # unforeseen: answered without a traceback, if still possible
+            if status_sent:
+                raise
+            await _unexpected(scope, e)(scope, receive, sent)
+        finally:
+            seconds = time.perf_counter() - began
+            path = scope["path"]
+            service: Service | None = getattr(scope["app"].state, "service", None)
+            if service is not None:
+                service.metrics.requests.labels(route_label(path), str(status)).observe(seconds)
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client") or ("-", 0)
+                access_log.info('%s "%s %s" %d %.1fms', client[0], scope["method"],
+                                path.encode("unicode_escape").decode()[:200], status,
+                                seconds * 1000)
+
+
+ROUTES = [
+    Route("/v1/charge", _messages("charge", GATEWAY), methods=["POST"]),
+    Route("/v1/hold", _messages("hold", GATEWAY), methods=["POST"]),
+    Route("/v1/settle", _messages("settle", GATEWAY), methods=["POST"]),
+    Route("/v1/void", _messages("void", GATEWAY), methods=["POST"]),
+    Route("/v1/dlr", _messages("dlr", GATEWAY), methods=["POST"]),
+    Route("/v1/refund", _messages("refund", ADMIN), methods=["POST"]),
+    Route("/v1/quote", quote, methods=["POST"]),
+    Route("/v1/users/{user}/balance", balance, methods=["GET"]),
+    Route("/v1/users/{user}/events", events, methods=["GET"]),
+    Route("/v1/dlr/kannel", kannel_dlr, methods=["GET", "POST"]),
+    Route("/v1/dlr/jasmin", jasmin_dlr, methods=["GET", "POST"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+]
+_PATHS = frozenset(r.path for r in ROUTES)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The app; its lifespan opens the database (checked: an outdated schema fails the
+    start) and, at shutdown, lets the queued messages commit before it closes."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.service = Service(settings)
+        try:
+            yield
+        finally:
+            await app.state.service.close()
+
+    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
+        ApiError: _api_error, SmsCreditsError: _core_error, HTTPException: _http_error})
+    app.add_middleware(Observed)
+    return app
+
+
+def from_environment() -> Starlette:
+    """The app of a worker process that ``serve --workers N`` started."""
+    import os
+
+    return create_app(Settings.from_json(os.environ[SETTINGS_ENV]))

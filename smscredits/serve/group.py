@@ -1,0 +1,118 @@
+"""Group commit: the requests that arrive while a transaction commits are charged together in
+the next one.
+
+One thread owns the ``Charger`` (and its connection). A request hands its messages to
+``GroupCommit.run`` and waits; when no batch is running, its messages go at once (a lone
+request waits for no timer); while one runs, every request that arrives queues, and the next
+batch takes them all, in order of arrival, through ``Charger.charge_batch`` — the path of
+``charge --file``. Each request gets back exactly its own results, once the transaction that
+made them has committed. A batch that fails for a reason other than the database (a message
+no check foresaw) is redone one request at a time, so one request cannot fail the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from smscredits.charging import Charger, ChargeResult
+from smscredits.charging.model import ChargeRequest, MessageOp
+from smscredits.errors import DatabaseError
+
+Item = ChargeRequest | MessageOp
+# A batch takes queued requests up to this many messages (a bigger request goes alone).
+GROUP_MAX = 5000
+
+
+@dataclass(slots=True)
+class _Waiting:
+    items: list[Item]
+    done: asyncio.Future[list[ChargeResult]]
+
+
+class GroupCommit:
+    """Charges the messages of concurrent requests in shared transactions."""
+
+    def __init__(self, charger: Charger,
+                 observe: Callable[[int, float], None] | None = None) -> None:
+        self._charger = charger
+        self._observe = observe  # hears each batch's size and its seconds
+        self._queue: list[_Waiting] = []
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="smscredits-charge")
+        self._draining: asyncio.Task[None] | None = None
+
+    async def run(self, items: list[Item]) -> list[ChargeResult]:
+        """The results of ``items``, in order, once committed."""
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(items, loop.create_future())
+        self._queue.append(waiting)
+        if self._draining is None:
+            self._draining = loop.create_task(self._drain())
+        # Shielded: a client that goes away does not take its messages out of a batch.
+        return await asyncio.shield(waiting.done)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                group = self._take()
+                await self._commit(group)
+        finally:
+            self._draining = None
+
+    def _take(self) -> list[_Waiting]:
+        size, taken = 0, 0
+        for waiting in self._queue:
+            if taken and size + len(waiting.items) > GROUP_MAX:
+                break
+            size += len(waiting.items)
+            taken += 1
+        group, self._queue = self._queue[:taken], self._queue[taken:]
+        return group
+
+    async def _commit(self, group: list[_Waiting]) -> None:
+        items = [item for waiting in group for item in waiting.items]
+        try:
+            results = await self._charge(items)
+        except DatabaseError as e:
+            for waiting in group:
+                _answer(waiting, e)
+            return
+        except Exception as e:
+            if len(group) == 1:
+                _answer(waiting=group[0], outcome=e)
+                return
+            for waiting in group:  # find the one request that fails; the others go through
+                await self._commit([waiting])
+            return
+        start = 0
+        for waiting in group:
+            _answer(waiting, results[start:start + len(waiting.items)])
+            start += len(waiting.items)
+
+    async def _charge(self, items: list[Item]) -> list[ChargeResult]:
+        began = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._thread, self._charger.charge_batch, items)
+        if self._observe is not None:
+            self._observe(len(items), time.perf_counter() - began)
+        return results
+
+    async def close(self) -> None:
+        """Let the queued requests commit, then give back the connection."""
+        while self._draining is not None:
+            await asyncio.shield(self._draining)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._charger.close)
+        self._thread.shutdown()
+
+
+def _answer(waiting: _Waiting, outcome: list[ChargeResult] | BaseException) -> None:
+    if waiting.done.done():
+        return
+    if isinstance(outcome, BaseException):
+        waiting.done.set_exception(outcome)
+    else:
+        waiting.done.set_result(outcome)
