@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -54,6 +55,10 @@ def register(root: typer.Typer) -> None:
         settings = Settings(db=run.db_flag, actor=run.actor, tokens_file=tokens_file,
                             max_body=max_body)
         config = _logging(access_log)
+        # uvicorn drains on SIGTERM (and ^C), then raises the signal again for the handler it
+        # found: a handler that does nothing lets `serve` end with 0, its work done.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
         if workers == 1:
             uvicorn.run(create_app(settings), host=host, port=port, log_config=config,
                         access_log=False, server_header=False, lifespan="on")
