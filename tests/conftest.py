@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["tests.serve_server"]  # its fixtures (`funded`) for every test file
+
 PG_ENV = "SMSCREDITS_TEST_PG"
 PG_SKIP = f"{PG_ENV} not set: Postgres tests skipped"
 ENGINES = ["sqlite", "postgres"]

@@ -6,9 +6,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tests.serve_server import funded, running  # noqa: F401
-
-__all__ = ["funded"]
+from tests.serve_server import running
 
 
 def test_a_charge_over_http_is_the_charge_path_s(funded: Any, db_url: str, tmp_path: Path) -> None:

@@ -8,6 +8,12 @@
   ``DELIVRD``, ``UNDELIV``... at level 2) and ``level``, ``connector``, ``id_smsc``, ``sub``,
   ``dlvrd``, ``subdate``, ``donedate``, ``err``, ``text``, which are not needed here.
 
+Jasmin makes its message id only after its interceptor has run, so a hold made there cannot
+be under it: the sender gives a reference of its own (``contrib/jasmin``), the interceptor holds
+under it, and the ``dlr-url`` carries it (``/v1/dlr/jasmin?ref=REF``; Jasmin keeps the URL's
+query and adds its fields). A report with ``ref`` settles the message recorded under ``ref``;
+without, the one under Jasmin's ``id``.
+
 Each report becomes ``MessageOp("dlr", id, status=..., source=...)``; what a status does is
 ``holds.dlr_action``'s (``config set dlr.kannel.2 ignore`` changes it). A report that comes
 twice is a replay of its first outcome.
@@ -45,10 +51,12 @@ async def fields(request: Request, limit: int) -> dict[str, str]:
     return found
 
 
-def _op(found: dict[str, str], status_field: str, source: str) -> MessageOp:
-    msg_id, status = found.get("id"), found.get(status_field)
+def _op(found: dict[str, str], status_field: str, source: str, id_field: str = "id"
+        ) -> MessageOp:
+    msg_id, status = found.get(id_field), found.get(status_field)
     if msg_id is None or not is_message_id(msg_id):
-        raise BadInput("a report needs an id: 1-128 printable ASCII characters, no spaces")
+        raise BadInput(f"a report needs an {id_field}: 1-128 printable ASCII characters, "
+                       "no spaces")
     if not status or len(status) > 32 or not status.isascii() or not status.isprintable():
         raise BadInput(f"a report needs a {status_field}: the gateway's delivery status")
     return MessageOp("dlr", msg_id, status=status, source=source)
@@ -59,4 +67,4 @@ def kannel(found: dict[str, str]) -> MessageOp:
 
 
 def jasmin(found: dict[str, str]) -> MessageOp:
-    return _op(found, "message_status", "jasmin")
+    return _op(found, "message_status", "jasmin", "ref" if "ref" in found else "id")
