@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from typing import Annotated
 
 import typer
@@ -57,7 +58,7 @@ def config_show() -> None:
     for key, (env, meaning) in config.KEYS.items():
         flag = run.db_flag if key == "db" else run.actor if key == "actor" else None
         s = config.resolve(key, flag)
-        value = config.mask_url(s.value) if key == "db" and s.value else s.value
+        value = _shown(key, s.value)
         rows.append({"key": key, "value": value, "source": s.source, "env": env,
                      "meaning": meaning})
     for key, value in config.dlr_settings().items():
@@ -71,9 +72,10 @@ def config_show() -> None:
 @command(config_app, "set", example="smscredits config set default_tz Europe/Budapest")
 def config_set(
     key: Annotated[str, typer.Argument(help="db, default_tz, actor, hold_ttl, hold_expiry, "
-                                            "void_settled, or dlr.<kannel|jasmin|smpp>."
-                                            "<STATUS>.")],
-    value: Annotated[str | None, typer.Argument(help="New value; leave out to unset.")] = None,
+                                            "void_settled, serve.token, serve.admin_token, "
+                                            "or dlr.<kannel|jasmin|smpp>.<STATUS>.")],
+    value: Annotated[str | None, typer.Argument(help="New value; leave out to unset; - "
+                                                "reads a token from stdin.")] = None,
 ) -> None:
     """Write a setting to the config file (leave the value out to remove it)."""
     from smscredits import config, validate
@@ -84,14 +86,31 @@ def config_set(
         from smscredits.storage.engine import to_url
 
         to_url(value)
+    if value == "-" and key in config.SECRET_KEYS:  # kept out of the shell's history
+        value = sys.stdin.readline().strip()
+    if value is not None and key in config.SECRET_KEYS:
+        from smscredits.serve.auth import check_token
+
+        check_token(value, key)
     if value is not None:
         from smscredits import holds
 
         holds.check_setting(key, value)
     path = config.write_setting(key, value, None)
-    shown = config.mask_url(value) if key == "db" and value else value
+    shown = _shown(key, value)
     output().message(f"{path}: {key} = {shown}" if value is not None else f"{path}: {key} unset",
                      {"file": str(path), "key": key, "value": shown})
+
+
+def _shown(key: str, value: str | None) -> str | None:
+    """A setting's value as output shows it: a URL's password and a token masked."""
+    from smscredits import config
+
+    if not value:
+        return value
+    if key in config.SECRET_KEYS:
+        return config.MASK
+    return config.mask_url(value) if key == "db" else value
 
 
 def register(root: typer.Typer) -> None:
