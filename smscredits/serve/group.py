@@ -7,7 +7,9 @@ request waits for no timer); while one runs, every request that arrives queues, 
 batch takes them all, in order of arrival, through ``Charger.charge_batch`` — the path of
 ``charge --file``. Each request gets back exactly its own results, once the transaction that
 made them has committed. A batch that fails for a reason other than the database (a message
-no check foresaw) is redone one request at a time, so one request cannot fail the others.
+no check foresaw) is redone one request at a time, so one request cannot fail the others; a
+database failure fails the batch's requests (each may be resent: its id makes it a replay if
+it did commit) and the next batch takes a new connection.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+from sqlalchemy.exc import DBAPIError
 
 from smscredits.charging import Charger, ChargeResult
 from smscredits.charging.model import ChargeRequest, MessageOp
@@ -76,13 +80,14 @@ class GroupCommit:
         items = [item for waiting in group for item in waiting.items]
         try:
             results = await self._charge(items)
-        except DatabaseError as e:
-            for waiting in group:
-                _answer(waiting, e)
-            return
         except Exception as e:
-            if len(group) == 1:
-                _answer(waiting=group[0], outcome=e)
+            # The connection may be the cause (a server restarted, a backend terminated):
+            # the next batch takes a new one.
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._thread, self._charger.release)
+            if isinstance(e, DatabaseError | DBAPIError) or len(group) == 1:
+                for waiting in group:
+                    _answer(waiting, e)
                 return
             for waiting in group:  # find the one request that fails; the others go through
                 await self._commit([waiting])
