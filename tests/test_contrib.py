@@ -250,6 +250,21 @@ def test_jasmin_holds_at_submit_and_settles_on_the_report(
         assert send_answer(returned) == 402
         assert account(http, "carol") == (Decimal("0.1"), Decimal("0"))
 
+        # The same /send again (same reference): held once. The reference reused for another
+        # user or cost: refused (409 / ESME_RSUBMITFAIL).
+        glo, returned = run_script(code, http_send("alice", TO, LONG, tags=f"sc-{ref}"), style)
+        assert isinstance(returned, bytes)
+        assert account(http, "alice") == (Decimal("100"), Decimal("0.15"))
+        glo, _ = run_script(code, http_send("bob", TO, LONG, tags=f"sc-{ref}"), style)
+        assert (glo["http_status"], glo["smpp_status"]) == (409, 69)
+        glo, _ = run_script(code, http_send("alice", TO, "hi", tags=f"sc-{ref}"), style)
+        assert (glo["http_status"], glo["smpp_status"]) == (409, 69)
+
+        # A destination that is no number: 400 / ESME_RINVDSTADR.
+        glo, _ = run_script(code, http_send("alice", "SHOP", "hi", tags=f"sc-{uuid.uuid4()}"),
+                            style)
+        assert (glo["http_status"], glo["smpp_status"]) == (400, 11)
+
         # Not known to smscredits: refused (403 / ESME_RSUBMITFAIL).
         glo, _ = run_script(code, http_send("dave", TO, "hi", tags=f"sc-{uuid.uuid4()}"), style)
         assert (glo["http_status"], glo["smpp_status"]) == (403, 69)
@@ -315,19 +330,20 @@ def test_jasmin_refuses_quickly_when_the_service_is_down(style: str) -> None:
 
 
 @pytest.mark.parametrize("style", STYLES)
-def test_jasmin_refuses_when_its_token_is_refused(style: str, tmp_path: Path) -> None:
-    """A wrong token is the service failing, not the message: 503 / ESME_RSYSERR."""
-    db = str(tmp_path / "credits.db")
-    from smscredits.storage.engine import open_db
-    from smscredits.storage.migrate import upgrade
-
-    handle = open_db(db, check=False, actor="tester")
-    upgrade(handle)
-    handle.dispose()
-    with running(db, tmp_path, tokens=TOKENS) as server:
-        code = script(SERVICE_URL=server.url, TOKEN="wrong-token-" + "w" * 20)
-        glo, _ = run_script(code, http_send("alice", TO, "hi", tags="sc-m1"), style)
-    assert (glo["http_status"], glo["smpp_status"]) == (503, 8)
+def test_jasmin_refuses_a_destination_without_price_and_a_refused_token(
+        cli: Any, db_url: str, tmp_path: Path, style: str) -> None:
+    assert cli("user", "add", "erin").exit_code == 0  # no price set at all
+    assert cli("power", "create", "erin", "credits", "--initial", "10").exit_code == 0
+    with running(db_url, tmp_path, tokens=TOKENS) as server:
+        routable = http_send("erin", TO, "hi", tags="sc-m1")
+        glo, returned = run_script(script(SERVICE_URL=server.url, TOKEN=GATEWAY_TOKEN),
+                                   routable, style)
+        assert (glo["http_status"], glo["smpp_status"]) == (412, 11)  # as Jasmin's no route
+        assert send_answer(returned) == 412
+        # A wrong token is the service failing, not the message: 503 / ESME_RSYSERR.
+        glo, _ = run_script(script(SERVICE_URL=server.url, TOKEN="wrong-token-" + "w" * 20),
+                            routable, style)
+        assert (glo["http_status"], glo["smpp_status"]) == (503, 8)
 
 
 # -- Kannel ---------------------------------------------------------------------------------

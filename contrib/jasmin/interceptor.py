@@ -55,7 +55,7 @@ SKIP_RATE_QUERIES = True
 #   charging refusal) and ESME_RSUBMITFAIL (69).
 # - No price for the destination: 412 (Jasmin's "no route") and ESME_RINVDSTADR (11); a
 #   destination that is not a number: 400 and ESME_RINVDSTADR.
-# - A reference reused for another message (409 conflict), or a request the service refuses
+# - A reference reused for another user or cost (409 conflict), or a request the service refuses
 #   as bad input: 409 / 400 and ESME_RSUBMITFAIL.
 # Anything else is a failure of the service: see FAIL_OPEN and FAILURE.
 REFUSALS = {
