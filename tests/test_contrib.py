@@ -399,8 +399,11 @@ def test_kannel_conf_and_readme_agree() -> None:
     assert re.search(r"^smsc-id\s*=", conf, flags=re.M)  # reports need one
 
 
+NGINX = CONTRIB / "nginx" / "smscredits.conf"
+
+
 def test_nginx_never_logs_a_query_string() -> None:
-    conf = (CONTRIB / "nginx" / "smscredits.conf").read_text()
+    conf = NGINX.read_text()
     lines = [line.split("#", 1)[0] for line in conf.splitlines()]
     text = "\n".join(lines)
     formats = re.findall(r"log_format\s+(\S+)([^;]*);", text)
@@ -414,6 +417,79 @@ def test_nginx_never_logs_a_query_string() -> None:
         assert words == ["off"] or (len(words) >= 2 and words[1] in names), target
     assert re.search(r"client_max_body_size\s+4m\s*;", text)  # serve's --max-body default
     assert "proxy_pass http://smscredits" in text and "127.0.0.1:8787" in text
+
+
+def empty_sqlite(tmp_path: Path) -> str:
+    from smscredits.storage.engine import open_db
+    from smscredits.storage.migrate import upgrade
+
+    url = str(tmp_path / "credits.db")
+    handle = open_db(url, check=False, actor="tester")
+    upgrade(handle)
+    handle.dispose()
+    return url
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "nginx exited"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)  # polling for a port to open, not waiting on a clock
+    raise AssertionError("nginx did not listen")
+
+
+def test_nginx_proxies_over_tls_and_logs_no_token(tmp_path: Path) -> None:
+    """The conf as shipped (but its ports, certificate and log paths) in front of a serve:
+    requests get through over TLS, and neither log holds the token of a report URL."""
+    nginx, openssl = shutil.which("nginx"), shutil.which("openssl")
+    if nginx is None or openssl is None:
+        pytest.skip("nginx or openssl is not installed")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    plain, tls = free_port(), free_port()
+    with running(empty_sqlite(tmp_path), tmp_path, tokens=TOKENS) as server:
+        site = (NGINX.read_text()
+                .replace("/etc/letsencrypt/live/credits.example.com/fullchain.pem",
+                         str(tmp_path / "cert.pem"))
+                .replace("/etc/letsencrypt/live/credits.example.com/privkey.pem",
+                         str(tmp_path / "key.pem"))
+                .replace("/var/log/nginx", str(tmp_path))
+                .replace("127.0.0.1:8787", server.url.removeprefix("http://"))
+                .replace("listen 443 ssl;", f"listen 127.0.0.1:{tls} ssl;")
+                .replace("listen 80;", f"listen 127.0.0.1:{plain};"))
+        site = re.sub(r"^\s*listen \[::\].*$", "", site, flags=re.M)
+        (tmp_path / "site.conf").write_text(site)
+        main = tmp_path / "nginx.conf"
+        main.write_text(f"events {{}}\nhttp {{\n include {tmp_path / 'site.conf'};\n}}\n")
+        command = [nginx, "-p", str(tmp_path), "-c", str(main), "-g",
+                   f"daemon off; pid {tmp_path / 'nginx.pid'}; error_log stderr;"]
+        checked = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stderr
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(tls, proc)
+            with httpx.Client(base_url=f"https://127.0.0.1:{tls}", verify=False,
+                              timeout=10) as http:
+                health = http.get("/healthz")
+                report = http.get(f"/v1/dlr/kannel?id=m-9&status=1&token={GATEWAY_TOKEN}")
+                big = http.post("/v1/charge", content=b"[" + b" " * (5 * 1024 * 1024) + b"]",
+                                headers={"Authorization": f"Bearer {GATEWAY_TOKEN}"})
+            moved = httpx.get(f"http://127.0.0.1:{plain}/v1/dlr/kannel?token={GATEWAY_TOKEN}")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    assert health.status_code == 200
+    assert report.json()["error"]["code"] == "unknown_message"  # through to serve
+    assert big.status_code == 413  # stopped by nginx, as serve would
+    assert moved.status_code == 308 and GATEWAY_TOKEN not in moved.headers["location"]
+    log = (tmp_path / "smscredits.access.log").read_text()
+    assert "GET /v1/dlr/kannel HTTP/1.1\" 404" in log
+    assert GATEWAY_TOKEN not in log and "token" not in log
+    assert GATEWAY_TOKEN not in server.log_text()
 
 
 UNIT = CONTRIB / "systemd" / "smscredits-serve.service"
