@@ -293,9 +293,12 @@ def test_jasmin_holds_at_submit_and_settles_on_the_report(
             assert (done.status_code, done.text) == (200, "ACK/Jasmin")
             assert account(http, "alice") == (Decimal("99.85"), Decimal("0"))
 
-        # Refused by the SMSC (a level-1 ESME_R* error): the hold is voided.
+        # Refused by the SMSC (a level-1 ESME_R* error): the hold (of a ttl of its own) is
+        # voided.
         refused = str(uuid.uuid4())
-        run_script(code, http_send("alice", TO, "short", tags=f"sc-{refused}"), style)
+        glo, _ = run_script(script(SERVICE_URL=server.url, HOLD_TTL="26h"),
+                            http_send("alice", TO, "short", tags=f"sc-{refused}"), style)
+        assert glo["smpp_status"] is None
         assert account(http, "alice") == (Decimal("99.85"), Decimal("0.05"))
         answer = jasmin_report(server, refused, level1("ESME_RINVDSTADR"))
         assert answer.text == "ACK/Jasmin"
