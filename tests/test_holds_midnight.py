@@ -624,9 +624,17 @@ class _Done:
 
 # -- 4. two `holds expire` at once, across midnight ---------------------------------------
 
-EARLY, LATE = 12, 12  # holds due before midnight, and after it
-STEP = timedelta(seconds=0.5)
-EXPIRY_ROUNDS = 9
+GROUP = 12  # holds in each group
+# Each round both crons run `holds expire` at once, on clocks CRON_SKEW apart (less than a
+# STEP, so that both first find a group due in the same round); then the clocks move on.
+CRON_SKEW = timedelta(seconds=1)
+STEP = timedelta(seconds=1.5)
+FIRST = timedelta(seconds=-3.5)  # the behind clock's first round, from midnight
+# Each group: when its holds are made and their ttl (from midnight), and so when they are
+# due: before either clock's first round; in the round where the behind clock is still
+# before midnight and the ahead one past it (-0.5 s and +0.5 s); after midnight on both.
+GROUPS = {"early": (-4.75, 1), "straddling": (-4.6, 4), "late": (-4.1, 5)}
+EXPIRY_ROUNDS = 5
 
 
 @pytest.mark.parametrize("expiry", ["settle", "void"])
@@ -634,58 +642,56 @@ def test_two_expiry_runs_across_midnight_expire_each_hold_once(
         cli: Cli, url: str, procs: Procs, expiry: str) -> None:
     setup(cli, "price set default 1", f"config set hold_expiry {expiry}",
           "user add e --tz Europe/Budapest", "power create e credits --initial 100",
-          "limits set e --daily 30")
+          "limits set e --daily 40")
     midnight = datetime(2031, 1, 17, tzinfo=BUDAPEST)
-    # Due 3 s before midnight, and 1 s after it.
-    lines = [hold_line("e", f"early-{i}", 1, ttl="1s") for i in range(EARLY)]
-    lines += [hold_line("e", f"late-{i}", 1, ttl="5s") for i in range(LATE)]
-    with freeze_time(midnight - timedelta(seconds=4)):
-        done = ok(cli("charge", "--file", "-",
-                      input="".join(json.dumps(line) + "\n" for line in lines)))
-    assert {r["status"] for r in done.jsonl()} == {"held"}
+    for group, (made, ttl) in GROUPS.items():
+        with freeze_time(midnight + timedelta(seconds=made)):
+            done = ok(cli("charge", "--file", "-", input="".join(
+                json.dumps(hold_line("e", f"{group}-{i}", 1, ttl=f"{ttl}s")) + "\n"
+                for i in range(GROUP))))
+        assert {r["status"] for r in done.jsonl()} == {"held"}
     crons = [procs.commands("cron-behind", ahead=False), procs.commands("cron-ahead",
                                                                         ahead=True)]
     drive(crons, lambda p: None if p.sent else ["holds", "list", "--json"])  # both up
     for p in crons:
         p.sent.clear()
         p.answers.clear()
-    # Each round both run `holds expire` at once, on clocks SKEW apart; the clocks then move
-    # on by STEP: the behind one from 2.5 s before midnight to 1.5 s after it.
-    start = midnight - timedelta(seconds=2.5)
     charged_today = False
     for r in range(EXPIRY_ROUNDS):
-        behind = start + STEP * r
+        behind = midnight + FIRST + STEP * r
         offset = us(behind - clock.now())
-        procs.set_clocks(offset, offset + us(SKEW))
-        if not charged_today and behind + SKEW >= midnight:
-            # Today opened by a charge, so that the windows stored are today's when the late
-            # holds end.
-            with shifted(offset + us(SKEW)):
+        if not charged_today and behind >= midnight:
+            # Today opened by a charge before the late group ends (the straddling group
+            # ended before any event of today), on the ahead clock.
+            with shifted(offset):
                 ok(cli("charge", "e", "--to", TO, "--parts", "5", "--id", "today"))
             charged_today = True
+        procs.set_clocks(offset, offset + us(CRON_SKEW))
         drive(crons, lambda p, r=r: ["holds", "expire", "--json"] if len(p.sent) <= r
               else None)
     assert [p.finish() for p in crons] == [0, 0]
     ended: list[str] = []
+    per_round: list[list[int]] = []
     for p in crons:
+        per_round.append([])
         for answer in p.answers:
             assert answer["exit_code"] == 0, said(_Done(answer))
             results = json.loads(answer["stdout"])
             assert {(x["status"], x["reason"]) for x in results} <= {
                 ("settled" if expiry == "settle" else "voided", "expired")}, results
             ended += [x["id"] for x in results]
+            per_round[-1].append(len(results))
     book = Journal.read(url, "e")
     assert sorted(ended) == sorted(book.held_refs())  # each by one run, once
     assert all(kinds == ["message.expired"] for kinds in book.ends().values()), book.ends()
     assert sorted(book.ends()) == sorted(book.held_refs())
-    taken = (EARLY + LATE) if expiry == "settle" else 0
-    with shifted(us(start + STEP * EXPIRY_ROUNDS + SKEW - clock.now())):
+    taken = 3 * GROUP if expiry == "settle" else 0
+    with shifted(us(midnight + FIRST + STEP * EXPIRY_ROUNDS - clock.now())):
         account = data(cli("credits", "balance", "e", "--json"))
         assert (account["balance"], account["held"]) == (100 - 5 - taken, 0)
-        # Today has the charge alone: the holds of yesterday, ended today, are not in it.
+        # Today has the charge alone: yesterday's holds, ended today, are not in it.
         assert windows(cli, "e")["day"] == 5
-        problems, peaks = ledger_problems(cli, url, "e", 30)
-    print(f"\nexpiry {expiry}: {len(crons[0].answers)} rounds, "
-          f"{[len(json.loads(a['stdout'])) for a in crons[0].answers]} and "
-          f"{[len(json.loads(a['stdout'])) for a in crons[1].answers]} expired; peaks {peaks}")
+        problems, peaks = ledger_problems(cli, url, "e", 40)
+    print(f"\nexpiry {expiry}: expired per round by the behind cron {per_round[0]}, by the "
+          f"ahead one {per_round[1]}; day peaks {peaks}")
     assert not problems, problems
