@@ -345,10 +345,11 @@ class Round:
     problems: list[str] = field(default_factory=list)
     peaks: dict[date, int] = field(default_factory=dict)
     full: bool = False
+    reads: int = 0
 
 
-def hold_round(cli: Cli, url: str, procs: Procs, streams: list[Proc], user: str,
-               midnight: datetime, seed: int) -> Round:
+def hold_round(cli: Cli, url: str, procs: Procs, streams: list[Proc], reader: Proc,
+               user: str, midnight: datetime, seed: int) -> Round:
     setup(cli, f"user add {user} --tz Europe/Budapest",
           f"power create {user} credits --initial 1000", f"limits set {user} --daily {DAILY}")
     # The old day nearly full, a few seconds before the round: open holds the streams then
@@ -365,8 +366,13 @@ def hold_round(cli: Cli, url: str, procs: Procs, streams: list[Proc], user: str,
     midnight_us = at_us(midnight)
     procs.set_clocks(base, base + us(SKEW))
     made = Counter[str]()
+    running = set(streams)
+    reader.sent.clear()
+    reader.answers.clear()
 
     def step(p: Proc) -> Any:
+        if p is reader:  # `limits show` again and again while the streams run
+            return ["limits", "show", user, "--json"] if running else None
         if p.answers:  # what the last line did
             answer = p.answers[-1]
             status = answer["status"]
@@ -378,6 +384,7 @@ def hold_round(cli: Cli, url: str, procs: Procs, streams: list[Proc], user: str,
                 found.full = True
         now = clock.now_us() + base  # the behind clocks
         if now >= midnight_us + us(TAIL) and (found.full or now > midnight_us + us(GIVE_UP)):
+            running.discard(p)
             return None
         found.lines += 1
         if pool and rng.random() < 0.5:
@@ -394,7 +401,9 @@ def hold_round(cli: Cli, url: str, procs: Procs, streams: list[Proc], user: str,
         made[p.name] += 1
         return hold_line(user, f"{user}-{p.name}-{made[p.name]}", 2)
 
-    drive(streams, step)
+    drive([*streams, reader], step)
+    found.reads = len(reader.answers)
+    found.problems.extend(reads_going_back(reader, DAILY))
     if not found.full:
         found.problems.append(f"the new day was not full {GIVE_UP} after midnight")
     with shifted(base):  # just after the round, on the behind clock
@@ -403,17 +412,39 @@ def hold_round(cli: Cli, url: str, procs: Procs, streams: list[Proc], user: str,
     return found
 
 
+def reads_going_back(reader: Proc, daily: int) -> list[str]:
+    """What `limits show` read beside the writers that breaks a promise: a day window over
+    its limit, or one earlier than a window read before it (the window went back)."""
+    problems: list[str] = []
+    last = ""
+    for answer in reader.answers:
+        if answer["exit_code"] != 0:
+            problems.append(f"limits show: {said(_Done(answer))}")
+            continue
+        shown = json.loads(answer["stdout"], parse_float=Decimal)
+        (day,) = [w for w in shown["windows"] if w["window"] == "day"]
+        if day["spent"] > daily or day["spent"] < 0:
+            problems.append(f"limits show: day spent {day['spent']} of {daily}")
+        if day["resets_at"] < last:
+            problems.append(f"limits show: the day resetting at {day['resets_at']} read after "
+                            f"the one resetting at {last}")
+        last = max(last, day["resets_at"])
+    return problems
+
+
 def test_holds_settles_and_voids_across_midnight_on_two_clocks(
         cli: Cli, url: str, procs: Procs) -> None:
     setup(cli, "price set default 1")
     streams = procs.streams(STREAMS)
+    reader = procs.commands("reader", ahead=False)
     warm_up(streams)
     midnights = [datetime(2031, 1, day, tzinfo=BUDAPEST) for day in (14, 15)]
-    rounds = [hold_round(cli, url, procs, streams, f"h{r}", midnight, seed=r)
+    rounds = [hold_round(cli, url, procs, streams, reader, f"h{r}", midnight, seed=r)
               for r, midnight in enumerate(midnights)]
-    assert [p.finish() for p in streams] == [0] * STREAMS
+    assert [p.finish() for p in procs.started] == [0] * (STREAMS + 1)
     for r in rounds:
-        print(f"\n{r.user}: {r.lines} lines, {dict(r.answers)}; day peaks {r.peaks}")
+        print(f"\n{r.user}: {r.lines} lines, {dict(r.answers)}, {r.reads} reads of its "
+              f"limits; day peaks {r.peaks}")
     for r, midnight in zip(rounds, midnights, strict=True):  # each round straddled midnight
         assert sorted(r.peaks) == [midnight.date() - timedelta(days=1), midnight.date()], r
         assert r.answers["settled"] and r.answers["voided"], r
