@@ -25,6 +25,7 @@ instant. Run with ``-s`` to see each round's figures.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -696,6 +697,11 @@ GROUPS = {"early": (-4.75, 1), "straddling": (-4.6, 4), "late": (-4.1, 5)}
 EXPIRY_ROUNDS = 5
 
 
+def expire_once_more(p: Proc, runs: int) -> list[str] | None:
+    """`holds expire`, until ``p`` has run it ``runs`` times."""
+    return ["holds", "expire", "--json"] if len(p.sent) < runs else None
+
+
 @pytest.mark.parametrize("expiry", ["settle", "void"])
 def test_two_expiry_runs_across_midnight_expire_each_hold_once(
         cli: Cli, url: str, procs: Procs, expiry: str) -> None:
@@ -726,8 +732,7 @@ def test_two_expiry_runs_across_midnight_expire_each_hold_once(
                 ok(cli("charge", "e", "--to", TO, "--parts", "5", "--id", "today"))
             charged_today = True
         procs.set_clocks(offset, offset + us(CRON_SKEW))
-        drive(crons, lambda p, r=r: ["holds", "expire", "--json"] if len(p.sent) <= r
-              else None)
+        drive(crons, functools.partial(expire_once_more, runs=r + 1))
     assert [p.finish() for p in crons] == [0, 0]
     ended: list[str] = []
     per_round: list[list[int]] = []
