@@ -561,9 +561,6 @@ def test_a_hold_settled_for_more_parts_after_midnight_is_held_to_the_weekly_limi
         assert verify_problems(cli("verify", "--json")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="a retried hold of a message settled and then "
-                   "refunded answers status 'charged', which it never was (batch._from_row "
-                   "maps refunded to charged, a charge's first result)")
 def test_a_retried_hold_of_a_settled_and_refunded_message_is_not_called_charged(
         cli: Cli) -> None:
     """A gateway retrying a hold after midnight, once its message was settled and refunded:

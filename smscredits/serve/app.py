@@ -277,7 +277,9 @@ async def kannel_dlr(request: Request) -> Response:
     op = dlr.kannel(await dlr.fields(request, service.settings.max_body))
     [r] = await service.group.run([op])
     service.metrics.results("dlr", [r])
-    return _answer(r)
+    # Kannel retries a report until it gets 200 or 202: one that changes nothing (a
+    # duplicate, an unknown message) would come back for nothing. The body says what it did.
+    return _json(_result(r))
 
 
 async def jasmin_dlr(request: Request) -> Response:
