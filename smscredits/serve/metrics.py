@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -49,8 +50,17 @@ class Metrics:
                                   registry=registry)
         self.batch_size = Histogram("smscredits_batch_messages", "Messages per transaction "
                                     "(group commit)", buckets=_SIZES, registry=registry)
+        self._requests: dict[tuple[str, int], Any] = {}
+        self._messages: dict[tuple[str, str, str | None, bool], Any] = {}
         self.commit = Histogram("smscredits_batch_seconds", "Seconds per transaction, "
                                 "charges and commit", buckets=_LATENCY, registry=registry)
+
+    def request(self, route: str, status: int, seconds: float) -> None:
+        key = (route, status)
+        child = self._requests.get(key)
+        if child is None:  # ``labels`` takes a lock and builds a key: once per label set
+            child = self._requests[key] = self.requests.labels(route, str(status))
+        child.observe(seconds)
 
     def batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -58,8 +68,12 @@ class Metrics:
 
     def results(self, op: str, results: Iterable[ChargeResult]) -> None:
         for r in results:
-            self.messages.labels(op, r.status, r.reason or "", "yes" if r.replayed else "no"
-                                 ).inc()
+            key = (op, r.status, r.reason, r.replayed)
+            child = self._messages.get(key)
+            if child is None:
+                child = self._messages[key] = self.messages.labels(
+                    op, r.status, r.reason or "", "yes" if r.replayed else "no")
+            child.inc()
             field = _MOVED.get(r.status)
             amount = getattr(r, field) if field is not None and not r.replayed else None
             if amount:
