@@ -14,7 +14,17 @@ Creates its own databases in a temporary directory (and, with a Postgres URL fro
 6. ``log USER --limit 50`` and ``log --since`` over 1M events;
 7. bulk holds (``"op": "hold"`` lines) and then their settles (``"op": "settle"``) through
    ``charge --file`` on SQLite vs the same file's plain charges (each the median of
-   alternated runs).
+   alternated runs);
+8. ``smscredits serve``: single-message ``POST /v1/charge`` from 32 keep-alive connections
+   (``wrk``) on SQLite and on Postgres, throughput and p99 latency, vs a bare uvicorn app that
+   answers a constant JSON under the same uvicorn settings and the same ``wrk`` command;
+9. ``smscredits serve``: arrays of 1 000 messages from a few keep-alive connections on SQLite
+   vs ``charge --file`` of the same messages (8 and 9: the median of alternated runs).
+
+Figure 8 needs the ``wrk`` load generator (4.1, C, keep-alive, latency percentiles):
+``apt-get install -y wrk`` on Debian and Ubuntu, ``brew install wrk`` on macOS. Without it
+figure 8 is skipped with a line saying so; figures 8 and 9 need the ``serve`` extra
+(``pip install -e '.[serve]'``).
 
 ``--profile`` re-runs the smscredits side of every figure that misses its target under
 cProfile and prints the top entries by cumulative time after the table.
@@ -32,6 +42,7 @@ import os
 import pstats
 import random
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -78,11 +89,20 @@ class Sizes:
     # Lines of the bulk figures' profiles: all of them, so that the profile shows the steady
     # state rather than start-up (imports, first parse of each number).
     profile_messages: int = 200_000
+    # Figures 8 and 9 (serve): runs of each side, alternated; the figure is the median run.
+    serve_runs: int = 3
+    serve_seconds: int = 10  # figure 8: one wrk run, after a warm-up of serve_warmup seconds
+    serve_warmup: int = 2
+    serve_connections: int = 32
+    serve_wrk_threads: int = 2
+    array_messages: int = 100_000  # figure 9: in arrays of BATCH messages
+    array_clients: int = 4  # keep-alive connections, one thread each
 
 
 FULL = Sizes()
 QUICK = Sizes(messages=30_000, pg_messages=10_000, bulk_runs=1, stream_lines=1_000,
-              journal_big=1_000_000, fixed_charges=5_000, cold_runs=10, profile_messages=5_000)
+              journal_big=1_000_000, fixed_charges=5_000, cold_runs=10, profile_messages=5_000,
+              serve_runs=1, serve_seconds=4, serve_warmup=1, array_messages=20_000)
 
 
 # -- results ----------------------------------------------------------------------------
@@ -542,6 +562,9 @@ class Context:
     cpu_start: float = field(default_factory=lambda: cpu_check())
     cpu_end: float | None = None
     source_start: str = field(default_factory=lambda: source_fingerprint())
+    notes: list[str] = field(default_factory=list)  # figures skipped, and why
+    problems: list[str] = field(default_factory=list)  # checks that failed
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # Postgres schemas
 
 
 def bulk_file(ctx: Context, name: str, n: int) -> Path:
@@ -659,46 +682,51 @@ def remove_db(path: Path) -> None:
         name.unlink(missing_ok=True)
 
 
-def figure_pg_bulk(ctx: Context) -> list[Figure]:
-    base = ctx.pg
-    if not base:
-        return []
+def pg_fresh_schema(ctx: Context, role: str) -> str:
+    """A new schema of the run, prepared as ``prepare`` does; its URL."""
     import psycopg
 
+    assert ctx.pg
+    schema = f"bench_{ctx.run_id}_{role}"
+    with psycopg.connect(pg_conninfo(ctx.pg), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    ctx.pg_schemas.append(schema)
+    url = pg_schema_url(ctx.pg, schema)
+    prepare(ctx.cli, url, ctx.sizes.users)
+    return url
+
+
+def pg_drop_schema(ctx: Context, url: str) -> None:
+    """Drops a schema of ``pg_fresh_schema``: each run's data goes before the next, as does
+    its write-back (the server's checkpoints of one run's writes would slow the next)."""
+    import psycopg
+
+    schema = next(name for name in ctx.pg_schemas if url == pg_schema_url(ctx.pg or "", name))
+    ctx.pg_schemas.remove(schema)
+    with psycopg.connect(pg_conninfo(ctx.pg or ""), autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CHECKPOINT")  # a superuser's, or pg_checkpoint's, right
+
+
+def figure_pg_bulk(ctx: Context) -> list[Figure]:
+    if not ctx.pg:
+        return []
     n = ctx.sizes.pg_messages
     jsonl = bulk_file(ctx, "pg-bulk", n)
-    run_id = uuid.uuid4().hex[:8]
-
-    def fresh_schema(role: str) -> str:
-        schema = f"bench_{run_id}_{role}"
-        with psycopg.connect(pg_conninfo(base), autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        ctx.pg_schemas.append(schema)
-        url = pg_schema_url(base, schema)
-        prepare(ctx.cli, url, ctx.sizes.users)
-        return url
-
-    def drop_schema(role: str) -> None:
-        # Each run's data goes before the next, as does its write-back (the server's
-        # checkpoints of one run's writes would slow the next).
-        schema = f"bench_{run_id}_{role}"
-        ctx.pg_schemas.remove(schema)
-        with psycopg.connect(pg_conninfo(base), autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-            with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
-                conn.execute("CHECKPOINT")  # a superuser's, or pg_checkpoint's, right
 
     def ours(run: int) -> float:
-        url = fresh_schema(f"main{run}")
+        url = pg_fresh_schema(ctx, f"main{run}")
         seconds, err = ctx.cli.wall(ctx.cli.cmd(url, "charge", "--file", str(jsonl)))
         charged = count_charged(url)
         assert charged == n, f"smscredits charged {charged} of {n}: {err}"
-        drop_schema(f"main{run}")
+        pg_drop_schema(ctx, url)
         return seconds
 
     def reference(run: int) -> float:
-        seconds = pg_reference(fresh_schema(f"ref{run}"), jsonl)
-        drop_schema(f"ref{run}")
+        url = pg_fresh_schema(ctx, f"ref{run}")
+        seconds = pg_reference(url, jsonl)
+        pg_drop_schema(ctx, url)
         return seconds
 
     runs, ref_runs = bulk_runs(ctx, "2", f"charge --file, {n} messages on Postgres", ours,
@@ -707,8 +735,8 @@ def figure_pg_bulk(ctx: Context) -> list[Figure]:
 
     def profile() -> str:
         part = head_file(jsonl, ctx.sizes.profile_messages)
-        return profile_cli(ctx, ctx.cli.cmd(fresh_schema("profile"), "charge", "--file",
-                                            str(part)))
+        return profile_cli(ctx, ctx.cli.cmd(pg_fresh_schema(ctx, "profile"), "charge",
+                                            "--file", str(part)))
 
     rate = n / seconds
     return [Figure("2", "bulk charge --file, Postgres", rate, "charges/s", "psycopg pipeline",
@@ -928,6 +956,570 @@ def figure_log_pages(ctx: Context, journal_db: Callable[[int], Path]) -> list[Fi
     return figures
 
 
+# -- figures 8 and 9: smscredits serve ------------------------------------------------------
+
+WRK_INSTALL = ("figure 8 skipped: it needs the wrk load generator (wrk 4.1): "
+               "apt-get install -y wrk (Debian, Ubuntu) or brew install wrk (macOS)")
+
+# Each wrk thread runs its own Lua state: ``setup`` (in the main state) numbers the threads,
+# so that a message id, PREFIX-THREAD-COUNTER, is unique per request; ``done`` prints the
+# summary as one JSON line, with the requests each thread sent (some are still in flight when
+# the run ends: the server charges them, wrk does not count them).
+WRK_LUA = r"""
+local threads = {}
+local next_id = 1
+
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  prefix = args[1]
+  users = tonumber(args[2])
+  sent = 0
+  math.randomseed(id * 7919)
+  headers = {["Content-Type"] = "application/json"}
+end
+
+function request()
+  sent = sent + 1
+  local body = string.format(
+    '{"user":"user%05d","to":"%s","text":"Your code is %06d","id":"%s-%d-%d"}',
+    math.random(users), NUMBERS[math.random(#NUMBERS)], sent % 1000000, prefix, id, sent)
+  return wrk.format("POST", "/v1/charge", headers, body)
+end
+
+function done(summary, latency, requests)
+  local sent_total = 0
+  for _, t in ipairs(threads) do
+    sent_total = sent_total + t:get("sent")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'WRK-JSON {"requests":%d,"sent":%d,"duration_us":%d,"connect":%d,"read":%d,' ..
+    '"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,' ..
+    '"max_us":%d}\n',
+    summary.requests, sent_total, summary.duration, e.connect, e.read, e.write, e.status,
+    e.timeout, math.floor(latency:percentile(50)), math.floor(latency:percentile(90)),
+    math.floor(latency:percentile(99)), math.floor(latency.max)))
+end
+"""
+
+# The floor of figure 8: uvicorn with nothing behind it. Reads the body, answers a constant
+# JSON of a charge result's size; uvicorn as ``serve`` runs it (loop and http "auto", that is
+# uvloop and httptools when installed, one process, no access log, no server header, lifespan
+# on) and, like ``serve``, exits 0 after draining on SIGTERM.
+FLOOR_APP = r'''
+import signal
+import sys
+
+import uvicorn
+
+BODY = (b'{"status":"charged","id":"floor-1-1","user":"user00001","to":"+36301234567",'
+        b'"parts":1,"encoding":"gsm","rule":"default","price":"0.05","cost":"0.05",'
+        b'"balance":"999999.95","kind":"credits","reason":null,"message":null}')
+HEADERS = [(b"content-type", b"application/json"),
+           (b"content-length", str(len(BODY)).encode())]
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+if __name__ == "__main__":
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=False,
+                server_header=False, lifespan="on", log_level="warning")
+'''
+
+# ``python SCRIPT OUT ARGS...``: ``smscredits ARGS...`` with cProfile switched on by SIGUSR1
+# (sent once the server is warm: its start and imports stay out) in every thread, the event
+# loop's and group commit's charging thread alike; the threads' profiles merged into OUT at
+# exit.
+PROFILE_SERVE = r'''
+import cProfile
+import pstats
+import runpy
+import signal
+import sys
+import threading
+
+out = sys.argv[1]
+sys.argv = ["smscredits", *sys.argv[2:]]
+started = threading.Event()
+profiles = []
+
+
+def profiled():
+    profile = cProfile.Profile()
+    profiles.append(profile)
+    profile.enable()
+
+
+def until_started(*_):
+    # A thread's Python-level hook until SIGUSR1; then cProfile, at the thread's next call.
+    if started.is_set():
+        sys.setprofile(None)
+        profiled()
+
+
+def start(*_):
+    if not started.is_set():
+        started.set()
+        profiled()  # the main thread's: the event loop
+
+
+threading.setprofile(until_started)
+signal.signal(signal.SIGUSR1, start)
+try:
+    runpy.run_module("smscredits", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+finally:
+    sys.setprofile(None)
+    if profiles:
+        stats = pstats.Stats(profiles[0])
+        for profile in profiles[1:]:
+            stats.add(profile)
+        stats.dump_stats(out)
+'''
+
+
+@dataclass
+class WrkRun:
+    """One wrk run's summary (times in seconds)."""
+
+    requests: int  # completed
+    sent: int  # written, in flight at the end included
+    seconds: float
+    non_2xx: int  # wrk's "status" errors: HTTP 4xx and 5xx
+    socket_errors: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Served:
+    """A server process on a free loopback port: started, ready (``/healthz`` answers 200),
+    then stopped with SIGTERM, which must end it with 0."""
+
+    STARTUP_S = 60
+
+    def __init__(self, argv: Callable[[int], list[str]], env: dict[str, str], log_path: Path,
+                 name: str) -> None:
+        self.port = free_port()
+        self.name = name
+        self.log_path = log_path
+        with log_path.open("wb") as out:
+            self.proc = subprocess.Popen(argv(self.port), stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, env=env)
+        self._wait_ready()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def _wait_ready(self) -> None:
+        import http.client
+
+        deadline = time.monotonic() + self.STARTUP_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode} at its start: "
+                                   f"{self.log_text()}")
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            try:
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            time.sleep(0.05)  # polling for the port to open
+        self.proc.kill()
+        self.proc.wait()
+        raise RuntimeError(f"{self.name} did not answer /healthz in {self.STARTUP_S} s: "
+                           f"{self.log_text()}")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"{self.name} did not stop on SIGTERM: {self.log_text()}") \
+                from None
+        if code != 0:
+            raise RuntimeError(f"{self.name} exited {code} on SIGTERM, not 0: {self.log_text()}")
+
+    def __enter__(self) -> Served:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is None:
+            self.stop()
+        elif self.proc.poll() is None:  # already failing: do not hide the first error
+            self.proc.kill()
+            self.proc.wait()
+
+
+def write_wrk_script(ctx: Context) -> Path:
+    path = ctx.tmp / "charge.lua"
+    numbers = ",".join(json.dumps(n) for n in ctx.numbers)
+    path.write_text(f"NUMBERS = {{{numbers}}}\n{WRK_LUA}", encoding="utf-8")
+    return path
+
+
+def run_wrk(ctx: Context, script: Path, url: str, seconds: int, prefix: str) -> WrkRun:
+    s = ctx.sizes
+    argv = ["wrk", f"-t{s.serve_wrk_threads}", f"-c{s.serve_connections}", f"-d{seconds}s",
+            "--timeout", "10s", "--latency", "-s", str(script), url, "--", prefix,
+            str(s.users)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    found = [line for line in proc.stdout.splitlines() if line.startswith("WRK-JSON ")]
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr[-2000:]}"
+                           f"{proc.stdout[-2000:]}")
+    doc = json.loads(found[-1].removeprefix("WRK-JSON "))
+    return WrkRun(requests=doc["requests"], sent=doc["sent"],
+                  seconds=doc["duration_us"] / 1e6, non_2xx=doc["status"],
+                  socket_errors=doc["connect"] + doc["read"] + doc["write"] + doc["timeout"],
+                  p50=doc["p50_us"] / 1e6, p90=doc["p90_us"] / 1e6, p99=doc["p99_us"] / 1e6,
+                  max=doc["max_us"] / 1e6)
+
+
+def serve_template(ctx: Context) -> Path:
+    """The SQLite database that figures 8 and 9 copy: made once."""
+    template = ctx.tmp / "serve-template.db"
+    if not template.exists():
+        prepare(ctx.cli, str(template), ctx.sizes.users)
+    return template
+
+
+def problem(ctx: Context, text: str) -> None:
+    """A figure that measured something other than what it says: said now and in the
+    report."""
+    ctx.problems.append(text)
+    log(f"PROBLEM: {text}")
+
+
+def serve_argv(ctx: Context, db: str) -> Callable[[int], list[str]]:
+    """``serve`` on ``db`` as the figures run it, for a port: tokens off (loopback only), no
+    access log."""
+    return lambda port: ctx.cli.cmd(db, "serve", "--port", str(port), "--no-access-log")
+
+
+def wrk_serve_run(ctx: Context, script: Path, db: str, label: str) -> WrkRun:
+    """``serve`` on ``db``: a warm-up, then the timed wrk run; then, the server stopped, the
+    charges in the database checked against the requests wrk sent."""
+    s = ctx.sizes
+    with Served(serve_argv(ctx, db), ctx.cli.env, ctx.tmp / f"serve-{label}.log",
+                f"serve ({label})") as srv:
+        warm = run_wrk(ctx, script, srv.url, s.serve_warmup, f"{label}-warm")
+        timed_run = run_wrk(ctx, script, srv.url, s.serve_seconds, label)
+    check_wrk(ctx, f"serve ({label})", timed_run, warm)
+    # Every request wrk saw answered (and not refused) must be charged; so may be those still
+    # in flight when wrk stopped, if the server read them whole before wrk closed the
+    # connection (the server drains on SIGTERM), so the charges lie between the two counts.
+    answered = (warm.requests - warm.non_2xx) + (timed_run.requests - timed_run.non_2xx)
+    sent = (warm.sent - warm.non_2xx) + (timed_run.sent - timed_run.non_2xx)
+    charged = count_charged(db)
+    if not answered <= charged <= sent:
+        problem(ctx, f"serve ({label}): {charged} charges in the database, but wrk had "
+                f"{answered} requests answered (not refused) and sent {sent}")
+    return timed_run
+
+
+def check_wrk(ctx: Context, label: str, *runs: WrkRun) -> None:
+    for run in runs:
+        if run.non_2xx or run.socket_errors:
+            problem(ctx, f"{label}: wrk saw {run.non_2xx} non-2xx responses and "
+                    f"{run.socket_errors} socket errors in {run.requests} requests")
+        if run.requests == 0:
+            problem(ctx, f"{label}: wrk completed no request")
+
+
+def figure_serve_single(ctx: Context) -> list[Figure]:
+    s = ctx.sizes
+    script = write_wrk_script(ctx)
+    floor_py = ctx.tmp / "floor_app.py"
+    floor_py.write_text(FLOOR_APP, encoding="utf-8")
+    template = serve_template(ctx)
+    engines = ["SQLite", *(["Postgres"] if ctx.pg else [])]
+    runs: dict[str, list[WrkRun]] = {"floor": [], **{e: [] for e in engines}}
+    what = (f"single charges, {s.serve_connections} connections, {s.serve_seconds} s "
+            f"(+{s.serve_warmup} s warm-up)")
+    for run in range(s.serve_runs):
+        for engine in engines:
+            log(f"8: serve on {engine}, {what} (run {run + 1} of {s.serve_runs})")
+            if engine == "SQLite":
+                db = ctx.tmp / f"serve-{run}.db"
+                copy_db(template, db)
+                runs[engine].append(wrk_serve_run(ctx, script, str(db), f"sqlite{run}"))
+                remove_db(db)
+            else:
+                url = pg_fresh_schema(ctx, f"serve{run}")
+                runs[engine].append(wrk_serve_run(ctx, script, url, f"pg{run}"))
+                pg_drop_schema(ctx, url)
+            os.sync()
+            if engine == "SQLite":  # the floor between the two, alternated as in 1 and 2
+                log(f"8: bare uvicorn app, {what} (run {run + 1} of {s.serve_runs})")
+                with Served(lambda port: [PYTHON, str(floor_py), str(port)], ctx.cli.env,
+                            ctx.tmp / "floor.log", "bare uvicorn app") as bare:
+                    run_wrk(ctx, script, bare.url, s.serve_warmup, "floor-warm")
+                    runs["floor"].append(run_wrk(ctx, script, bare.url, s.serve_seconds,
+                                                 "floor"))
+                check_wrk(ctx, "bare uvicorn app", runs["floor"][-1])
+
+    def median_run(sample: list[WrkRun]) -> WrkRun:
+        return sorted(sample, key=lambda r: r.rate)[len(sample) // 2]
+
+    floor = median_run(runs["floor"])
+    figures = []
+    for engine in engines:
+        ours = median_run(runs[engine])
+        detail = {"connections": s.serve_connections, "wrk_threads": s.serve_wrk_threads,
+                  "seconds": s.serve_seconds, "requests": ours.requests,
+                  "p50_ms": ours.p50 * 1000, "p90_ms": ours.p90 * 1000,
+                  "max_ms": ours.max * 1000, "floor_p50_ms": floor.p50 * 1000,
+                  "runs_per_s": [r.rate for r in runs[engine]],
+                  "floor_runs_per_s": [r.rate for r in runs["floor"]],
+                  "runs_p99_ms": [r.p99 * 1000 for r in runs[engine]]}
+        name = f"serve: single charges, {s.serve_connections} conns, {engine}"
+        fast_enough = ours.rate >= 0.5 * floor.rate
+
+        def prof(e: str = engine) -> str:
+            return profile_serve(ctx, script, e)
+
+        figures += [  # one profile of the engine's server, with whichever row misses first
+            Figure("8", name, ours.rate, "req/s", "bare uvicorn app", floor.rate,
+                   "≥ 0.5× baseline", fast_enough, higher_is_better=True, detail=detail,
+                   profile=prof),
+            Figure("8", f"{name}, p99", ours.p99 * 1000, "ms", "bare uvicorn app",
+                   floor.p99 * 1000, "≤ 20 ms", ours.p99 * 1000 <= 20, detail=detail,
+                   profile=prof if fast_enough else None),
+        ]
+    return figures
+
+
+def post_arrays(url: str, bodies: list[bytes], clients: int) -> tuple[float, int, list[str]]:
+    """POST each body to /v1/charge over ``clients`` keep-alive connections, one thread each;
+    seconds, the ``"charged"`` results counted in the answers, and any failures."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    pending = iter(bodies)
+    lock = threading.Lock()
+    charged: list[int] = []
+    failures: list[str] = []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(host or "127.0.0.1", port, timeout=120)
+        count = 0
+        try:
+            while True:
+                with lock:
+                    body = next(pending, None)
+                if body is None:
+                    break
+                conn.request("POST", "/v1/charge", body,
+                             {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                answer = response.read()
+                if response.status != 200:
+                    failures.append(f"HTTP {response.status}: {answer[:300]!r}")
+                count += answer.count(b'"status":"charged"')
+        except OSError as e:
+            failures.append(f"{type(e).__name__}: {e}")
+        finally:
+            conn.close()
+            with lock:
+                charged.append(count)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start, sum(charged), failures
+
+
+def array_bodies(msgs: list[dict[str, Any]]) -> list[bytes]:
+    return [json.dumps(msgs[i : i + BATCH], ensure_ascii=False).encode()
+            for i in range(0, len(msgs), BATCH)]
+
+
+def figure_serve_arrays(ctx: Context) -> list[Figure]:
+    s = ctx.sizes
+    n = s.array_messages
+    msgs = list(message_lines(n, s.users, ctx.numbers, random.Random(SEED + 9), "arr"))
+    jsonl = write_jsonl(ctx.tmp / "arrays.jsonl", iter(msgs))
+    bodies = array_bodies(msgs)
+    warm_bodies = array_bodies(list(message_lines(BATCH, s.users, ctx.numbers,
+                                                  random.Random(SEED + 99), "arr-warm")))
+    template = serve_template(ctx)
+    times: dict[str, list[float]] = {"serve": [], "file": []}
+    what = f"{n} messages in arrays of {BATCH}, {s.array_clients} connections"
+    for run in range(s.serve_runs):
+        log(f"9: serve on SQLite, {what} (run {run + 1} of {s.serve_runs})")
+        db = ctx.tmp / f"arrays-{run}.db"
+        copy_db(template, db)
+        with Served(serve_argv(ctx, str(db)), ctx.cli.env, ctx.tmp / f"serve-arrays-{run}.log",
+                    "serve (arrays)") as srv:
+            post_arrays(srv.url, warm_bodies, 1)
+            seconds, answered, failures = post_arrays(srv.url, bodies, s.array_clients)
+        charged = count_charged(str(db))
+        if failures or answered != n or charged != n + BATCH:
+            problem(ctx, f"serve (arrays): {answered} of {n} answered charged, {charged} "
+                    f"charges in the database (with {BATCH} of the warm-up); failures: "
+                    f"{failures[:3]}")
+        times["serve"].append(seconds)
+        remove_db(db)
+        os.sync()
+        log(f"9: charge --file, the same {n} messages on SQLite (run {run + 1})")
+        db = ctx.tmp / f"arrays-file-{run}.db"
+        copy_db(template, db)
+        seconds, err = ctx.cli.wall(ctx.cli.cmd(str(db), "charge", "--file", str(jsonl)))
+        charged = count_charged(str(db))
+        if charged != n:
+            problem(ctx, f"charge --file (figure 9): charged {charged} of {n}: {err[-300:]}")
+        times["file"].append(seconds)
+        remove_db(db)
+        os.sync()
+    rate = n / statistics.median(times["serve"])
+    file_rate = n / statistics.median(times["file"])
+
+    def profile() -> str:
+        return profile_serve(ctx, None, "SQLite", bodies=(warm_bodies, bodies))
+
+    return [Figure("9", f"serve: arrays of {BATCH}, {s.array_clients} conns, SQLite", rate,
+                   "messages/s", "charge --file, same messages", file_rate, "≥ 0.5× baseline",
+                   rate >= 0.5 * file_rate, higher_is_better=True, profile=profile,
+                   detail={"messages": n, "clients": s.array_clients, "runs": times["serve"],
+                           "file_runs": times["file"]})]
+
+
+def profile_serve(ctx: Context, script: Path | None, engine: str,
+                  bodies: tuple[list[bytes], list[bytes]] | None = None) -> str:
+    """``serve`` on a fresh database under cProfile (every thread, once warm), loaded as its
+    figure loads it: wrk with ``script``, or the array ``bodies`` (warm-up, timed)."""
+    if engine == "SQLite":
+        path = ctx.tmp / "serve-profile.db"
+        remove_db(path)
+        copy_db(serve_template(ctx), path)
+        db = str(path)
+    else:
+        db = pg_fresh_schema(ctx, "profile")
+    out = ctx.tmp / "serve.prof"
+    wrapper = ctx.tmp / "profile_serve.py"
+    wrapper.write_text(PROFILE_SERVE, encoding="utf-8")
+    with Served(lambda port: [PYTHON, str(wrapper), str(out), "--db", db, "serve",
+                              "--port", str(port), "--no-access-log"],
+                ctx.cli.env, ctx.tmp / "serve-profile.log",
+                f"serve under cProfile ({engine})") as srv:
+        if script is not None:
+            run_wrk(ctx, script, srv.url, ctx.sizes.serve_warmup, "profile-warm")
+            srv.proc.send_signal(signal.SIGUSR1)
+            run_wrk(ctx, script, srv.url, ctx.sizes.serve_seconds, "profile")
+        else:
+            assert bodies is not None
+            post_arrays(srv.url, bodies[0], 1)
+            srv.proc.send_signal(signal.SIGUSR1)
+            post_arrays(srv.url, bodies[1], ctx.sizes.array_clients)
+    if engine != "SQLite":
+        pg_drop_schema(ctx, db)
+    return serve_profile_text(out)
+
+
+# Where a server's threads wait for work rather than do it (names, or ends of paths): left
+# out of its profile.
+IDLE_FRAMES = ("<method 'acquire' of '_thread.lock' objects>",
+               "<method 'get' of '_queue.SimpleQueue' objects>", "threading.py", "queue.py",
+               "concurrent/futures/thread.py", "asyncio/runners.py")
+
+
+def serve_profile_text(prof_file: Path, count: int = 25, own: int = 15) -> str:
+    """A warm server's profile: first how its work divides (group-commit batches, their
+    charging and their COMMIT, the app's time per request on the event loop), then its
+    functions by cumulative and by own time, without its threads' idle waits."""
+    stats: dict[Any, Any] = pstats.Stats(str(prof_file)).stats  # type: ignore[attr-defined]
+
+    def find(path_end: str, func: str) -> tuple[int, float]:
+        """Calls and cumulative seconds of one function (summed if several match)."""
+        hits = [v for (path, _, name), v in stats.items()
+                if name == func and path.endswith(path_end)]
+        return sum(v[1] for v in hits), sum(v[3] for v in hits)
+
+    batches, batch_s = find("charging/charger.py", "charge_batch")
+    _, begin_s = find("charging/charger.py", "begin")
+    _, commit_s = find("sqlalchemy/engine/default.py", "do_commit")
+    requests, _ = find("serve/app.py", "_body")
+    _, app_s = find("uvicorn/protocols/http/httptools_impl.py", "run_asgi")
+    out = io.StringIO()
+    if batches and requests:
+        out.write(f"{requests} requests in {batches} group-commit batches "
+                  f"({requests / batches:.1f} requests a batch); a batch: "
+                  f"{batch_s / batches * 1000:.2f} ms in charge_batch, of which "
+                  f"{begin_s / batches * 1000:.2f} ms charging and "
+                  f"{commit_s / batches * 1000:.2f} ms in COMMIT; the app on the event loop "
+                  f"(uvicorn's run_asgi; a coroutine's time away is not its time): "
+                  f"{app_s / requests * 1e6:.0f} µs a request\n")
+    busy = {k: v for k, v in stats.items()
+            if not any(k[2] == idle or k[0].endswith(idle) for idle in IDLE_FRAMES)}
+    total = max(v[3] for v in busy.values())
+
+    def line(key: Any, value: Any) -> str:
+        (path, lineno, func), (_cc, calls, own_s, cum_s, _callers) = key, value
+        where = func if path == "~" else f"{short_path(path)}:{lineno}({func})"
+        return f"{calls:>10} {own_s:>8.3f} {cum_s:>8.3f} {100 * cum_s / total:>4.0f}%  {where}\n"
+
+    head = f"{'ncalls':>10} {'tottime':>8} {'cumtime':>8} {'cum%':>5}  function\n"
+    by_cum = sorted(busy.items(), key=lambda kv: kv[1][3], reverse=True)
+    by_own = sorted(busy.items(), key=lambda kv: kv[1][2], reverse=True)
+    out.write("by cumulative time (all threads, once warm; % of the biggest):\n" + head)
+    out.writelines(line(k, v) for k, v in by_cum[:count])
+    out.write("by own time, the threads' idle waits left out:\n" + head)
+    out.writelines(line(k, v) for k, v in by_own[:own])
+    return out.getvalue()
+
+
 # -- profiles ---------------------------------------------------------------------------
 
 
@@ -1012,11 +1604,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--profile", action="store_true",
                         help="profile the smscredits side of every figure that misses its target")
-    parser.add_argument("--only", help="comma-separated figure numbers to run (1-7); 3 and 5 "
+    parser.add_argument("--only", help="comma-separated figure numbers to run (1-9); 3 and 5 "
                         "also run 1, whose database they use")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    only = set(args.only.split(",")) if args.only else set("1234567")
+    only = set(args.only.split(",")) if args.only else set("123456789")
     if args.pg and not args.pg.startswith("postgresql"):
         parser.error("--pg must be a postgresql+psycopg:// URL")
 
@@ -1055,6 +1647,16 @@ def main(argv: list[str] | None = None) -> int:
                 figures += figure_big_journal(ctx, journal_db)
             if "7" in only:
                 figures += figure_holds(ctx)
+            if only & {"8", "9"} and serve_missing(ctx):
+                only -= {"8", "9"}
+            if "8" in only:
+                if shutil.which("wrk") is None:
+                    ctx.notes.append(WRK_INSTALL)
+                    log(WRK_INSTALL)
+                else:
+                    figures += figure_serve_single(ctx)
+            if "9" in only:
+                figures += figure_serve_arrays(ctx)
             figures.sort(key=lambda f: f.number)
             elapsed = time.perf_counter() - started
             print_report(ctx, figures, args, elapsed)
@@ -1125,10 +1727,35 @@ def print_report(ctx: Context, figures: list[Figure], args: argparse.Namespace,
           "fresh database")
     if not ctx.pg:
         print(f"Postgres figures skipped: no --pg and ${PG_ENV} is not set")
+    if any(f.number in ("8", "9") for f in figures):
+        runs = "one run" if s.serve_runs == 1 else f"the median of {s.serve_runs} runs"
+        print(f"figures 8 and 9: {runs} of each side, alternated, each server on a fresh "
+              f"database, tokens off (loopback), no access log; 8: wrk -t{s.serve_wrk_threads} "
+              f"-c{s.serve_connections} -d{s.serve_seconds}s after a {s.serve_warmup} s warm-up, "
+              "one message per POST /v1/charge, each with its own id; 9: "
+              f"{s.array_clients} keep-alive connections (Python http.client), arrays of "
+              f"{BATCH}, vs the wall time of charge --file (its start included, as in 1)")
+    for note in ctx.notes:
+        print(note)
+    for text in ctx.problems:
+        print(f"PROBLEM: {text}")
     print("ratio = value / baseline (charges/s: higher is better; times: lower is better)")
     print("references write less than smscredits: no messages row (idempotency key), no hash "
           "chain, no part counting or number parsing")
     print(f"total time {elapsed:.0f} s")
+
+
+def serve_missing(ctx: Context) -> bool:
+    """Whether the ``serve`` extra is missing (figures 8 and 9 are then skipped)."""
+    import importlib.util
+
+    missing = [m for m in ("uvicorn", "starlette") if importlib.util.find_spec(m) is None]
+    if missing:
+        note = (f"figures 8 and 9 skipped: {', '.join(missing)} missing; "
+                "pip install -e '.[serve]'")
+        ctx.notes.append(note)
+        log(note)
+    return bool(missing)
 
 
 def write_json(path: Path, ctx: Context, figures: list[Figure], args: argparse.Namespace,
@@ -1142,6 +1769,7 @@ def write_json(path: Path, ctx: Context, figures: list[Figure], args: argparse.N
         "sources": ctx.source_start, "sources_at_end": source_fingerprint(),
         "cpu_check_ms": {"start": round(ctx.cpu_start), "end": round(ctx.cpu_end or 0)},
         "figures": [f.as_json() for f in figures],
+        "notes": ctx.notes, "problems": ctx.problems,
     }
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
