@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -355,7 +355,7 @@ async def healthz(request: Request) -> Response:
 
 
 def _error(code: str, message: str, status: int, result: dict[str, Any] | None = None,
-           headers: dict[str, str] | None = None) -> Response:
+           headers: Mapping[str, str] | None = None) -> Response:
     doc: dict[str, Any] = {"error": {"code": code, "message": message}}
     if result is not None:
         doc["result"] = result
