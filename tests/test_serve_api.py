@@ -1,0 +1,180 @@
+"""`smscredits serve` as a gateway and an operator meet it: a real server in a subprocess, a
+real HTTP client, and what comes back (status, JSON body, balances, the credit log)."""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import balance, credit_log, ok
+from tests.serve_server import ADMIN_TOKEN, GATEWAY_TOKEN, running
+
+HU = "+36301234567"
+US = "+12025550123"
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+ERROR_STATUS = {"bad_json": 400, "bad_input": 400, "unauthorized": 401, "forbidden": 403,
+                "no_route": 404, "method_not_allowed": 405, "too_large": 413,
+                "database_unavailable": 503, "internal": 500}
+JASMIN_HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "text/plain",
+                  "User-Agent": "Jasmin gateway/1.0 DLRThrower"}
+TOKENS = {"gateway": GATEWAY_TOKEN, "admin": ADMIN_TOKEN}
+
+
+def body(r: httpx.Response) -> Any:
+    """The response's JSON, amounts as exact Decimals; never a traceback in it."""
+    assert "Traceback" not in r.text and 'File "' not in r.text, r.text
+    return json.loads(r.text, parse_float=Decimal)
+
+
+def error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The body of an error answer: the status, and {"error": {"code", "message"}}."""
+    assert r.status_code == status, (r.status_code, r.text)
+    doc = body(r)
+    assert set(doc) <= {"error", "result"}, doc
+    assert set(doc["error"]) == {"code", "message"}, doc
+    assert doc["error"]["code"] == code, doc
+    assert isinstance(doc["error"]["message"], str) and doc["error"]["message"], doc
+    assert ERROR_STATUS.get(code, status) == status
+    return dict(doc)
+
+
+def done(r: httpx.Response, status: str) -> dict[str, Any]:
+    assert r.status_code == 200, (r.status_code, r.text)
+    doc = body(r)
+    assert doc["status"] == status, doc
+    return dict(doc)
+
+
+def account(http: httpx.Client, user: str = "alice") -> dict[str, Any]:
+    r = http.get(f"/v1/users/{user}/balance")
+    assert r.status_code == 200, r.text
+    return dict(body(r))
+
+
+def msg(user: str = "alice", to: str = HU, **fields: Any) -> dict[str, Any]:
+    return {"user": user, "to": to, **fields}
+
+
+# -- the message endpoints ----------------------------------------------------------------
+
+
+def test_every_message_endpoint_moves_credits_as_the_charge_path(
+        funded: Any, db_url: str, tmp_path: Path) -> None:
+    cli = funded
+    with running(db_url, tmp_path, tokens=TOKENS) as server, \
+            server.client(GATEWAY_TOKEN) as gw, server.client(ADMIN_TOKEN) as admin:
+        # charge: one object
+        first = done(gw.post("/v1/charge", json=msg(text="hi", id="c-1")), "charged")
+        assert (first["cost"], first["balance"], first["parts"]) == (Decimal("0.05"),
+                                                                     Decimal("99.95"), 1)
+        assert "line" not in first and first["replayed"] is False
+        # charge: an array with good and bad items, answered in place and in order
+        r = gw.post("/v1/charge", json=[msg(text="a", id="c-2"), msg(to="+3630", text="x"),
+                                        7, {"op": "hold", **msg(parts=1)},
+                                        msg(user="nobody", text="x"), msg(parts=2, id="c-3")])
+        assert r.status_code == 200, r.text
+        results = body(r)["results"]
+        assert [x["status"] for x in results] == ["charged", "rejected", "error", "error",
+                                                  "rejected", "charged"]
+        assert [x["reason"] for x in results] == [None, "invalid_number", "bad_input",
+                                                  "bad_input", "unknown_user", None]
+        assert results[2]["message"].startswith("item 2: ")
+        assert results[3]["message"].startswith("item 3: ") and "hold" in results[3]["message"]
+        assert results[5]["balance"] == Decimal("99.80")
+        # a replay with the same id gives the first result and charges nothing
+        again = done(gw.post("/v1/charge", json=msg(text="hi", id="c-1")), "charged")
+        assert again["replayed"] is True and again["cost"] == Decimal("0.05")
+        assert account(gw)["balance"] == Decimal("99.80")
+        # a refused charge is replayed as refused, even after a top-up
+        refused = error(gw.post("/v1/charge", json=msg("bob", parts=255, id="b-big")), 402,
+                        "insufficient_credits")
+        assert refused["result"]["refusal"] == {"cost": Decimal("12.75"),
+                                                "available": Decimal("10"),
+                                                "balance": Decimal("10"),
+                                                "overdraft": Decimal("0")}
+        ok(cli("credits", "add", "bob", "100"))
+        replay = error(gw.post("/v1/charge", json=msg("bob", parts=255, id="b-big")), 402,
+                       "insufficient_credits")
+        assert replay["result"]["replayed"] is True
+        assert account(gw, "bob")["balance"] == Decimal("110")
+        # ... while a new id is charged against the new balance
+        done(gw.post("/v1/charge", json=msg("bob", parts=255, id="b-big-2")), "charged")
+        assert account(gw, "bob")["balance"] == Decimal("97.25")
+
+        # hold with a ttl, settle with fewer parts
+        held = done(gw.post("/v1/hold", json=msg(parts=3, id="h-1", ttl="90s")), "held")
+        assert held["held"] == Decimal("0.15") and held["expires_at"].endswith("Z")
+        a = account(gw)
+        assert (a["balance"], a["held"], a["available"]) == (Decimal("99.80"), Decimal("0.15"),
+                                                             Decimal("99.65"))
+        settled = done(gw.post("/v1/settle", json={"id": "h-1", "parts": 2}), "settled")
+        assert (settled["cost"], settled["parts"]) == (Decimal("0.10"), 2)
+        a = account(gw)
+        assert (a["balance"], a["held"]) == (Decimal("99.70"), Decimal("0"))
+        assert done(gw.post("/v1/settle", json={"id": "h-1"}), "settled")["replayed"] is True
+        # void
+        done(gw.post("/v1/hold", json=msg(parts=4, id="h-2")), "held")
+        assert account(gw)["held"] == Decimal("0.20")
+        done(gw.post("/v1/void", json={"id": "h-2", "note": "not sent"}), "voided")
+        assert (account(gw)["balance"], account(gw)["held"]) == (Decimal("99.70"), Decimal("0"))
+        # a late settle of a voided message gets the void's result back: nothing moves
+        assert done(gw.post("/v1/settle", json={"id": "h-2"}), "voided")["replayed"] is True
+        error(gw.post("/v1/void", json={"id": "never"}), 404, "unknown_message")
+        # the op, if given, must be the endpoint's
+        error(gw.post("/v1/void", json={"op": "settle", "id": "h-2"}), 400, "bad_input")
+        # refund: admin only
+        error(gw.post("/v1/refund", json={"id": "c-1"}), 403, "forbidden")
+        refunded = done(admin.post("/v1/refund", json={"id": "c-1", "note": "complaint"}),
+                        "refunded")
+        assert refunded["balance"] == Decimal("99.75")
+        error(admin.post("/v1/refund", json={"id": "c-1"}), 409, "already_refunded")
+        assert account(gw)["balance"] == Decimal("99.75")
+        # a JSON delivery report
+        done(gw.post("/v1/hold", json=msg(parts=1, id="h-3")), "held")
+        done(gw.post("/v1/dlr", json={"id": "h-3", "status": "1", "from": "kannel"}), "settled")
+        done(gw.post("/v1/dlr", json={"id": "h-3", "status": 1, "from": "kannel"}), "settled")
+        assert account(gw)["balance"] == Decimal("99.70")
+        r = gw.post("/v1/dlr", json=[{"id": "h-3", "status": "DELIVRD", "from": "jasmin"},
+                                     {"id": "h-3"}])
+        assert [x["status"] for x in body(r)["results"]] == ["settled", "error"]
+        metrics = gw.get("/metrics").text
+    # what the CLI sees: the same balances, one credit log entry per move
+    assert balance(cli) == Decimal("99.70")
+    assert balance(cli, "bob") == Decimal("97.25")
+    refs = [(e["ref"], e["amount"]) for e in credit_log(cli) if e["amount"] is not None
+            and e["ref"]]
+    expected = [("c-1", Decimal("-0.05")), ("c-2", Decimal("-0.05")), ("c-3", Decimal("-0.10")),
+                ("h-1", Decimal("-0.10")), ("c-1", Decimal("0.05")), ("h-3", Decimal("-0.05"))]
+    assert sorted(refs, key=str) == sorted(expected, key=str), refs
+    # metrics count each message once, replays apart, amounts in whole millicredits
+    assert sample(metrics, "smscredits_messages_total", op="charge", status="charged",
+                  replayed="no") == 4  # c-1, c-2, c-3, b-big-2
+    assert sample(metrics, "smscredits_messages_total", op="charge", status="charged",
+                  replayed="yes") == 1
+    assert sample(metrics, "smscredits_millicredits_total", kind="charged") == 12_950
+    assert sample(metrics, "smscredits_millicredits_total", kind="held") == 400
+    assert sample(metrics, "smscredits_millicredits_total", kind="refunded") == 50
+
+
+def sample(text: str, name: str, **labels: str) -> int:
+    """The sum of the samples of ``name`` whose labels include ``labels``: a whole number."""
+    total = 0
+    found = False
+    for line in text.splitlines():
+        m = re.match(r"([a-z_]+)(?:\{(.*)\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            value = float(m.group(3))
+            assert value == int(value), line
+            total += int(value)
+            found = True
+    assert found, (name, labels, text)
+    return total
