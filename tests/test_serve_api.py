@@ -178,3 +178,104 @@ def sample(text: str, name: str, **labels: str) -> int:
             found = True
     assert found, (name, labels, text)
     return total
+
+
+# -- refusals and reads ---------------------------------------------------------------------
+
+
+def test_refusals_quotes_balances_and_events(funded: Any, db_url: str, tmp_path: Path) -> None:
+    cli = funded
+    ok(cli("price", "delete", "default"))
+    ok(cli("price", "set", "HU", "0.05"))
+    ok(cli("user", "add", "carol"))
+    ok(cli("power", "create", "carol", "credits", "--initial", "5"))
+    with running(db_url, tmp_path, tokens=TOKENS) as server, \
+            server.client(GATEWAY_TOKEN) as gw, server.client(ADMIN_TOKEN) as admin:
+        # 402 insufficient credits, with the numbers of the refusal
+        r = error(gw.post("/v1/charge", json=msg("bob", parts=201, id="b-1")), 402,
+                  "insufficient_credits")
+        assert r["result"]["status"] == "rejected"
+        assert r["result"]["refusal"] == {"cost": Decimal("10.05"), "available": Decimal("10"),
+                                          "balance": Decimal("10"), "overdraft": Decimal("0")}
+        assert "10.05" in r["error"]["message"]
+        # 402 daily limit, set while the server runs
+        done(gw.post("/v1/charge", json=msg("bob", parts=10)), "charged")
+        ok(cli("limits", "set", "bob", "--daily", "1"))
+        r = error(gw.post("/v1/charge", json=msg("bob", parts=20)), 402, "daily_limit")
+        assert r["result"]["reason"] == "daily_limit"
+        bob = account(gw, "bob")
+        assert bob["balance"] == Decimal("9.5")
+        day = next(w for w in bob["limits"] if w["window"] == "day")
+        assert (day["limit"], day["spent"], day["remaining"]) == (Decimal("1"), Decimal("0.5"),
+                                                                  Decimal("0.5"))
+        # 409 disabled, 404 unknown user and no price
+        done(gw.post("/v1/charge", json=msg("carol", text="x")), "charged")
+        ok(cli("user", "disable", "carol"))
+        error(gw.post("/v1/charge", json=msg("carol", text="x")), 409, "user_disabled")
+        error(gw.post("/v1/hold", json=msg("carol", parts=1)), 409, "user_disabled")
+        error(gw.post("/v1/charge", json=msg("nobody", text="x")), 404, "unknown_user")
+        r = error(gw.post("/v1/charge", json=msg(to=US, text="x")), 404, "no_price")
+        assert r["result"]["status"] == "rejected"
+        error(gw.post("/v1/charge", json=msg(to="+3630", text="x")), 400, "invalid_number")
+        assert account(gw, "carol")["balance"] == Decimal("4.95")
+        assert account(gw)["balance"] == Decimal("100")
+
+        # quote by text and by parts; with a user, that user's limits
+        q = body(gw.post("/v1/quote", json={"to": HU, "text": "x" * 161}))
+        assert (q["parts"], q["cost"], q["encoding"], q["country"]) == (2, Decimal("0.10"),
+                                                                        "GSM-7", "HU")
+        q = body(gw.post("/v1/quote", json={"to": HU, "parts": 3, "user": "bob"}))
+        assert q["cost"] == Decimal("0.15")
+        assert any(w["window"] == "day" and w["limit"] == Decimal("1") for w in q["limits"])
+        error(gw.post("/v1/quote", json={"to": US, "text": "x"}), 404, "no_price")
+        error(gw.post("/v1/quote", json={"to": HU}), 400, "bad_input")
+        error(gw.post("/v1/quote", json={"to": HU, "text": "x", "id": "q"}), 400, "bad_input")
+        error(gw.post("/v1/quote", json={"to": HU, "text": "x", "user": "nobody"}), 404,
+              "unknown_user")
+        assert body(gw.post("/v1/quote", json={"to": HU, "parts": 1})) == \
+            body(admin.post("/v1/quote", json={"to": HU, "parts": 1}))
+
+        # balance
+        a = account(gw)
+        assert {"user", "balance", "held", "available", "overdraft", "disabled",
+                "limits"} <= set(a)
+        assert account(gw, "carol")["disabled"] is True
+        error(gw.get("/v1/users/nobody/balance"), 404, "unknown_user")
+
+        # events: admin only, newest first, paged by next_before
+        for n in range(5):
+            done(gw.post("/v1/charge", json=msg(text="x", id=f"e-{n}")), "charged")
+        done(gw.post("/v1/hold", json=msg(parts=1, id="e-h")), "held")
+        error(gw.get("/v1/users/alice/events"), 403, "forbidden")
+        everything = body(admin.get("/v1/users/alice/events", params={"all": "1",
+                                                                       "limit": "1000"}))
+        assert everything["next_before"] is None
+        ids = [e["id"] for e in everything["events"]]
+        assert ids == sorted(ids, reverse=True)
+        paged, before = [], None
+        while True:
+            params = {"all": "1", "limit": "2", **({"before": str(before)} if before else {})}
+            page = body(admin.get("/v1/users/alice/events", params=params))
+            assert len(page["events"]) <= 2
+            paged += page["events"]
+            before = page["next_before"]
+            if before is None:
+                break
+            assert before == page["events"][-1]["id"]
+        assert paged == everything["events"]
+        charged = body(admin.get("/v1/users/alice/events",
+                                 params={"kind": "message.charged"}))["events"]
+        assert sorted(e["ref"] for e in charged) == [f"e-{n}" for n in range(5)]
+        assert {e["kind"] for e in charged} == {"message.charged"}
+        assert all(e["amount"] == Decimal("-0.05") for e in charged)
+        two = body(admin.get("/v1/users/alice/events",
+                             params=[("kind", "message.charged"), ("kind", "message.held"),
+                                     ("limit", "1000")]))["events"]
+        assert {e["kind"] for e in two} == {"message.charged", "message.held"}
+        error(admin.get("/v1/users/alice/events", params={"kind": "nope"}), 400, "bad_input")
+        error(admin.get("/v1/users/alice/events", params={"limit": "0"}), 400, "bad_input")
+        error(admin.get("/v1/users/alice/events", params={"before": "x"}), 400, "bad_input")
+        error(admin.get("/v1/users/alice/events", params={"since": "someday"}), 400,
+              "bad_input")
+        error(admin.get("/v1/users/nobody/events"), 404, "unknown_user")
+    assert balance(cli) == Decimal("99.75")
