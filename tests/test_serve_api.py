@@ -279,3 +279,87 @@ def test_refusals_quotes_balances_and_events(funded: Any, db_url: str, tmp_path:
               "bad_input")
         error(admin.get("/v1/users/nobody/events"), 404, "unknown_user")
     assert balance(cli) == Decimal("99.75")
+
+
+# -- delivery reports as the gateways send them ---------------------------------------------
+
+
+def test_kannel_and_jasmin_reports_as_the_gateways_send_them(
+        funded: Any, db_url: str, tmp_path: Path) -> None:
+    cli = funded
+    jid = "16fd2706-8baf-433b-82eb-8c7fada847da"
+    jid2 = "0b7f5c1e-3a2d-4c8e-9f10-2b6d7e8a9c01"
+    level2 = {"level": "2", "message_status": "DELIVRD", "connector": "1F2A3B",
+              "id_smsc": "1F2A3B", "sub": "001", "dlvrd": "001", "subdate": "2604261121",
+              "donedate": "2604261122", "err": "000", "text": "Hello world"}
+    with running(db_url, tmp_path, tokens=TOKENS) as server, \
+            server.client(GATEWAY_TOKEN) as gw, server.client() as bare:
+        for ref in ("k-1", "k-2", "k-3", jid, "j-ref", jid2, "j-4"):
+            done(gw.post("/v1/hold", json=msg(parts=2, id=ref)), "held")
+        assert account(gw)["held"] == Decimal("0.70")
+
+        # Kannel: GET dlr-url?id=..&status=%d, the token in the query
+        def kannel(ref: str, status: int) -> httpx.Response:
+            return bare.get(f"/v1/dlr/kannel?token={GATEWAY_TOKEN}&id={ref}&status={status}",
+                            headers={"User-Agent": "Kannel/1.4.5"})
+
+        assert done(kannel("k-1", 8), "ignored")["held"] == Decimal("0.10")  # accepted by SMSC
+        assert account(gw)["held"] == Decimal("0.70")
+        done(kannel("k-1", 1), "settled")
+        assert (account(gw)["balance"], account(gw)["held"]) == (Decimal("99.90"),
+                                                                 Decimal("0.60"))
+        assert done(kannel("k-1", 1), "settled")["replayed"] is True  # a duplicate
+        done(kannel("k-2", 2), "voided")
+        done(kannel("k-3", 4), "ignored")  # buffered: still held
+        a = account(gw)
+        assert (a["balance"], a["held"]) == (Decimal("99.90"), Decimal("0.50"))
+        error(kannel("k-9", 1), 404, "unknown_message")
+        error(kannel("k-3", 77), 400, "unknown_status")
+        error(bare.get(f"/v1/dlr/kannel?token={GATEWAY_TOKEN}&id=k-3"), 400, "bad_input")
+
+        # Jasmin level 1 ESME_ROK, GET with its fields appended to the dlr-url's query
+        def jasmin_get(query: str) -> httpx.Response:
+            return bare.get(f"/v1/dlr/jasmin?token={GATEWAY_TOKEN}&{query}",
+                            headers=JASMIN_HEADERS)
+
+        def jasmin_post(query: str, form: dict[str, str]) -> httpx.Response:
+            from urllib.parse import urlencode
+
+            return bare.post(f"/v1/dlr/jasmin?token={GATEWAY_TOKEN}{query}",
+                             content=urlencode(form), headers=JASMIN_HEADERS)
+
+        def acked(r: httpx.Response) -> None:
+            assert (r.status_code, r.text) == (200, "ACK/Jasmin"), (r.status_code, r.text)
+
+        acked(jasmin_get(f"id={jid}&level=1&message_status=ESME_ROK&connector=smppc01"))
+        assert account(gw)["held"] == Decimal("0.50")
+        # level 2 DELIVRD, POSTed as a form: settles; the same report again moves nothing
+        acked(jasmin_post("", {"id": jid, **level2}))
+        a = account(gw)
+        assert (a["balance"], a["held"]) == (Decimal("99.80"), Decimal("0.40"))
+        acked(jasmin_post("", {"id": jid, **level2}))
+        acked(jasmin_get(f"id={jid}&level=2&message_status=DELIVRD&connector=1F2A3B"))
+        assert account(gw)["balance"] == Decimal("99.80")
+        # ?ref= in the dlr-url names the message, not Jasmin's id
+        acked(jasmin_post("&ref=j-ref", {"id": jid2, **level2}))
+        a = account(gw)
+        assert (a["balance"], a["held"]) == (Decimal("99.70"), Decimal("0.30"))
+        acked(bare.get(f"/v1/dlr/jasmin?ref=j-4&token={GATEWAY_TOKEN}&id={jid2}&level=1"
+                       "&message_status=ESME_RTHROTTLED&connector=smppc01",
+                       headers=JASMIN_HEADERS))  # refused by the SMSC: voided
+        a = account(gw)
+        assert (a["balance"], a["held"]) == (Decimal("99.70"), Decimal("0.20"))  # k-3, jid2
+        # unknown messages are acknowledged too, or Jasmin would resend them
+        acked(jasmin_post("", {"id": "ffffffff-0000-0000-0000-000000000000", **level2}))
+        acked(jasmin_get("ref=never&id=x&level=1&message_status=ESME_ROK&connector=c"))
+        a = account(gw)
+        assert (a["balance"], a["held"]) == (Decimal("99.70"), Decimal("0.20"))
+        # a report without its status is not one
+        error(jasmin_get(f"id={jid2}&level=1"), 400, "bad_input")
+    log = credit_log(cli)
+    settled = sorted(e["ref"] for e in log if e["kind"] == "message.settled")
+    assert settled == sorted(["k-1", jid, "j-ref"])
+    assert balance(cli) == Decimal("99.70")
+    text = server.log_text()
+    assert GATEWAY_TOKEN not in text and "token=" not in text
+    assert '"GET /v1/dlr/kannel" 200' in text and '"POST /v1/dlr/jasmin" 200' in text
