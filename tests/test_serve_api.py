@@ -16,7 +16,14 @@ import httpx
 import pytest
 
 from tests.helpers import balance, credit_log, ok
-from tests.serve_server import ADMIN_TOKEN, GATEWAY_TOKEN, free_port, running, serve_env
+from tests.serve_server import (
+    ADMIN_TOKEN,
+    GATEWAY_TOKEN,
+    Server,
+    free_port,
+    running,
+    serve_env,
+)
 
 HU = "+36301234567"
 US = "+12025550123"
@@ -654,3 +661,52 @@ def test_a_nul_in_the_path_s_user_name_is_an_unknown_user(funded: Any, db_url: s
         for name in ("%00", "al%00ice"):
             error(admin.get(f"/v1/users/{name}/balance"), 404, "unknown_user")
             error(admin.get(f"/v1/users/{name}/events"), 404, "unknown_user")
+
+
+@SQLITE_ONLY
+@pytest.mark.xfail(strict=True, reason="a 405 answer drops Starlette's Allow header "
+                   "(RFC 9110 15.5.6: a 405 must list the allowed methods)")
+def test_a_wrong_method_names_the_allowed_ones(funded: Any, db_url: str,
+                                               tmp_path: Path) -> None:
+    with running(db_url, tmp_path, tokens=TOKENS) as server, \
+            server.client(GATEWAY_TOKEN) as gw:
+        r = gw.get("/v1/charge")
+        error(r, 405, "method_not_allowed")
+        assert r.headers.get("allow") == "POST", dict(r.headers)
+
+
+# -- many gateways at once ------------------------------------------------------------------
+
+
+def test_concurrent_requests_charge_each_message_once(funded: Any, db_url: str,
+                                                      tmp_path: Path) -> None:
+    import asyncio
+
+    cli = funded
+
+    async def burst(server: Server) -> list[httpx.Response]:
+        async with server.async_client(GATEWAY_TOKEN) as http:
+            singles = [http.post("/v1/charge", json=msg(text="x", id=f"p-{n % 20}"))
+                       for n in range(60)]
+            arrays = [http.post("/v1/charge", json=[msg(parts=1, id=f"q-{n}"),
+                                                    msg(parts=1, id=f"p-{n}")])
+                      for n in range(10)]
+            holds = [http.post("/v1/hold", json=msg(parts=2, id=f"h-{n % 5}"))
+                     for n in range(15)]
+            return list(await asyncio.gather(*singles, *arrays, *holds))
+
+    with running(db_url, tmp_path, tokens=TOKENS) as server, \
+            server.client(GATEWAY_TOKEN) as gw:
+        answers = asyncio.run(burst(server))
+        assert all(r.status_code == 200 for r in answers), [r.text for r in answers
+                                                            if r.status_code != 200]
+        singles = [body(r) for r in answers[:60]]
+        assert sum(not s["replayed"] for s in singles) + sum(
+            not body(r)["results"][1]["replayed"] for r in answers[60:70]) == 20
+        assert all(s["status"] == "charged" for s in singles)
+        a = account(gw)
+        # 20 p-messages and 10 q-messages at 0.05, 5 holds of 0.10
+        assert (a["balance"], a["held"]) == (Decimal("98.50"), Decimal("0.50"))
+    assert balance(cli) == Decimal("98.50")
+    charged = [e for e in credit_log(cli) if e["kind"] == "message.charged"]
+    assert len(charged) == 30 and len({e["ref"] for e in charged}) == 30
