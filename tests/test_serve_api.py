@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import balance, credit_log, ok
+from tests.helpers import balance, credit_log, data, ok
 from tests.serve_server import (
     ADMIN_TOKEN,
     GATEWAY_TOKEN,
@@ -116,6 +116,11 @@ def test_every_message_endpoint_moves_credits_as_the_charge_path(
         # ... while a new id is charged against the new balance
         done(gw.post("/v1/charge", json=msg("bob", parts=255, id="b-big-2")), "charged")
         assert account(gw, "bob")["balance"] == Decimal("97.25")
+        # an id already used for another user is a conflict; within an array, a replay
+        error(gw.post("/v1/charge", json=msg("bob", text="hi", id="c-1")), 409, "conflict")
+        r = gw.post("/v1/charge", json=[msg("bob", parts=1, id="b-2")] * 3)
+        assert [x["replayed"] for x in body(r)["results"]] == [False, True, True]
+        assert account(gw, "bob")["balance"] == Decimal("97.20")
 
         # hold with a ttl, settle with fewer parts
         held = done(gw.post("/v1/hold", json=msg(parts=3, id="h-1", ttl="90s")), "held")
@@ -156,7 +161,7 @@ def test_every_message_endpoint_moves_credits_as_the_charge_path(
         metrics = gw.get("/metrics").text
     # what the CLI sees: the same balances, one credit log entry per move
     assert balance(cli) == Decimal("99.70")
-    assert balance(cli, "bob") == Decimal("97.25")
+    assert balance(cli, "bob") == Decimal("97.20")
     refs = [(e["ref"], e["amount"]) for e in credit_log(cli) if e["amount"] is not None
             and e["ref"]]
     expected = [("c-1", Decimal("-0.05")), ("c-2", Decimal("-0.05")), ("c-3", Decimal("-0.10")),
@@ -164,10 +169,12 @@ def test_every_message_endpoint_moves_credits_as_the_charge_path(
     assert sorted(refs, key=str) == sorted(expected, key=str), refs
     # metrics count each message once, replays apart, amounts in whole millicredits
     assert sample(metrics, "smscredits_messages_total", op="charge", status="charged",
-                  replayed="no") == 4  # c-1, c-2, c-3, b-big-2
+                  replayed="no") == 5  # c-1, c-2, c-3, b-big-2, b-2
     assert sample(metrics, "smscredits_messages_total", op="charge", status="charged",
-                  replayed="yes") == 1
-    assert sample(metrics, "smscredits_millicredits_total", kind="charged") == 12_950
+                  replayed="yes") == 3
+    assert sample(metrics, "smscredits_messages_total", op="charge", status="rejected",
+                  reason="insufficient_credits") == 2
+    assert sample(metrics, "smscredits_millicredits_total", kind="charged") == 13_000
     assert sample(metrics, "smscredits_millicredits_total", kind="held") == 400
     assert sample(metrics, "smscredits_millicredits_total", kind="refunded") == 50
 
@@ -698,9 +705,16 @@ def test_concurrent_requests_charge_each_message_once(funded: Any, db_url: str,
         a = account(gw)
         # 20 p-messages and 10 q-messages at 0.05, 5 holds of 0.10
         assert (a["balance"], a["held"]) == (Decimal("98.50"), Decimal("0.50"))
-    assert balance(cli) == Decimal("98.50")
-    charged = [e for e in credit_log(cli) if e["kind"] == "message.charged"]
-    assert len(charged) == 30 and len({e["ref"] for e in charged}) == 30
+        # the largest array there may be, charged in one go
+        ok(cli("credits", "add", "alice", "1000"))
+        r = gw.post("/v1/charge", json=[msg(parts=1, id=f"bulk-{n}") for n in range(10_000)])
+        results = body(r)["results"]
+        assert len(results) == 10_000 and {x["status"] for x in results} == {"charged"}
+        assert results[-1]["balance"] == Decimal("598.50")
+    assert balance(cli) == Decimal("598.50")
+    log = data(cli("log", "alice", "--json", "--limit", "20000"))
+    charged = [e for e in log if e["kind"] == "message.charged"]
+    assert len(charged) == 10_030 and len({e["ref"] for e in charged}) == 10_030
 
 
 @SQLITE_ONLY
