@@ -101,7 +101,9 @@ class Rules:
 def normal_status(source: str, status: str) -> str:
     """A delivery status as the mapping keys it: Kannel's a number, the others upper case."""
     text = status.strip()
-    return str(int(text)) if source == "kannel" and text.isdigit() else text.upper()
+    if source == "kannel" and text.isascii() and text.isdigit() and len(text) <= 9:
+        return str(int(text))
+    return text.upper()
 
 
 def dlr_action(rules: Rules, source: str, status: str) -> str:
@@ -116,7 +118,8 @@ def dlr_action(rules: Rules, source: str, status: str) -> str:
         return known[key]
     if source == "jasmin" and _ESME_ERROR.match(key):
         return VOID
-    if source == "kannel" and key.isdigit() and 0 < int(key) < 32:
+    if source == "kannel" and key.isascii() and key.isdigit() and len(key) <= 2 \
+            and 0 < int(key) < 32:
         # A combination of types: delivered wins, then a failure, else nothing yet.
         bits = int(key)
         return SETTLE if bits & 1 else VOID if bits & 18 else IGNORE

@@ -92,16 +92,17 @@ def test_a_hostile_line_gets_its_own_bad_input_and_the_others_are_charged(
 
 
 def test_a_very_long_line_is_answered_like_any_other(alice: Any) -> None:
-    text = "x" * 2_000_000  # 13 072 parts: more than alice's 1000 credits pay for
+    text = "x" * 2_000_000  # 13 072 parts: no message is sent in more than 255
     long_text = json.dumps({"user": "alice", "to": TO, "text": text}).encode()
     long_to = json.dumps({"user": "alice", "to": "1" * 2_000_000, "parts": 1}).encode()
     run = alice("charge", "--file", "-",
                 input=b"\n".join([GOOD, long_text, long_to, GOOD]) + b"\n")
     assert [(r["status"], r["reason"]) for r in lines(run)] == [
-        ("charged", None), ("rejected", "insufficient_credits"),
+        ("charged", None), ("error", "bad_input"),
         ("rejected", "invalid_number"), ("charged", None)]
+    assert lines(run)[1]["message"] == "text too long: 13072 parts, at most 255"
     assert len(lines(run)[2]["message"]) < 100  # the number is quoted cut short
-    assert run.exit_code == 0
+    assert run.exit_code == 2  # a malformed line: bad input
     assert verified(alice)
 
 

@@ -68,6 +68,9 @@ def _settle(batch: Batch, op: MessageOp, row: dict[str, Any]) -> ChargeResult:
 def _void(batch: Batch, op: MessageOp, row: dict[str, Any]) -> ChargeResult:
     status = row["status"]
     if status == "settled" and op.op == "void":
+        if not op.refunds:
+            return _error(op, "already_settled", f"message {op.id!r} was settled: only an "
+                          "admin may refund it")
         if batch.rules().void_settled == "refuse":
             return _error(op, "already_settled", f"message {op.id!r} was settled: refund it, "
                           "or set void_settled to refund")

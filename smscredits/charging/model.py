@@ -12,7 +12,7 @@ from smscredits.errors import (
     Exit,
 )
 from smscredits.parts import Parts, count_parts
-from smscredits.pricing import given_parts
+from smscredits.pricing import MAX_PARTS, given_parts
 from smscredits.validate import is_message_id
 
 MAX_TTL_US = 366 * 86400 * 1_000_000  # a hold's longest time to live (holds.MAX_TTL_S)
@@ -68,6 +68,9 @@ class MessageOp:
     source: str | None = None
     note: str | None = None
     before: int | None = None
+    # A void of a settled message is a refund (``void_settled``) only where the caller may
+    # refund: ``serve`` clears it for a gateway's token.
+    refunds: bool = True
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass takes 3x as long to make
@@ -187,7 +190,12 @@ def _shown(value: object) -> str:
 def parts_of(req: ChargeRequest) -> Parts:
     if (req.text is None) == (req.parts is None):
         raise BadInput("give either a text or a number of parts")
-    return count_parts(req.text) if req.text is not None else given_parts(req.parts or 0)
+    if req.text is None:
+        return given_parts(req.parts or 0)
+    counted = count_parts(req.text)
+    if counted.parts > MAX_PARTS:  # a concatenated message has at most 255 parts
+        raise BadInput(f"text too long: {counted.parts} parts, at most {MAX_PARTS}")
+    return counted
 
 
 @dataclass

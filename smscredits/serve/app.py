@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -32,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from smscredits.charging import Charger, ChargeResult
 from smscredits.charging.model import EXIT_FOR, ChargeRequest, MessageOp
 from smscredits.charging.stream import request_of
-from smscredits.errors import BadInput, Exit, SmsCreditsError
+from smscredits.errors import BadInput, DatabaseError, Exit, SmsCreditsError
 from smscredits.render import to_json
 from smscredits.serve import dlr
 from smscredits.serve.auth import ADMIN, GATEWAY, Tokens, load_tokens
@@ -124,13 +125,15 @@ def _bearer(header: str | None) -> str | None:
         else None
 
 
-def _check_role(service: Service, token: str | None, role: str) -> None:
-    """Refuse a request whose token lacks ``role`` (an admin has every role)."""
+def _check_role(service: Service, token: str | None, role: str) -> str:
+    """The role of the request's token; refused if it lacks ``role`` (an admin has every
+    role)."""
     granted = service.tokens.role_of(token)
     if granted is None:
         raise ApiError("unauthorized", "a valid bearer token is required")
     if role == ADMIN and granted != ADMIN:
         raise ApiError("forbidden", "this token's role (gateway) may not do this")
+    return granted
 
 
 async def _body(request: Request, limit: int) -> Any:
@@ -139,6 +142,14 @@ async def _body(request: Request, limit: int) -> Any:
 
 async def _json_of(chunks: AsyncIterator[bytes], length: str | None, limit: int) -> Any:
     """The JSON document of a body, read up to ``limit`` bytes."""
+    try:
+        return orjson.loads(await _read(chunks, length, limit))
+    except orjson.JSONDecodeError as e:
+        raise ApiError("bad_json", f"bad JSON: {e}") from None
+
+
+async def _read(chunks: AsyncIterator[bytes], length: str | None, limit: int) -> bytes:
+    """A body, refused (413) beyond ``limit`` bytes, said or sent."""
     if length is not None and length.isdigit() and int(length) > limit:
         raise ApiError("too_large", f"request body over {limit} bytes")
     parts, size = [], 0
@@ -147,20 +158,29 @@ async def _json_of(chunks: AsyncIterator[bytes], length: str | None, limit: int)
         if size > limit:
             raise ApiError("too_large", f"request body over {limit} bytes")
         parts.append(chunk)
-    try:
-        return orjson.loads(b"".join(parts))
-    except orjson.JSONDecodeError as e:
-        raise ApiError("bad_json", f"bad JSON: {e}") from None
+    return b"".join(parts)
 
 
-def _item(data: Any, op: str) -> ChargeRequest | MessageOp:
+async def _report(request: Request, service: Service) -> dict[str, str]:
+    """A delivery report's fields: its query, and a form body's over them."""
+    body = b""
+    if request.method == "POST":
+        body = await _read(request.stream(), request.headers.get("content-length"),
+                           service.settings.max_body)
+    return dlr.fields(dict(request.query_params), request.headers.get("content-type"), body)
+
+
+def _item(data: Any, op: str, role: str) -> ChargeRequest | MessageOp:
     """The request of one object for ``op``'s endpoint; BadInput naming its fault."""
     if isinstance(data, dict):
         given = data.get("op", op)
         if given != op:
             raise BadInput(f"op {str(given)[:40]!r} sent to the {op} endpoint")
         data = {**data, "op": op}
-    return request_of(data)
+    item = request_of(data)
+    if type(item) is MessageOp and role != ADMIN:
+        item.refunds = False  # a refund is an admin's, as a void of a settled message too
+    return item
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -182,12 +202,12 @@ def _answer(r: ChargeResult) -> Response:
                   "result": _result(r)}, status)
 
 
-async def _run(service: Service, op: str, data: Any) -> Response:
+async def _run(service: Service, op: str, data: Any, role: str) -> Response:
     """Charge (or act on) one message or an array of them."""
     if isinstance(data, list):
-        return await _run_array(service, op, data)
+        return await _run_array(service, op, data, role)
     try:
-        item = _item(data, op)
+        item = _item(data, op, role)
     except BadInput as e:
         raise ApiError("bad_input", e.message) from None
     [r] = await service.group.run([item])
@@ -195,13 +215,13 @@ async def _run(service: Service, op: str, data: Any) -> Response:
     return _answer(r)
 
 
-async def _run_array(service: Service, op: str, data: list[Any]) -> Response:
+async def _run_array(service: Service, op: str, data: list[Any], role: str) -> Response:
     if len(data) > service.settings.max_items:
         raise ApiError("too_large", f"{len(data)} items: at most {service.settings.max_items}")
     parsed: list[ChargeRequest | MessageOp | ChargeResult] = []
     for number, value in enumerate(data):
         try:
-            parsed.append(_item(value, op))
+            parsed.append(_item(value, op, role))
         except BadInput as e:
             parsed.append(ChargeResult("error", None, None, None, reason="bad_input",
                                        message=f"item {number}: {e.message}"))
@@ -231,9 +251,9 @@ async def messages(scope: Scope, receive: Receive, send: Send) -> None:
         elif name == b"content-length":
             length = value.decode("latin-1")
     try:
-        _check_role(service, token, role)
+        granted = _check_role(service, token, role)
         data = await _json_of(_received(receive), length, service.settings.max_body)
-        response = await _run(service, op, data)
+        response = await _run(service, op, data, granted)
     except ApiError as e:
         response = _api_error_response(e)
     except SmsCreditsError as e:
@@ -270,12 +290,22 @@ async def quote(request: Request) -> Response:
         user=user))
 
 
+def _path_user(request: Request) -> str:
+    """The user a path names: one no database can hold (a NUL) is no user."""
+    from smscredits import reads
+
+    user: str = request.path_params["user"]
+    if "\x00" in user:
+        raise reads.unknown_user(user)
+    return user
+
+
 async def balance(request: Request) -> Response:
     service = _authorize(request, GATEWAY)
     from smscredits import reads
     from smscredits.render import plain
 
-    user = request.path_params["user"]
+    user = _path_user(request)
 
     def read() -> dict[str, Any]:
         account: dict[str, Any] = plain(reads.get_account(service.db, user))
@@ -299,7 +329,7 @@ async def events(request: Request) -> Response:
     since_at, until_at = validate.time_range(query.get("since"), query.get("until"),
                                              now=clock.now())
     rows = await run_in_threadpool(
-        reads.query_events, service.db, request.path_params["user"],
+        reads.query_events, service.db, _path_user(request),
         since=None if since_at is None else clock.to_us(since_at),
         until=None if until_at is None else clock.to_us(until_at),
         kinds=kinds, before=before, limit=limit + 1,
@@ -316,7 +346,7 @@ def _whole(text: str, name: str, low: int, high: int) -> int:
 
 async def kannel_dlr(request: Request) -> Response:
     service = _authorize(request, GATEWAY, query_token=True)
-    op = dlr.kannel(await dlr.fields(request, service.settings.max_body))
+    op = dlr.kannel(await _report(request, service))
     [r] = await service.group.run([op])
     service.metrics.results("dlr", [r])
     # Kannel retries a report until it gets 200 or 202: one that changes nothing (a
@@ -326,7 +356,7 @@ async def kannel_dlr(request: Request) -> Response:
 
 async def jasmin_dlr(request: Request) -> Response:
     service = _authorize(request, GATEWAY, query_token=True)
-    op = dlr.jasmin(await dlr.fields(request, service.settings.max_body))
+    op = dlr.jasmin(await _report(request, service))
     [r] = await service.group.run([op])
     service.metrics.results("dlr", [r])
     # Jasmin resends a report until it reads exactly this; a report that changes nothing
@@ -372,7 +402,16 @@ def _api_error_response(e: ApiError) -> Response:
 
 
 def _core_error_response(e: SmsCreditsError) -> Response:
+    if isinstance(e, DatabaseError):
+        return _unavailable(e)
     return _error(e.code, e.message, STATUS_FOR_EXIT.get(e.exit_code, 500))
+
+
+def _unavailable(e: DatabaseError) -> Response:
+    """A database failure: its one line (passwords masked) to the service's log; to the
+    caller, no word of where the database is."""
+    log.error("%s", e.message)
+    return _error(e.code, "the database is unavailable: see the service's log", 503)
 
 
 async def _api_error(request: Request, e: Exception) -> Response:
@@ -391,15 +430,16 @@ async def _http_error(request: Request, e: Exception) -> Response:
     return _error(code, str(e.detail), e.status_code, headers=e.headers)  # 405's Allow
 
 
-def _unexpected(scope: Scope, e: Exception) -> Response:
-    from sqlalchemy import exc
+async def _driver_error(request: Request, e: Exception) -> Response:
+    return _unexpected(request.scope, e)
 
+
+def _unexpected(scope: Scope, e: Exception) -> Response:
     service: Service | None = getattr(scope["app"].state, "service", None)
-    if isinstance(e, exc.DBAPIError) and service is not None:
+    if isinstance(e, DBAPIError) and service is not None:
         from smscredits.storage.engine import explain
 
-        explained = explain(e, service.db.url)
-        return _error(explained.code, explained.message, 503)
+        return _unavailable(explain(e, service.db.url))
     log.error("internal error on %s %s: %s", scope["method"], scope["path"][:200],
               type(e).__name__)
     return _error("internal", "internal error: see the service's log", 500)
@@ -497,7 +537,8 @@ def create_app(settings: Settings) -> Observed:
             await app.state.service.close()
 
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
-        ApiError: _api_error, SmsCreditsError: _core_error, HTTPException: _http_error})
+        ApiError: _api_error, SmsCreditsError: _core_error, HTTPException: _http_error,
+        DBAPIError: _driver_error})
     return Observed(app)
 
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from starlette.requests import Request
-
 from smscredits.charging.model import MessageOp
 from smscredits.errors import BadInput
 from smscredits.validate import is_message_id
@@ -32,17 +30,12 @@ from smscredits.validate import is_message_id
 _FORM = "application/x-www-form-urlencoded"
 
 
-async def fields(request: Request, limit: int) -> dict[str, str]:
+def fields(query: dict[str, str], content_type: str | None, body: bytes) -> dict[str, str]:
     """The report's fields: its query, and a form body's fields over them."""
-    found = dict(request.query_params)
-    if request.method == "POST":
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise BadInput(f"report body over {limit} bytes")
-        kind = request.headers.get("content-type", _FORM).split(";")[0].strip().lower()
-        if body and kind != _FORM:
+    found = dict(query)
+    if body:
+        kind = (content_type or _FORM).split(";")[0].strip().lower()
+        if kind != _FORM:
             raise BadInput(f"a report's body is a form ({_FORM}), not {kind[:60]}")
         try:
             found.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
