@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
+import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -23,7 +25,7 @@ from typing import Any
 import httpx
 
 from tests.helpers import verified
-from tests.serve_server import Server, running
+from tests.serve_server import Server, running, start_server
 
 TO = "+36301234567"
 PRICE = Decimal("0.05")  # the `funded` default price, per part: "hi" is one part
@@ -218,3 +220,128 @@ def test_one_id_sent_by_several_clients_at_once_is_charged_once(
     assert after["balance"] == Decimal(10) - PRICE * rounds
     assert charged_refs(funded, "bob") == Counter(f"dup-{n}" for n in range(rounds))
     assert verified(funded)
+
+
+# -- 3. group commit -------------------------------------------------------------------------
+
+
+def metric(text: str, name: str) -> Decimal:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return Decimal(match.group(1))
+
+
+def test_concurrent_requests_share_transactions_and_a_lone_one_waits_for_none(
+        funded: Any, db_url: str, tmp_path: Path) -> None:
+    per_client, count = 8, 32
+
+    async def burst(server: Server) -> None:
+        async def work(number: int, http: httpx.AsyncClient) -> None:
+            for n in range(per_client):
+                response = await http.post("/v1/charge", json=message(f"g-{number}-{n}",
+                                                                      "alice"))
+                assert response.status_code == 200, response.text
+
+        await clients(server, count, work)
+
+    with running(db_url, tmp_path) as server, server.client() as http:
+        asyncio.run(burst(server))
+        page = http.get("/metrics").text
+        total = metric(page, "smscredits_batch_messages_sum")
+        batches = metric(page, "smscredits_batch_messages_count")
+        lone = http.post("/v1/charge", json=message("lone", "alice"))
+        later = http.get("/metrics").text
+        after = account(http, "alice")
+    assert total == per_client * count
+    assert total / batches > 1, f"{batches} transactions for {total} messages"
+    assert lone.status_code == 200 and body(lone)["id"] == "lone"
+    # the lone request went at once, alone: one more transaction, of one message
+    assert metric(later, "smscredits_batch_messages_count") == batches + 1
+    assert metric(later, "smscredits_batch_messages_sum") == total + 1
+    assert after["balance"] == Decimal(100) - PRICE * (per_client * count + 1)
+    assert verified(funded)
+
+
+# -- 4, 5. a signal in the middle of a load ----------------------------------------------------
+
+
+async def load_until_gone(server: Server, count: int, kill_after: int, sig: int
+                          ) -> tuple[dict[str, tuple[int, Any]], list[Sent]]:
+    """Clients charge alice, each message id new, until the server stops answering (half of
+    them one message a request, half an array of ten); ``sig`` goes to the server once
+    ``kill_after`` messages were answered. Each message's answer (HTTP status, its result),
+    and the requests left unanswered."""
+    answered: dict[str, tuple[int, Any]] = {}
+    unanswered: list[Sent] = []
+    enough = asyncio.Event()
+
+    async def work(number: int, http: httpx.AsyncClient) -> None:
+        size = 1 if number % 2 else 10
+        for n in range(100_000):
+            sent = [f"s-{number}-{n}-{k}" for k in range(size)]
+            try:
+                response = await http.post("/v1/charge",
+                                           json=payload(sent, "alice", size > 1))
+            except httpx.TransportError:
+                unanswered.append(sent)
+                return
+            for msg_id, r in zip(sent, results_of(sent, size > 1, response), strict=True):
+                answered[msg_id] = (response.status_code, r)
+            if len(answered) >= kill_after:
+                enough.set()
+
+    async def stop() -> None:
+        await enough.wait()
+        server.proc.send_signal(sig)
+
+    await asyncio.gather(clients(server, count, work), stop())
+    return answered, unanswered
+
+
+def check_after_signal(cli: Any, db_url: str, tmp_path: Path, sig: int) -> None:
+    start = Decimal(100)
+    server = start_server(db_url, tmp_path)
+    answered, unanswered = asyncio.run(load_until_gone(server, 8, 300, sig))
+    code = server.proc.wait(DRAIN_S)
+    assert code == (0 if sig == signal.SIGTERM else -sig), server.log_text()
+
+    log = charged_refs(cli, "alice")
+    committed = set(log)
+    lost = {i for sent in unanswered for i in sent}
+    assert max(log.values()) == 1
+    for msg_id, (status, r) in answered.items():  # every answer given was committed
+        assert status == 200, r
+        assert (r["id"], r["status"], r["cost"], r["replayed"]) == (
+            msg_id, "charged", PRICE, False)
+        assert msg_id in committed
+    assert committed <= set(answered) | lost
+    for sent in unanswered:  # a request is committed whole or not at all
+        assert len(committed & set(sent)) in (0, len(sent)), sent
+    assert cli_balance(cli, "alice") == start - PRICE * len(committed)
+    assert verified(cli)
+
+    # Re-sent after a restart: the committed ones replay their first result, the others
+    # are charged now; either way each message is charged once.
+    with running(db_url, tmp_path) as again, again.client() as http:
+        for msg_id in sorted(set(answered) | lost):
+            response = http.post("/v1/charge", json=message(msg_id, "alice"))
+            assert response.status_code == 200, response.text
+            doc = body(response)
+            assert (doc["status"], doc["cost"]) == ("charged", PRICE)
+            assert doc["replayed"] is (msg_id in committed), msg_id
+            if msg_id in answered:
+                assert doc["balance"] == answered[msg_id][1]["balance"]
+        final = account(http, "alice")
+    assert final["balance"] == start - PRICE * (len(answered) + len(lost))
+    assert charged_refs(cli, "alice") == Counter(set(answered) | lost)
+    assert verified(cli)
+
+
+def test_sigterm_during_load_loses_no_answered_charge(
+        funded: Any, db_url: str, tmp_path: Path) -> None:
+    check_after_signal(funded, db_url, tmp_path, signal.SIGTERM)
+
+
+def test_sigkill_during_load_leaves_whole_transactions(
+        funded: Any, db_url: str, tmp_path: Path) -> None:
+    check_after_signal(funded, db_url, tmp_path, signal.SIGKILL)
