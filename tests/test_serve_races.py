@@ -12,6 +12,7 @@ After each, the accounting is checked from outside: the balance, the credit log,
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.helpers import verified
 from tests.serve_server import Server, running, start_server
@@ -345,3 +347,167 @@ def test_sigterm_during_load_loses_no_answered_charge(
 def test_sigkill_during_load_leaves_whole_transactions(
         funded: Any, db_url: str, tmp_path: Path) -> None:
     check_after_signal(funded, db_url, tmp_path, signal.SIGKILL)
+
+
+# -- 6. holds ended by racing settle, void and delivery reports --------------------------------
+
+
+def test_settle_void_and_duplicate_reports_racing_end_each_hold_once(
+        funded: Any, db_url: str, tmp_path: Path) -> None:
+    ids = [f"h-{n}" for n in range(30)]
+    # (what, how): each hold gets all of these at once, each from its own client
+    acts: list[tuple[str, Callable[[httpx.AsyncClient, str], Awaitable[httpx.Response]]]] = [
+        ("settle", lambda http, i: http.post("/v1/settle", json={"id": i})),
+        ("void", lambda http, i: http.post("/v1/void", json={"id": i})),
+        ("delivered", lambda http, i: http.get("/v1/dlr/kannel", params={"id": i, "status": 1})),
+        ("failed", lambda http, i: http.get("/v1/dlr/kannel", params={"id": i, "status": 2})),
+        ("delivered", lambda http, i: http.get("/v1/dlr/kannel", params={"id": i, "status": 1})),
+        ("failed", lambda http, i: http.post("/v1/dlr/kannel", params={"id": i, "status": 2})),
+    ]
+
+    async def race(server: Server) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        https = [server.async_client(limits=httpx.Limits(max_connections=1)) for _ in acts]
+        seen: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        try:
+            held = await https[0].post("/v1/hold", json=[message(i) for i in ids])
+            assert [r["status"] for r in body(held)["results"]] == ["held"] * len(ids)
+            for i in ids:
+                order = list(range(len(acts)))
+                random.Random(i).shuffle(order)  # who is sent first varies
+
+                async def act(k: int, i: str = i) -> tuple[str, dict[str, Any]]:
+                    what, how = acts[k]
+                    response = await how(https[k], i)
+                    assert response.status_code == 200, (what, response.text)
+                    doc: dict[str, Any] = body(response)
+                    assert doc["id"] == i
+                    return what, doc
+
+                seen[i] = list(await asyncio.gather(*(act(k) for k in order)))
+        finally:
+            for client in https:
+                await client.aclose()
+        return seen
+
+    with running(db_url, tmp_path) as server, server.client() as http:
+        seen = asyncio.run(race(server))
+        after = account(http, "bob")
+        journal = body(http.get("/v1/users/bob/events",
+                                params={"all": "1", "limit": "1000"}))["events"]
+
+    kinds: dict[str, list[str]] = {i: [] for i in ids}
+    for event in reversed(journal):
+        if event["ref"] in kinds:
+            kinds[event["ref"]].append(event["kind"])
+    settled = refunded = 0
+    for i in ids:
+        ends = [k for k in kinds[i] if k in ("message.settled", "message.voided")]
+        assert kinds[i][0] == "message.held"
+        assert len(ends) == 1, (i, kinds[i])  # each hold ends once
+        firsts = [(what, r["status"]) for what, r in seen[i] if not r["replayed"]]
+        end = ends[0].removeprefix("message.")
+        # one answer ended it, and said so; a void after a settle is the one refund
+        assert [s for _, s in firsts if s in ("settled", "voided")] == [end], seen[i]
+        if "message.refunded" in kinds[i]:
+            assert end == "settled" and kinds[i].count("message.refunded") == 1
+            assert ("void", "refunded") in firsts, seen[i]
+            refunded += 1
+        else:
+            assert len(firsts) == 1, seen[i]
+        settled += end == "settled"
+    assert after["held"] == 0
+    assert after["balance"] == Decimal(10) - PRICE * (settled - refunded)
+    assert verified(funded)
+
+
+# -- 7. two servers on one Postgres database ---------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["two-processes", "workers-2"])
+def test_two_servers_racing_one_balance_never_overdraw(
+        funded: Any, db_url: str, tmp_path: Path, how: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("one writer at a time on SQLite: two servers are a Postgres set-up")
+    ids = [f"pg-{n}" for n in range(400)]
+    requests = in_chunks(ids, seed=7)
+    if how == "two-processes":
+        servers = [start_server(db_url, tmp_path), start_server(db_url, tmp_path)]
+    else:
+        servers = [start_server(db_url, tmp_path, args=["--workers", "2"])]
+    try:
+        answers = asyncio.run(send_all(servers, requests, "bob"))
+        with servers[0].client() as http:
+            after = account(http, "bob")
+    finally:
+        codes = [s.stop() for s in servers]
+    assert codes == [0] * len(servers), [s.log_text() for s in servers]
+    charged = check_one_balance_race(answers, Decimal(10))
+    assert (after["balance"], after["held"]) == (0, 0)
+    assert charged_refs(funded, "bob") == Counter(r["id"] for r in charged)
+    assert verified(funded)
+
+
+# -- 8. the CLI beside the service ----------------------------------------------------------
+
+
+def test_admin_commands_beside_the_service_lose_no_update(
+        funded: Any, db_url: str, tmp_path: Path) -> None:
+    adds, late_wanted = 3, 40  # credits added, one at a time; charges sent once disabled
+    assert funded("credits", "add", "alice", "900").exit_code == 0  # never short of credits
+    answers: list[tuple[bool, int, Any]] = []  # (sent after `user disable` returned, ...)
+    disabled = False
+    late = 0
+    flowing = asyncio.Event()  # set once charges are being answered
+
+    async def work(number: int, http: httpx.AsyncClient) -> None:
+        nonlocal late
+        n = 0
+        while late < late_wanted:
+            n += 1
+            after_disable = disabled
+            response = await http.post("/v1/charge", json=message(f"a-{number}-{n}", "alice"))
+            answers.append((after_disable, response.status_code, body(response)))
+            late += after_disable
+            if len(answers) >= 50:
+                flowing.set()
+
+    def admin(*args: str) -> None:  # the CLI in a thread: its own connection, beside serve's
+        run = funded(*args, "--actor", "admin")
+        assert run.exit_code == 0, run.stderr
+
+    async def admin_side() -> None:
+        nonlocal disabled
+        await flowing.wait()
+        for _ in range(adds):
+            await asyncio.to_thread(admin, "credits", "add", "alice", "1")
+        await asyncio.to_thread(admin, "user", "disable", "alice")
+        disabled = True
+
+    async def load(server: Server) -> None:
+        await asyncio.gather(clients(server, 4, work), admin_side())
+
+    with running(db_url, tmp_path) as server, server.client() as http:
+        asyncio.run(load(server))
+        after = account(http, "alice")
+    charged = [doc for _, status, doc in answers if status == 200]
+    assert charged and all(doc["status"] == "charged" and not doc["replayed"]
+                           for doc in charged)
+    refused = [(was_late, status, doc) for was_late, status, doc in answers if status != 200]
+    assert all(status == 409 and doc["error"]["code"] == "user_disabled"
+               for _, status, doc in refused), refused[:3]
+    assert all(status == 409 for was_late, status, _ in answers if was_late)
+    expected = Decimal(1000) + adds - PRICE * len(charged)
+    assert after["balance"] == expected and after["disabled"] is True
+    assert cli_balance(funded, "alice") == expected
+    log = credit_log(funded, "alice")[::-1]  # oldest first
+    assert Counter(r["ref"] for r in log if r["kind"] == "message.charged") == Counter(
+        doc["id"] for doc in charged)
+    # the adds fell among the charges, and each change starts from the one before it
+    added = [n for n, r in enumerate(log)
+             if r["kind"] == "credits.added" and r["actor"] == "admin"]
+    assert len(added) == adds
+    assert log[added[0] - 1]["kind"] == "message.charged"
+    assert any(r["kind"] == "message.charged" for r in log[added[-1]:])
+    for before, row in itertools.pairwise(log):
+        assert row["balance_after"] == before["balance_after"] + row["amount"], row
+    assert verified(funded)
