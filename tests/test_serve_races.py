@@ -564,3 +564,32 @@ def test_two_servers_writing_the_same_new_ids_in_opposite_orders_answer_both(
     assert Counter(r["id"] for r in results if not r["replayed"]) == Counter(ids)
     assert all(r["status"] == "charged" and r["metered"] is False for r in results)
     assert verified(funded)
+
+
+@pytest.mark.xfail(strict=True, reason="the charging connection is kept from batch to batch "
+                   "and never checked: the first charge after it was dropped is answered 503, "
+                   "though the database is up and nothing was written")
+def test_a_dropped_database_connection_fails_no_charge(
+        funded: Any, db_url: str, tmp_path: Path) -> None:
+    """Postgres restarted, a proxy's idle timeout, an admin's pg_terminate_backend: the
+    service's connections go, the database stays. The next charge is charged."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a connection dropped by the server is a Postgres set-up")
+    import uuid
+
+    import psycopg
+
+    name = "serve-" + uuid.uuid4().hex[:12]  # the service's connections, and no others
+    conninfo = db_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with running(f"{db_url}&application_name={name}", tmp_path) as server, \
+            server.client() as http:
+        assert http.post("/v1/charge", json=message("before")).status_code == 200
+        with psycopg.connect(conninfo, autocommit=True) as admin:
+            dropped = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE application_name = %s", (name,)).fetchall()
+        assert dropped
+        after = http.post("/v1/charge", json=message("after"))
+        again = http.post("/v1/charge", json=message("after"))
+    assert again.status_code == 200  # the service itself recovers
+    assert after.status_code == 200, after.text
+    assert body(after)["replayed"] is False
