@@ -12,6 +12,7 @@ After each, the accounting is checked from outside: the balance, the credit log,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
@@ -593,3 +594,65 @@ def test_a_dropped_database_connection_fails_no_charge(
     assert again.status_code == 200  # the service itself recovers
     assert after.status_code == 200, after.text
     assert body(after)["replayed"] is False
+
+
+# -- clients that go away, and a request bigger than a group ----------------------------------
+
+
+def test_clients_that_go_away_before_their_answer_leave_whole_accounts(
+        funded: Any, db_url: str, tmp_path: Path) -> None:
+    """Gateways time out and hang up while their charges are in a batch: the service goes
+    on, what it charged stays charged once, and a re-sent id replays it."""
+    impatient = httpx.Timeout(5, read=0.001)
+    sent: list[str] = []
+
+    async def hang_up(server: Server) -> None:
+        async def work(number: int, http: httpx.AsyncClient) -> None:
+            for n in range(25):
+                msg_id = f"gone-{number}-{n}"
+                sent.append(msg_id)
+                with contextlib.suppress(httpx.TimeoutException):
+                    await http.post("/v1/charge", json=message(msg_id, "alice"),
+                                    timeout=impatient)
+
+        await clients(server, 8, work)
+
+    with running(db_url, tmp_path) as server, server.client() as http:
+        asyncio.run(hang_up(server))
+        # Each id again, patiently: charged now or a replay of what was charged then
+        answers = [body(http.post("/v1/charge", json=message(i, "alice"))) for i in sent]
+        after = account(http, "alice")
+    assert all(a["status"] == "charged" and a["cost"] == PRICE for a in answers)
+    first = [a["id"] for a in answers if not a["replayed"]]
+    log = charged_refs(funded, "alice")
+    assert log == Counter(sent)  # each charged once, whenever
+    assert after["balance"] == Decimal(100) - PRICE * len(sent)
+    assert len(first) < len(sent)  # some were charged while their client was gone
+    assert verified(funded)
+
+
+def test_a_request_bigger_than_a_group_goes_alone_and_the_small_ones_beside_it_are_answered(
+        funded: Any, db_url: str, tmp_path: Path) -> None:
+    """A 6000-message array (over the 5000 a group takes) among small requests: each gets
+    its own results, in order; alice's 100 credits pay for exactly 2000 of all of them."""
+    big = [f"big-{n}" for n in range(6000)]
+    small = in_chunks([f"small-{n}" for n in range(300)], seed=3)
+
+    async def burst(server: Server) -> list[tuple[Sent, httpx.Response, bool]]:
+        async def send_big() -> tuple[Sent, httpx.Response, bool]:
+            async with server.async_client() as http:
+                return big, await http.post("/v1/charge", json=payload(big, "alice", True)), True
+
+        got, answers = await asyncio.gather(send_big(), send_all([server], small, "alice"))
+        return [got, *answers]
+
+    with running(db_url, tmp_path) as server, server.client() as http:
+        answers = asyncio.run(burst(server))
+        page = http.get("/metrics").text
+    check_one_balance_race(answers, Decimal(100))
+    assert metric(page, "smscredits_batch_messages_sum") == len(big) + 300
+    # one transaction over 5000 messages: the big request's, with no other beside it
+    over = (metric(page, "smscredits_batch_messages_count")
+            - metric(page, 'smscredits_batch_messages_bucket{le="5000.0"}'))
+    assert over == 1
+    assert verified(funded)
