@@ -53,4 +53,7 @@ class Conflict(SmsCreditsError):
 class DatabaseError(SmsCreditsError):
     exit_code = Exit.DATABASE
     code = "database_unavailable"
+    # The transaction failed and left nothing behind, for a reason that may not hold on a
+    # second try: a deadlock, a serialization failure, a connection found dropped.
+    transient: bool = False
 

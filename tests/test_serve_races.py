@@ -519,9 +519,6 @@ def test_admin_commands_beside_the_service_lose_no_update(
 # -- two servers inserting the same new ids at the same moment -------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a deadlock between two batches inserting the same "
-                   "new message ids (no power row locked first) is not retried: the loser's "
-                   "whole group is answered 503 database_unavailable")
 def test_two_servers_writing_the_same_new_ids_in_opposite_orders_answer_both(
         funded: Any, db_url: str, tmp_path: Path) -> None:
     """A gateway's batch sent to two workers (a retry elsewhere, two gateways), the ids in
@@ -568,9 +565,6 @@ def test_two_servers_writing_the_same_new_ids_in_opposite_orders_answer_both(
     assert verified(funded)
 
 
-@pytest.mark.xfail(strict=True, reason="the charging connection is kept from batch to batch "
-                   "and never checked: the first charge after it was dropped is answered 503, "
-                   "though the database is up and nothing was written")
 def test_a_dropped_database_connection_fails_no_charge(
         funded: Any, db_url: str, tmp_path: Path) -> None:
     """Postgres restarted, a proxy's idle timeout, an admin's pg_terminate_backend: the
@@ -659,9 +653,6 @@ def test_a_request_bigger_than_a_group_goes_alone_and_the_small_ones_beside_it_a
     assert verified(funded)
 
 
-@pytest.mark.xfail(strict=True, reason="uvicorn runs without timeout_graceful_shutdown: one "
-                   "client that never finishes its request body keeps `serve` from exiting on "
-                   "SIGTERM for ever")
 def test_sigterm_is_not_held_up_for_ever_by_a_client_that_stops_mid_body(
         funded: Any, db_url: str, tmp_path: Path) -> None:
     """A gateway host that hangs (or a peer that means harm) has sent a request's headers

@@ -23,6 +23,7 @@ from smscredits.charging.model import (
     MessageOp,
     fit_to_look_up,
 )
+from smscredits.errors import DatabaseError
 from smscredits.pricing import PriceBook
 from smscredits.storage.charge_sql import due_holds
 from smscredits.storage.engine import (
@@ -242,6 +243,15 @@ class Charger:
                 self._recall = True
                 if attempt == 4:
                     raise
+                continue
+            except DatabaseError as e:
+                # Rolled back whole before its commit (a deadlock with a batch inserting the
+                # same new ids in another order, a kept connection the server dropped): redo
+                # it, on a new connection.
+                if not e.transient or attempt == 4:
+                    raise
+                self.release()
+                self._recall = True
                 continue
             self._pending = Pending(self, conn, results, kept, batch.replays > 0, commit,
                                     behind, deferred)

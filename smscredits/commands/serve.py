@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -33,6 +33,9 @@ def register(root: typer.Typer) -> None:
         = 4 * 1024 * 1024,
         access_log: Annotated[bool, typer.Option(help="Log each request (never its query "
                                                  "or token).")] = True,
+        drain: Annotated[int, typer.Option(help="Seconds a stop (SIGTERM) waits for requests "
+                                           "still arriving before it closes them.", min=0,
+                                           max=3600)] = 10,
     ) -> None:
         """Serve the charging API over HTTP (charge, hold, settle, void, DLRs, metrics)."""
         try:
@@ -59,15 +62,17 @@ def register(root: typer.Typer) -> None:
         # found: a handler that does nothing lets `serve` end with 0, its work done.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: None)
+        # A client that sends half a request and stalls must not keep a stop waiting for
+        # ever: after ``drain`` seconds what is left is closed (queued charges still commit).
+        options: dict[str, Any] = dict(host=host, port=port, log_config=config, access_log=False,
+                       server_header=False, lifespan="on", timeout_graceful_shutdown=drain)
         if workers == 1:
-            uvicorn.run(create_app(settings), host=host, port=port, log_config=config,
-                        access_log=False, server_header=False, lifespan="on")
+            uvicorn.run(create_app(settings), **options)
             return
-        _serve_workers(settings, host, port, workers, config)
+        _serve_workers(settings, workers, options)
 
 
-def _serve_workers(settings: Settings, host: str, port: int, workers: int,
-                   config: dict[str, object]) -> None:
+def _serve_workers(settings: Settings, workers: int, options: dict[str, Any]) -> None:
     """Several worker processes: each imports the app anew, from the settings in its
     environment; their metrics go to one shared directory."""
     import tempfile
@@ -79,9 +84,8 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int,
     with tempfile.TemporaryDirectory(prefix="smscredits-metrics-") as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         os.environ[SETTINGS_ENV] = settings.to_json()
-        uvicorn.run("smscredits.serve.app:from_environment", factory=True, host=host,
-                    port=port, workers=workers, log_config=config, access_log=False,
-                    server_header=False, lifespan="on")
+        uvicorn.run("smscredits.serve.app:from_environment", factory=True, workers=workers,
+                    **options)
 
 
 def _logging(access: bool) -> dict[str, object]:

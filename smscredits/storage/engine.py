@@ -198,6 +198,10 @@ def explain(e: exc.DBAPIError, url: URL) -> DatabaseError:
                         url=secrets)
 
 
+# Postgres' deadlock_detected and serialization_failure: the transaction was rolled back.
+TRANSIENT_STATES = frozenset(("40P01", "40001"))
+
+
 class Db:
     """An open database: the engine plus who acts and how to run a transaction."""
 
@@ -262,7 +266,10 @@ class Db:
         try:
             yield
         except (exc.OperationalError, exc.InterfaceError) as e:
-            raise explain(e, self.url) from None
+            error = explain(e, self.url)
+            error.transient = (e.connection_invalidated
+                               or getattr(e.orig, "sqlstate", None) in TRANSIENT_STATES)
+            raise error from None
 
     def schema_version(self) -> str | None:
         exists = (
