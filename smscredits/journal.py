@@ -116,6 +116,16 @@ def event(
     return (*fields, None if power_id is None else hash_of(prev_hash, fields))
 
 
+def charged(at: int, user_id: int, power_id: int, amount: int, balance_after: int, ref: str,
+            actor: str, detail: str, prev_hash: str | None) -> EventTuple:
+    """``event(kind="message.charged", ...)`` of a charge, written out: one per message.
+    Its fields are never NULL but ``note``, so the hash's text is one f-string of them."""
+    text = (f"{prev_hash or ''}\x1f{at}\x1f{user_id}\x1f{power_id}\x1fmessage.charged"
+            f"\x1f{amount}\x1f{balance_after}\x1f{ref}\x1f\x1f{actor}\x1f{detail}")
+    return (at, user_id, power_id, "message.charged", amount, balance_after, ref, None, actor,
+            detail, hashlib.sha256(text.encode()).hexdigest())
+
+
 def as_row(event: EventTuple) -> dict[str, Any]:
     """An event as the mapping an INSERT takes."""
     return dict(zip(EVENT_COLUMNS, event, strict=True))

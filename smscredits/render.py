@@ -90,6 +90,23 @@ def charge_line(r: ChargeResult, line: int) -> str:
     """One result line of ``charge --file``: ``to_json({**r.as_dict(), "line": line})``.
     Once per message, so the dict is written out (a third of ``as_dict``'s time) and its
     amounts made numbers here (orjson's call back per Decimal costs more)."""
+    user, msg_id, encoding = r.user, r.id, r.encoding
+    if (r.status == "charged" and r.reason is None and r.message is None
+            and r.metered is True and r.replayed is False and r.refusal is None
+            and r.held is None and r.expires_at is None and type(r.parts) is int
+            and type(r.cost) is type(r.price) is type(r.balance) is Decimal
+            and type(msg_id) is type(user) is type(r.to) is type(r.rule) is type(r.country)
+            is str and _bare(msg_id) and _bare(user) and _bare(r.to) and _bare(r.rule)
+            and _bare(r.country)
+            and (encoding is None or encoding in _ENCODINGS)):
+        # A plain charge, by far the most common line, written out: its strings need no
+        # escape, its Decimals are written as ``_number`` writes them (``f``: no exponent).
+        return (f'{{"status":"charged","id":"{msg_id}","user":"{user}","to":"{r.to}",'
+                f'"reason":null,"message":null,"cost":{r.cost:f},"parts":{r.parts},'
+                f'"encoding":{"null" if encoding is None else _ENCODINGS[encoding]},'
+                f'"price":{r.price:f},"rule":"{r.rule}","country":"{r.country}",'
+                f'"balance":{r.balance:f},"metered":true,"replayed":false,"refusal":null,'
+                f'"held":null,"expires_at":null,"line":{int(line)}}}')
     cost, price, balance = r.cost, r.price, r.balance
     seen = _shown.get(cost)
     if seen is not None and seen[0] is cost and seen[2] is price:
@@ -111,6 +128,14 @@ def charge_line(r: ChargeResult, line: int) -> str:
         return orjson.dumps(doc, default=_default, option=_OPTIONS).decode()
     except orjson.JSONEncodeError:
         return to_json(doc)
+
+
+_ENCODINGS = {"GSM-7": '"GSM-7"', "UCS-2": '"UCS-2"'}
+
+
+def _bare(text: str) -> bool:
+    """Whether JSON writes ``text`` as it is, between quotes."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 _INT_RANGE = range(-(2**63), 2**64)  # what orjson writes of an int

@@ -29,6 +29,21 @@ def test_a_charges_detail_is_the_general_detail(to: str, parts: int, rule: str) 
         journal.dump_detail({"to": to, "parts": parts, "rule": rule})
 
 
+@given(at=millis, user_id=st.integers(1, 2**62), power_id=st.integers(1, 2**62), amount=millis,
+       balance_after=millis, ref=text_, actor=text_, detail=text_,
+       prev_hash=st.none() | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64))
+def test_a_charges_event_is_the_general_event(at: int, user_id: int, power_id: int,
+                                              amount: int, balance_after: int, ref: str,
+                                              actor: str, detail: str,
+                                              prev_hash: str | None) -> None:
+    """The charge path's own event builder makes the row, and the hash, ``event`` makes."""
+    assert journal.charged(at, user_id, power_id, amount, balance_after, ref, actor, detail,
+                           prev_hash) == journal.event(
+        at=at, kind="message.charged", actor=actor, user_id=user_id, power_id=power_id,
+        amount=amount, balance_after=balance_after, ref=ref, detail=detail,
+        prev_hash=prev_hash)
+
+
 amounts = st.none() | st.decimals(min_value=-(10**12), max_value=10**12, places=3,
                                   allow_nan=False)
 optional = st.none() | text_

@@ -289,10 +289,8 @@ class Batch:
         balance = power.balance
         if req.hold:
             return self.held(req, msg_id, account, quote, power, now, keys)
-        event = journal.event(at=now, kind="message.charged", actor=self.db.actor,
-                              user_id=account.user_id, power_id=power.id, amount=-cost,
-                              balance_after=balance, ref=msg_id, detail=quote.detail,
-                              prev_hash=power.last_hash)
+        event = journal.charged(now, account.user_id, power.id, -cost, balance, msg_id,
+                                self.db.actor, quote.detail, power.last_hash)
         power.last_hash, power.last_at = event[-1], now
         self.record(event)
         if power.refill_below is not None and balance < power.refill_below:
@@ -444,7 +442,11 @@ class Batch:
         ``deferred``, the power rows' statements are made and left there to run."""
         self.end_stream()
         if self.pending:
-            bulk_insert(self.conn, messages, MESSAGE_COLUMNS, list(self.pending.values()))
+            rows = list(self.pending.values())
+            if any(row[-1] is not None for row in rows):
+                bulk_insert(self.conn, messages, MESSAGE_COLUMNS, rows)
+            else:  # no hold: no expiry to write (a NULL bound per row costs a tenth of it)
+                bulk_insert(self.conn, messages, MESSAGE_COLUMNS[:-1], [row[:-1] for row in rows])
             self.written.update(self.pending)
         if self.unwritten:
             prepared_update(self.conn, messages, "id", CHANGED_COLUMNS, [

@@ -225,7 +225,7 @@ def charge_lines(charger: Charger, stream: BufferedIOBase, summary: BatchSummary
                     and ((type(text) is str and parts is None)
                          or (text is None and type(parts) is int and 0 < parts <= MAX_PARTS))
                     and (msg_id is None or (type(msg_id) is str and is_message_id(msg_id)))):
-                return ChargeRequest(user, to, text, parts, msg_id, hold=op == "hold")
+                return ChargeRequest(user, to, text, parts, msg_id, op == "hold")
         elif (op == "settle" or op == "void") and data.keys() <= bare_act:
             msg_id = data.get("id")
             if type(msg_id) is str and is_message_id(msg_id):
