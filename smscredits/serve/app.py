@@ -240,8 +240,8 @@ MESSAGE_ROUTES = {"/v1/charge": ("charge", GATEWAY), "/v1/hold": ("hold", GATEWA
 
 async def messages(scope: Scope, receive: Receive, send: Send) -> None:
     """``POST`` to a message route, as a bare ASGI app: the busiest routes, called straight
-    from ``Observed`` without Starlette's request objects and middleware (and by the router
-    for anything else, a wrong method)."""
+    from ``Observed`` without Starlette's request objects and middleware. (The router knows
+    them too, so that another method is answered 405.)"""
     service: Service = scope["app"].state.service
     op, role = MESSAGE_ROUTES[scope["path"]]
     length = token = None
