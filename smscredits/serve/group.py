@@ -55,8 +55,9 @@ class GroupCommit:
         self._queue.append(waiting)
         if self._draining is None:
             self._draining = loop.create_task(self._drain())
-        # Shielded: a client that goes away does not take its messages out of a batch.
-        return await asyncio.shield(waiting.done)
+        # A request cancelled meanwhile (the server stopping) cancels only its wait: its
+        # messages are in the queue, and go in a batch all the same.
+        return await waiting.done
 
     async def _drain(self) -> None:
         try:
