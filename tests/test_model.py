@@ -533,8 +533,9 @@ class ModelMachine(RuleBasedStateMachine):
                 hold and first.held is not None and first.status in FINAL)
             if first.user != user or not same_cost:
                 return Outcome("error", "conflict")
-            # A hold's id replays the message as it stands (a refunded one as charged).
-            status = "charged" if first.status == "refunded" else first.status
+            # A hold's id replays the message as it stands; a refunded charge was charged.
+            status = ("charged" if first.status == "refunded" and first.held is None
+                      else first.status)
             return Outcome(status, first.reason, first.cost, replayed=True, first=first.first,
                            message=first if first.held is not None else None)
         u = self.users.get(user)

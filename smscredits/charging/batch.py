@@ -489,9 +489,10 @@ def _quoted(quote: Quote) -> dict[str, Any]:
 
 
 def _from_row(row: dict[str, Any], req: ChargeRequest) -> ChargeResult:
-    # A charge's first result; a hold's as the message stands now (held, settled, voided,
-    # refunded).
-    status = "charged" if row["status"] == "refunded" and not req.hold else row["status"]
+    # A charge's first result (a refunded charge was charged); a hold's as the message stands
+    # now (held, settled, voided, refunded). A hold keeps its expiry instant.
+    status = ("charged" if row["status"] == "refunded" and row["expires_at"] is None
+              else row["status"])
     held = row["status"] == "held"
     return ChargeResult(
         status, row["id"], req.user, row["to_number"] or req.to, reason=row["reason"],
