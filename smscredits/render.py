@@ -96,8 +96,7 @@ def charge_line(r: ChargeResult, line: int) -> str:
             and r.held is None and r.expires_at is None and type(r.parts) is int
             and type(r.cost) is type(r.price) is type(r.balance) is Decimal
             and type(msg_id) is type(user) is type(r.to) is type(r.rule) is type(r.country)
-            is str and _bare(msg_id) and _bare(user) and _bare(r.to) and _bare(r.rule)
-            and _bare(r.country)
+            is str and _bare(msg_id + user + r.to + r.rule + r.country)
             and (encoding is None or encoding in _ENCODINGS)):
         # A plain charge, by far the most common line, written out: its strings need no
         # escape, its Decimals are written as ``_number`` writes them (``f``: no exponent).
