@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -527,9 +526,6 @@ def create_app(settings: Settings) -> Observed:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # The event loop and the charging thread share the interpreter's lock: handed over
-        # every 0.5 ms rather than 5, a request is not kept waiting behind a batch's Python.
-        sys.setswitchinterval(0.0005)
         app.state.service = Service(settings)
         try:
             yield

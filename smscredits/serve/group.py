@@ -1,12 +1,15 @@
 """Group commit: the requests that arrive while a transaction commits are charged together in
 the next one.
 
-One thread owns the ``Charger`` (and its connection). A request hands its messages to
-``GroupCommit.run`` and waits; when no batch is running, its messages go at once (a lone
-request waits for no timer); while one runs, every request that arrives queues, and the next
-batch takes them all, in order of arrival, through ``Charger.charge_batch`` — the path of
-``charge --file``. Each request gets back exactly its own results, once the transaction that
-made them has committed. A batch that fails for a reason other than the database (a message
+A request hands its messages to ``GroupCommit.run`` and waits. The first to find no batch
+under way starts one, which runs as soon as the event loop has let every request already
+read do the same: it takes them all, in order of arrival, through ``Charger.charge_batch`` —
+the path of ``charge --file`` — and a lone request waits for no timer. The batch runs in the
+event loop's own thread, which holds the ``Charger`` and its connection: requests that
+arrive meanwhile wait in the sockets and make the next batch. (A charging thread beside the
+loop was slower by a third: the two traded the interpreter's lock at every database call.)
+Each request gets back exactly its own results, once the transaction that made them has
+committed. A batch that fails for a reason other than the database (a message
 no check foresaw) is redone one request at a time, so one request cannot fail the others; a
 database failure fails the batch's requests (each may be resent: its id makes it a replay if
 it did commit) and the next batch takes a new connection.
@@ -17,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError
@@ -45,7 +47,6 @@ class GroupCommit:
         self._charger = charger
         self._observe = observe  # hears each batch's size and its seconds
         self._queue: list[_Waiting] = []
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="smscredits-charge")
         self._draining: asyncio.Task[None] | None = None
 
     async def run(self, items: list[Item]) -> list[ChargeResult]:
@@ -84,8 +85,7 @@ class GroupCommit:
         except Exception as e:
             # The connection may be the cause (a server restarted, a backend terminated):
             # the next batch takes a new one.
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._thread, self._charger.release)
+            self._charger.release()
             if isinstance(e, DatabaseError | DBAPIError) or len(group) == 1:
                 for waiting in group:
                     _answer(waiting, e)
@@ -100,8 +100,7 @@ class GroupCommit:
 
     async def _charge(self, items: list[Item]) -> list[ChargeResult]:
         began = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._thread, self._charger.charge_batch, items)
+        results = self._charger.charge_batch(items)
         if self._observe is not None:
             self._observe(len(items), time.perf_counter() - began)
         return results
@@ -110,9 +109,7 @@ class GroupCommit:
         """Let the queued requests commit, then give back the connection."""
         while self._draining is not None:
             await asyncio.shield(self._draining)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._charger.close)
-        self._thread.shutdown()
+        self._charger.close()
 
 
 def _answer(waiting: _Waiting, outcome: list[ChargeResult] | BaseException) -> None:
