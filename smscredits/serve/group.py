@@ -4,10 +4,11 @@ the next one.
 A request hands its messages to ``GroupCommit.run`` and waits. The first to find no batch
 under way starts one, which runs as soon as the event loop has let every request already
 read do the same: it takes them all, in order of arrival, through ``Charger.charge_batch`` —
-the path of ``charge --file`` — and a lone request waits for no timer. The batch runs in the
-event loop's own thread, which holds the ``Charger`` and its connection: requests that
-arrive meanwhile wait in the sockets and make the next batch. (A charging thread beside the
-loop was slower by a third: the two traded the interpreter's lock at every database call.)
+the path of ``charge --file`` — and a lone request waits for no timer. On SQLite the batch
+runs in the event loop's own thread: requests that arrive meanwhile wait in the sockets and
+make the next batch (a charging thread beside the loop was a third slower: the two traded
+the interpreter's lock at every call into SQLite). On Postgres a batch mostly waits on the
+server, so it runs on a thread of its own while the loop reads the next requests.
 Each request gets back exactly its own results, once the transaction that made them has
 committed. A batch that fails for a reason other than the database (a message
 no check foresaw) is redone one request at a time, so one request cannot fail the others; a
@@ -20,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
@@ -31,6 +34,7 @@ from smscredits.errors import DatabaseError
 Item = ChargeRequest | MessageOp
 # A batch takes queued requests up to this many messages (a bigger request goes alone).
 GROUP_MAX = 5000
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -48,6 +52,8 @@ class GroupCommit:
         self._observe = observe  # hears each batch's size and its seconds
         self._queue: list[_Waiting] = []
         self._draining: asyncio.Task[None] | None = None
+        self._thread = (None if charger.db.is_sqlite
+                        else ThreadPoolExecutor(1, thread_name_prefix="smscredits-charge"))
 
     async def run(self, items: list[Item]) -> list[ChargeResult]:
         """The results of ``items``, in order, once committed."""
@@ -85,7 +91,7 @@ class GroupCommit:
         except Exception as e:
             # The connection may be the cause (a server restarted, a backend terminated):
             # the next batch takes a new one.
-            self._charger.release()
+            await self._call(self._charger.release)
             if isinstance(e, DatabaseError | DBAPIError) or len(group) == 1:
                 for waiting in group:
                     _answer(waiting, e)
@@ -100,7 +106,7 @@ class GroupCommit:
 
     async def _charge(self, items: list[Item]) -> list[ChargeResult]:
         began = time.perf_counter()
-        results = self._charger.charge_batch(items)
+        results = await self._call(self._charger.charge_batch, items)
         if self._observe is not None:
             self._observe(len(items), time.perf_counter() - began)
         return results
@@ -109,7 +115,15 @@ class GroupCommit:
         """Let the queued requests commit, then give back the connection."""
         while self._draining is not None:
             await asyncio.shield(self._draining)
-        self._charger.close()
+        await self._call(self._charger.close)
+        if self._thread is not None:
+            self._thread.shutdown()
+
+    async def _call(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` where the Charger lives: on its thread, or here."""
+        if self._thread is None:
+            return work(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
 
 
 def _answer(waiting: _Waiting, outcome: list[ChargeResult] | BaseException) -> None:
