@@ -426,11 +426,10 @@ def test_settle_void_and_duplicate_reports_racing_end_each_hold_once(
 # -- 7. two servers on one Postgres database ---------------------------------------------------
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # several writers
 @pytest.mark.parametrize("how", ["two-processes", "workers-2"])
 def test_two_servers_racing_one_balance_never_overdraw(
         funded: Any, db_url: str, tmp_path: Path, how: str) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("one writer at a time on SQLite: two servers are a Postgres set-up")
     ids = [f"pg-{n}" for n in range(400)]
     requests = in_chunks(ids, seed=7)
     if how == "two-processes":
@@ -519,6 +518,7 @@ def test_admin_commands_beside_the_service_lose_no_update(
 # -- two servers inserting the same new ids at the same moment -------------------------------
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # several writers
 def test_two_servers_writing_the_same_new_ids_in_opposite_orders_answer_both(
         funded: Any, db_url: str, tmp_path: Path) -> None:
     """A gateway's batch sent to two workers (a retry elsewhere, two gateways), the ids in
@@ -526,8 +526,6 @@ def test_two_servers_writing_the_same_new_ids_in_opposite_orders_answer_both(
     gives it up (its transaction rolled back): each message is recorded once and both
     requests are answered, one with the results, the other replaying them. carol has no
     credits power: her charges lock no power row first, so nothing queues the two."""
-    if not db_url.startswith("postgresql"):
-        pytest.skip("one writer at a time on SQLite: two servers are a Postgres set-up")
     import psycopg
 
     assert funded("user", "add", "carol").exit_code == 0
@@ -565,12 +563,11 @@ def test_two_servers_writing_the_same_new_ids_in_opposite_orders_answer_both(
     assert verified(funded)
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # a backend to terminate
 def test_a_dropped_database_connection_fails_no_charge(
         funded: Any, db_url: str, tmp_path: Path) -> None:
     """Postgres restarted, a proxy's idle timeout, an admin's pg_terminate_backend: the
     service's connections go, the database stays. The next charge is charged."""
-    if not db_url.startswith("postgresql"):
-        pytest.skip("a connection dropped by the server is a Postgres set-up")
     import uuid
 
     import psycopg
@@ -653,13 +650,12 @@ def test_a_request_bigger_than_a_group_goes_alone_and_the_small_ones_beside_it_a
     assert verified(funded)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the engine plays no part
 def test_sigterm_is_not_held_up_for_ever_by_a_client_that_stops_mid_body(
         funded: Any, db_url: str, tmp_path: Path) -> None:
     """A gateway host that hangs (or a peer that means harm) has sent a request's headers
     and half its body. A restart's SIGTERM still ends the service: the others' charges
     are drained, and serve exits 0 within 15 s, as a supervisor expects."""
-    if db_url.startswith("postgresql"):
-        pytest.skip("the engine plays no part: run once")
     import socket
 
     server = start_server(db_url, tmp_path)
