@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,21 +343,23 @@ def _whole(text: str, name: str, low: int, high: int) -> int:
     return int(text)
 
 
-async def kannel_dlr(request: Request) -> Response:
+async def _acted_on(request: Request, as_op: Callable[[dict[str, str]], MessageOp]
+                    ) -> ChargeResult:
+    """What a gateway's delivery report did, its fields read by ``as_op``."""
     service = _authorize(request, GATEWAY, query_token=True)
-    op = dlr.kannel(await _report(request, service))
-    [r] = await service.group.run([op])
+    [r] = await service.group.run([as_op(await _report(request, service))])
     service.metrics.results("dlr", [r])
+    return r
+
+
+async def kannel_dlr(request: Request) -> Response:
     # Kannel retries a report until it gets 200 or 202: one that changes nothing (a
     # duplicate, an unknown message) would come back for nothing. The body says what it did.
-    return _json(_result(r))
+    return _json(_result(await _acted_on(request, dlr.kannel)))
 
 
 async def jasmin_dlr(request: Request) -> Response:
-    service = _authorize(request, GATEWAY, query_token=True)
-    op = dlr.jasmin(await _report(request, service))
-    [r] = await service.group.run([op])
-    service.metrics.results("dlr", [r])
+    await _acted_on(request, dlr.jasmin)
     # Jasmin resends a report until it reads exactly this; a report that changes nothing
     # (a duplicate, an unknown message) is answered too, or it would come back for ever.
     return Response("ACK/Jasmin", media_type="text/plain")

@@ -35,9 +35,8 @@ _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 5000)
 
 class Metrics:
     def __init__(self) -> None:
-        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         # In multiprocess mode the metrics live in the shared directory, not in a registry.
-        registry = None if self.multiprocess else CollectorRegistry()
+        registry = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else CollectorRegistry()
         self.registry = registry
         self.messages = Counter("smscredits_messages", "Messages answered, by op, status and "
                                 "reason (replays apart)", ["op", "status", "reason", "replayed"],
