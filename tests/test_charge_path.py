@@ -9,13 +9,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smscredits import journal, ledger, pricing
 from smscredits.charging import Charger, ChargeRequest, ChargeResult
 from smscredits.charging.batch import Batch
-from smscredits.render import charge_line, to_json
+from smscredits.charging.stream import quick_request, request_of
+from smscredits.errors import BadInput
+from smscredits.render import charge_line, result_json, to_json
 from smscredits.storage.engine import open_db
 
 TO = "+36301234567"
@@ -72,6 +74,7 @@ def test_result_line_is_the_general_json(status: str, id_: str | None, user: str
     r = ChargeResult(status, id_, user, to, reason, message, cost, parts, encoding, price,
                      rule, country, balance, metered, replayed, refusal)
     assert charge_line(r, line) == to_json({**r.as_dict(), "line": line})
+    assert result_json(r) == to_json(_without_line(r))  # what the HTTP API answers
 
 
 def _account(db: Any, name: str = "alice", initial: int = 100_000) -> None:
@@ -187,6 +190,51 @@ def test_plain_charge_line_is_the_general_json(id_: str, user: str, to: str, cos
     r = ChargeResult("charged", id_, user, to, None, None, cost, parts, encoding, price, rule,
                      country, balance)
     assert charge_line(r, line) == to_json({**r.as_dict(), "line": line})
+    assert result_json(r) == to_json(_without_line(r))
+
+
+def _without_line(r: ChargeResult) -> dict[str, Any]:
+    return {k: v for k, v in r.as_dict().items() if k != "line"}
+
+
+_strings = st.sampled_from(["alice", "+36301234567", "m-1", "", " ", "a" * 300, "x\x00"]) | text_
+_anything = st.none() | st.booleans() | st.integers(-3, 300) | _strings | st.lists(st.integers())
+_objects = st.fixed_dictionaries(
+    {"user": _strings | _anything, "to": _strings | _anything},
+    optional={"text": _strings | _anything, "parts": st.integers(-1, 300) | _anything,
+              "id": _strings | _anything, "ttl": _anything, "status": _anything,
+              "note": _anything, "x": _anything})
+# Mostly of the shapes quick_request takes, so that it often does.
+_usual = st.fixed_dictionaries(
+    {"user": _strings, "to": _strings},
+    optional={"text": _strings | st.none(), "parts": st.integers(-1, 300) | st.booleans(),
+              "id": _strings | st.none()})
+_acts = st.fixed_dictionaries({"id": _strings | _anything},
+                              optional={"user": _anything, "parts": _anything, "x": _anything})
+
+
+_ops = st.sampled_from(["charge", "hold", "settle", "void", "dlr"])
+
+
+@settings(max_examples=300)
+@given(st.tuples(_usual, st.sampled_from(["charge", "hold"]))
+       | st.tuples(st.fixed_dictionaries({"id": _strings}), st.sampled_from(["settle", "void"]))
+       | st.tuples(_objects | _acts, _ops))
+def test_the_quick_request_is_the_general_one(case: tuple[dict[str, Any], str]) -> None:
+    """The usual objects take ``quick_request`` (``charge --file``'s lines, the HTTP API's
+    bodies); whatever it takes, ``request_of`` makes the same request of."""
+    data, op = case
+    data = {**data, "op": op}
+    if any(type(v) is str and "\x00" in v for v in data.values()):
+        return  # the callers send an object with a NUL the long way (``quick_request``)
+    quick = quick_request(data, op)
+    if quick is None:
+        return
+    try:
+        general = request_of(data)
+    except BadInput as e:
+        raise AssertionError(f"quick took what request_of refuses: {e.message}") from None
+    assert quick == general
 
 
 # Lines that orjson decodes otherwise than the json module, or not at all: the fast decode

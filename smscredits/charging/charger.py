@@ -4,8 +4,8 @@ Python API that gateway code keeps and calls."""
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
 
@@ -42,23 +42,23 @@ class Pending:
     """A charged batch whose transaction is committing (``Charger.begin``)."""
 
     def __init__(self, charger: Charger, conn: Connection, results: list[ChargeResult],
-                 kept: Carried | None, recall: bool, commit: ExitStack, background: bool,
-                 deferred: list[Callable[[], None]]) -> None:
+                 kept: Carried | None, recall: bool, commit: ExitStack,
+                 background: Executor | None, deferred: list[Callable[[], None]],
+                 on_durable: Callable[[], None] | None) -> None:
         # ``deferred`` (statements left to run before the commit) comes with ``background``.
         self._charger, self._results, self._kept, self._recall = charger, results, kept, recall
         self._commit = commit
         self._failure: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if background:
+        self._thread: Future[None] | None = None
+        if background is not None:
             # Only the driver's commit runs on the thread: it holds no lock Python needs
             # while it waits on the disk or the server. SQLAlchemy's own bookkeeping (a
             # commit that finds nothing left to do, the connection's return to its pool)
             # stays in the caller's thread, so the two threads do not trade Python's lock.
-            self._thread = threading.Thread(target=self._driver_commit, args=(conn, deferred),
-                                            daemon=True, name="smscredits-commit")
-            self._thread.start()
+            self._thread = background.submit(self._driver_commit, conn, deferred, on_durable)
 
-    def _driver_commit(self, conn: Connection, deferred: list[Callable[[], None]]) -> None:
+    def _driver_commit(self, conn: Connection, deferred: list[Callable[[], None]],
+                       on_durable: Callable[[], None] | None) -> None:
         try:
             for run in deferred:  # statements left to the end, all of them server work
                 run()
@@ -66,15 +66,22 @@ class Pending:
                 conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
         except BaseException as e:  # raised by wait(), in the caller's thread
             self._failure = e
+        if on_durable is not None:
+            on_durable()
 
     def discard(self) -> None:
         """Let the batch go unwaited: its commit thread is joined (a commit it ran stands)
         and the transaction left is rolled back."""
         if self._thread is not None:
-            self._thread.join()
+            self._thread.result()
             self._thread = None
         with contextlib.suppress(Exception):
             self._commit.__exit__(RuntimeError, RuntimeError("discarded"), None)
+
+    @property
+    def committing(self) -> bool:
+        """Whether the commit runs on the commit thread (which calls ``on_durable``)."""
+        return self._thread is not None
 
     @property
     def results(self) -> list[ChargeResult]:
@@ -84,7 +91,7 @@ class Pending:
     def wait(self) -> list[ChargeResult]:
         """The batch's results, once committed; its commit's error, if it failed."""
         if self._thread is not None:
-            self._thread.join()
+            self._thread.result()
             self._thread = None
         charger = self._charger
         if charger._pending is self:
@@ -117,6 +124,7 @@ class Charger:
         self._recall = False
         self._checkpoint_pages = CHECKPOINT_PAGES  # SQLite's, until batches are big
         self._pending: Pending | None = None
+        self._committer: ThreadPoolExecutor | None = None  # the thread of ``begin``'s commits
         # An in-memory SQLite database lives in its one connection, which stays in its thread.
         self._background = not (db.is_sqlite and db.engine.url.database in (None, "", ":memory:"))
         # Kept from batch to batch: taking a connection from the pool and handing it back
@@ -140,6 +148,9 @@ class Charger:
             self.finish()
         finally:
             self.release()
+            committer, self._committer = self._committer, None
+            if committer is not None:
+                committer.shutdown()
 
     def release(self) -> None:
         """Give back the connection without waiting: a batch in flight is rolled back,
@@ -201,17 +212,22 @@ class Charger:
         return self.begin(reqs, background=False).wait()
 
     def begin(self, reqs: Iterable[ChargeRequest | MessageOp], *,
-              background: bool = True) -> Pending:
+              background: bool = True,
+              on_durable: Callable[[], None] | None = None) -> Pending:
         """Charge several messages in one transaction and start its commit; ``wait()`` on
         the result for the results, durable. Until then they are not to be reported.
 
         With ``background`` a big batch commits on a second thread: the commit waits on the
         disk or the server and needs no Python, so the caller can meanwhile read its next
-        lines and format these results. The Charger takes no other batch before ``wait``.
+        lines and format these results. With ``on_durable`` every batch does, and that
+        thread calls it once the commit has ended (then ``wait`` does not block): an event
+        loop serves its other requests meanwhile. The Charger takes no other batch before
+        ``wait``.
         """
         self.finish()
         reqs = list(reqs)
-        behind = background and self._background and len(reqs) >= BULK_BATCH
+        behind = (background and self._background
+                  and (on_durable is not None or len(reqs) >= BULK_BATCH))
         for attempt in range(5):
             carried, self._carried = self._carried, None  # a failed batch carries nothing
             try:
@@ -254,9 +270,15 @@ class Charger:
                 self._recall = True
                 continue
             self._pending = Pending(self, conn, results, kept, batch.replays > 0, commit,
-                                    behind, deferred)
+                                    self._commit_thread() if behind else None, deferred,
+                                    on_durable)
             return self._pending
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _commit_thread(self) -> ThreadPoolExecutor:
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="smscredits-commit")
+        return self._committer
 
     def finish(self) -> None:
         """Wait for a batch still committing (``begin``), if any; raise if its commit failed."""

@@ -185,6 +185,31 @@ def _act(op: str, data: dict[str, Any]) -> MessageOp:
                      source=data.get("from"), note=data.get("note"))
 
 
+_QUICK_FIELDS = FIELDS | {"op"}
+_BARE_ACT = frozenset(("op", "id"))
+
+
+def quick_request(data: dict[str, Any], op: Any) -> ChargeRequest | MessageOp | None:
+    """The request of a decoded object of the shapes a gateway sends most (a charge or hold;
+    a settle or void by id alone), checked in one expression; None for anything else, which
+    ``request_of`` decides and words. ``op`` is the object's (or the endpoint's). The caller
+    sends an object with a NUL in it (escaped: JSON has no raw one) the long way: the charger
+    refuses it there in the general words."""
+    if (op == "charge" or op == "hold") and data.keys() <= _QUICK_FIELDS:
+        user, to, text, parts, msg_id = (data.get("user"), data.get("to"), data.get("text"),
+                                         data.get("parts"), data.get("id"))
+        if (type(user) is str and type(to) is str
+                and ((type(text) is str and parts is None)
+                     or (text is None and type(parts) is int and 0 < parts <= MAX_PARTS))
+                and (msg_id is None or (type(msg_id) is str and is_message_id(msg_id)))):
+            return ChargeRequest(user, to, text, parts, msg_id, op == "hold")
+    elif (op == "settle" or op == "void") and data.keys() <= _BARE_ACT:
+        msg_id = data.get("id")
+        if type(msg_id) is str and is_message_id(msg_id):
+            return MessageOp(op, msg_id)
+    return None
+
+
 # The cyclic collector's thresholds while a file is charged. Each line allocates a score of
 # objects, none of them in a cycle (refcounting frees them); at the default (700, 10, 10)
 # the collector runs every few dozen lines and now and then walks every account, power row
@@ -201,36 +226,21 @@ def charge_lines(charger: Charger, stream: BufferedIOBase, summary: BatchSummary
     from orjson import loads
 
     counted = summary if summary is not None else BatchSummary()
-    # A charge or hold, and a settle or void by id alone: the lines a gateway sends most.
-    fields, bare_act, lineno = FIELDS | {"op"}, frozenset(("op", "id")), 0
+    lineno = 0
 
     def parse(raw: bytes, number: int) -> Any:
         """``parse_line``, with a well-formed line decoded by orjson and checked in one
-        expression first. Whatever orjson refuses or decodes otherwise than ``json`` would
-        (lone surrogates, NaN, a BOM, huge numbers, deep nesting: never a well-formed line) is
-        left to ``parse_line``, so every line gets the answer and the message ``json`` gives.
-        orjson's strings are valid Unicode; a NUL (escaped: JSON has no raw one) in any of
-        them sends the line the long way too, which refuses it where the charger would."""
+        expression first (``quick_request``). Whatever orjson refuses or decodes otherwise
+        than ``json`` would (lone surrogates, NaN, a BOM, huge numbers, deep nesting: never a
+        well-formed line) is left to ``parse_line``, so every line gets the answer and the
+        message ``json`` gives."""
         try:
             data = loads(raw)
         except ValueError:
             return parse_line(raw, number)
         if type(data) is not dict or b"\\u0000" in raw:
             return parse_line(raw, number)
-        op = data.get("op", "charge")
-        if (op == "charge" or op == "hold") and data.keys() <= fields:
-            user, to, text, parts, msg_id = (data.get("user"), data.get("to"),
-                                             data.get("text"), data.get("parts"), data.get("id"))
-            if (type(user) is str and type(to) is str
-                    and ((type(text) is str and parts is None)
-                         or (text is None and type(parts) is int and 0 < parts <= MAX_PARTS))
-                    and (msg_id is None or (type(msg_id) is str and is_message_id(msg_id)))):
-                return ChargeRequest(user, to, text, parts, msg_id, op == "hold")
-        elif (op == "settle" or op == "void") and data.keys() <= bare_act:
-            msg_id = data.get("id")
-            if type(msg_id) is str and is_message_id(msg_id):
-                return MessageOp(op, msg_id)
-        return parse_line(raw, number)
+        return quick_request(data, data.get("op", "charge")) or parse_line(raw, number)
 
     thresholds = gc.get_threshold()
     gc.set_threshold(*FILE_GC_THRESHOLDS)

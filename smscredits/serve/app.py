@@ -27,13 +27,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from smscredits.charging import Charger, ChargeResult
 from smscredits.charging.model import EXIT_FOR, ChargeRequest, MessageOp
-from smscredits.charging.stream import request_of
+from smscredits.charging.stream import quick_request, request_of
 from smscredits.errors import BadInput, DatabaseError, Exit, SmsCreditsError
-from smscredits.render import to_json
+from smscredits.render import result_json, to_json
 from smscredits.serve import dlr
 from smscredits.serve.auth import ADMIN, GATEWAY, Tokens, load_tokens
 from smscredits.serve.group import GroupCommit
@@ -136,27 +136,31 @@ def _check_role(service: Service, token: str | None, role: str) -> str:
 
 
 async def _body(request: Request, limit: int) -> Any:
-    return await _json_of(request.stream(), request.headers.get("content-length"), limit)
+    return _loads(await _read(request.receive, request.headers.get("content-length"), limit))
 
 
-async def _json_of(chunks: AsyncIterator[bytes], length: str | None, limit: int) -> Any:
-    """The JSON document of a body, read up to ``limit`` bytes."""
+def _loads(raw: bytes) -> Any:
     try:
-        return orjson.loads(await _read(chunks, length, limit))
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise ApiError("bad_json", f"bad JSON: {e}") from None
 
 
-async def _read(chunks: AsyncIterator[bytes], length: str | None, limit: int) -> bytes:
-    """A body, refused (413) beyond ``limit`` bytes, said or sent."""
+async def _read(receive: Receive, length: str | None, limit: int) -> bytes:
+    """A request's body, refused (413) beyond ``limit`` bytes, said or sent."""
     if length is not None and length.isdigit() and int(length) > limit:
         raise ApiError("too_large", f"request body over {limit} bytes")
-    parts, size = [], 0
-    async for chunk in chunks:
+    parts, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError("bad_input", "the client went away before its request ended")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise ApiError("too_large", f"request body over {limit} bytes")
         parts.append(chunk)
+        more = message.get("more_body", False)
     return b"".join(parts)
 
 
@@ -164,22 +168,51 @@ async def _report(request: Request, service: Service) -> dict[str, str]:
     """A delivery report's fields: its query, and a form body's over them."""
     body = b""
     if request.method == "POST":
-        body = await _read(request.stream(), request.headers.get("content-length"),
+        body = await _read(request.receive, request.headers.get("content-length"),
                            service.settings.max_body)
     return dlr.fields(dict(request.query_params), request.headers.get("content-type"), body)
 
 
-def _item(data: Any, op: str, role: str) -> ChargeRequest | MessageOp:
-    """The request of one object for ``op``'s endpoint; BadInput naming its fault."""
+def _item(data: Any, op: str, role: str, quick: bool) -> ChargeRequest | MessageOp:
+    """The request of one object for ``op``'s endpoint; BadInput naming its fault.
+    ``quick``: the object may take ``quick_request`` (its body has no escaped NUL)."""
+    item = None
     if isinstance(data, dict):
         given = data.get("op", op)
         if given != op:
             raise BadInput(f"op {str(given)[:40]!r} sent to the {op} endpoint")
-        data = {**data, "op": op}
-    item = request_of(data)
+        if quick:
+            item = quick_request(data, op)
+        if item is None:
+            item = request_of({**data, "op": op})
+    else:
+        item = request_of(data)
     if type(item) is MessageOp and role != ADMIN:
         item.refunds = False  # a refund is an admin's, as a void of a settled message too
     return item
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A JSON answer: sent as bare ASGI messages on the message routes (``messages``), as a
+    Starlette ``Response`` by the others."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] | None = None
+
+    async def send(self, send: Send) -> None:
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", b"%d" % len(self.body))]
+        if self.headers:
+            headers += [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                        for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+    def response(self) -> Response:
+        return Response(self.body, self.status, headers=self.headers,
+                        media_type="application/json")
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -192,21 +225,22 @@ def _result(r: ChargeResult) -> dict[str, Any]:
     return doc
 
 
-def _answer(r: ChargeResult) -> Response:
+def _answer(r: ChargeResult) -> Answer:
     """One message's result: 200 when done, else its error with the result beside it."""
     if r.exit_code == 0:
-        return _json(_result(r))
+        return Answer(200, result_json(r).encode())
     status = STATUS_FOR_EXIT.get(EXIT_FOR.get(r.reason or "", Exit.FAILURE), 500)
-    return _json({"error": {"code": r.reason or "error", "message": r.message or r.status},
-                  "result": _result(r)}, status)
+    return _error(r.reason or "error", r.message or r.status, status, _result(r))
 
 
-async def _run(service: Service, op: str, data: Any, role: str) -> Response:
-    """Charge (or act on) one message or an array of them."""
+async def _run(service: Service, op: str, raw: bytes, role: str) -> Answer:
+    """Charge (or act on) the message, or the array of them, of a request's body."""
+    data = _loads(raw)
+    quick = b"\\u0000" not in raw
     if isinstance(data, list):
-        return await _run_array(service, op, data, role)
+        return await _run_array(service, op, data, role, quick)
     try:
-        item = _item(data, op, role)
+        item = _item(data, op, role, quick)
     except BadInput as e:
         raise ApiError("bad_input", e.message) from None
     [r] = await service.group.run([item])
@@ -214,13 +248,14 @@ async def _run(service: Service, op: str, data: Any, role: str) -> Response:
     return _answer(r)
 
 
-async def _run_array(service: Service, op: str, data: list[Any], role: str) -> Response:
+async def _run_array(service: Service, op: str, data: list[Any], role: str,
+                     quick: bool) -> Answer:
     if len(data) > service.settings.max_items:
         raise ApiError("too_large", f"{len(data)} items: at most {service.settings.max_items}")
     parsed: list[ChargeRequest | MessageOp | ChargeResult] = []
     for number, value in enumerate(data):
         try:
-            parsed.append(_item(value, op, role))
+            parsed.append(_item(value, op, role, quick))
         except BadInput as e:
             parsed.append(ChargeResult("error", None, None, None, reason="bad_input",
                                        message=f"item {number}: {e.message}"))
@@ -228,7 +263,7 @@ async def _run_array(service: Service, op: str, data: list[Any], role: str) -> R
     charged = iter(await service.group.run(items) if items else [])
     results = [p if isinstance(p, ChargeResult) else next(charged) for p in parsed]
     service.metrics.results(op, results)
-    return _json({"results": [_result(r) for r in results]})
+    return Answer(200, f'{{"results":[{",".join(map(result_json, results))}]}}'.encode())
 
 
 # The message routes, by path: the op and the role each needs.
@@ -237,10 +272,11 @@ MESSAGE_ROUTES = {"/v1/charge": ("charge", GATEWAY), "/v1/hold": ("hold", GATEWA
                   "/v1/dlr": ("dlr", GATEWAY), "/v1/refund": ("refund", ADMIN)}
 
 
-async def messages(scope: Scope, receive: Receive, send: Send) -> None:
+async def messages(scope: Scope, receive: Receive, send: Send) -> int:
     """``POST`` to a message route, as a bare ASGI app: the busiest routes, called straight
-    from ``Observed`` without Starlette's request objects and middleware. (The router knows
-    them too, so that another method is answered 405.)"""
+    from ``Observed`` without Starlette's request objects, responses and middleware (the
+    router knows them too, so that another method is answered 405). Answers every request,
+    a failure too; returns the HTTP status."""
     service: Service = scope["app"].state.service
     op, role = MESSAGE_ROUTES[scope["path"]]
     length = token = None
@@ -251,23 +287,16 @@ async def messages(scope: Scope, receive: Receive, send: Send) -> None:
             length = value.decode("latin-1")
     try:
         granted = _check_role(service, token, role)
-        data = await _json_of(_received(receive), length, service.settings.max_body)
-        response = await _run(service, op, data, granted)
+        raw = await _read(receive, length, service.settings.max_body)
+        answer = await _run(service, op, raw, granted)
     except ApiError as e:
-        response = _api_error_response(e)
+        answer = _api_error_answer(e)
     except SmsCreditsError as e:
-        response = _core_error_response(e)
-    await response(scope, receive, send)
-
-
-async def _received(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ApiError("bad_input", "the client went away before its request ended")
-        yield message.get("body", b"")
-        if not message.get("more_body"):
-            return
+        answer = _core_error_answer(e)
+    except Exception as e:  # unforeseen: answered without a traceback
+        answer = _unexpected(scope, e)
+    await answer.send(send)
+    return answer.status
 
 
 async def quote(request: Request) -> Response:
@@ -387,28 +416,25 @@ async def healthz(request: Request) -> Response:
 
 
 def _error(code: str, message: str, status: int, result: dict[str, Any] | None = None,
-           headers: Mapping[str, str] | None = None) -> Response:
+           headers: Mapping[str, str] | None = None) -> Answer:
     doc: dict[str, Any] = {"error": {"code": code, "message": message}}
     if result is not None:
         doc["result"] = result
-    response = _json(doc, status)
-    if headers:
-        response.headers.update(headers)
-    return response
+    return Answer(status, to_json(doc).encode(), headers)
 
 
-def _api_error_response(e: ApiError) -> Response:
+def _api_error_answer(e: ApiError) -> Answer:
     headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
     return _error(e.code, e.message, e.status, e.result, headers)
 
 
-def _core_error_response(e: SmsCreditsError) -> Response:
+def _core_error_answer(e: SmsCreditsError) -> Answer:
     if isinstance(e, DatabaseError):
         return _unavailable(e)
     return _error(e.code, e.message, STATUS_FOR_EXIT.get(e.exit_code, 500))
 
 
-def _unavailable(e: DatabaseError) -> Response:
+def _unavailable(e: DatabaseError) -> Answer:
     """A database failure: its one line (passwords masked) to the service's log; to the
     caller, no word of where the database is."""
     log.error("%s", e.message)
@@ -417,25 +443,26 @@ def _unavailable(e: DatabaseError) -> Response:
 
 async def _api_error(request: Request, e: Exception) -> Response:
     assert isinstance(e, ApiError)
-    return _api_error_response(e)
+    return _api_error_answer(e).response()
 
 
 async def _core_error(request: Request, e: Exception) -> Response:
     assert isinstance(e, SmsCreditsError)
-    return _core_error_response(e)
+    return _core_error_answer(e).response()
 
 
 async def _http_error(request: Request, e: Exception) -> Response:
     assert isinstance(e, HTTPException)
     code = {404: "no_route", 405: "method_not_allowed"}.get(e.status_code, "bad_request")
-    return _error(code, str(e.detail), e.status_code, headers=e.headers)  # 405's Allow
+    return _error(code, str(e.detail), e.status_code,
+                  headers=e.headers).response()  # 405's Allow
 
 
 async def _driver_error(request: Request, e: Exception) -> Response:
-    return _unexpected(request.scope, e)
+    return _unexpected(request.scope, e).response()
 
 
-def _unexpected(scope: Scope, e: Exception) -> Response:
+def _unexpected(scope: Scope, e: Exception) -> Answer:
     service: Service | None = getattr(scope["app"].state, "service", None)
     if isinstance(e, DBAPIError) and service is not None:
         from smscredits.storage.engine import explain
@@ -467,25 +494,15 @@ class Observed:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        began, status, status_sent = time.perf_counter(), 500, False
+        began, status = time.perf_counter(), 500
         service: Service | None = getattr(self.app.state, "service", None)
-        # A message route's POST goes straight to its handler (``messages``).
-        handler: ASGIApp = (messages if scope["method"] == "POST"
-                            and scope["path"] in MESSAGE_ROUTES else self.app)
         scope["app"] = self.app
-
-        async def sent(message: Message) -> None:
-            nonlocal status, status_sent
-            if message["type"] == "http.response.start":
-                status, status_sent = message["status"], True
-            await send(message)
-
         try:
-            await handler(scope, receive, sent)
-        except Exception as e:  # unforeseen: answered without a traceback, if still possible
-            if status_sent:
-                raise
-            await _unexpected(scope, e)(scope, receive, sent)
+            # A message route's POST goes straight to its handler, which answers everything.
+            if scope["method"] == "POST" and scope["path"] in MESSAGE_ROUTES:
+                status = await messages(scope, receive, send)
+            else:
+                status = await self._routed(scope, receive, send)
         finally:
             seconds = time.perf_counter() - began
             path = scope["path"]
@@ -497,20 +514,35 @@ class Observed:
                                 path.encode("unicode_escape").decode()[:200], status,
                                 seconds * 1000)
 
+    async def _routed(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Starlette's answer to the request; its HTTP status."""
+        status, status_sent = 500, False
+
+        async def sent(message: Message) -> None:
+            nonlocal status, status_sent
+            if message["type"] == "http.response.start":
+                status, status_sent = message["status"], True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        except Exception as e:  # unforeseen: answered without a traceback, if still possible
+            if status_sent:
+                raise
+            await _unexpected(scope, e).send(sent)
+        return status
+
 
 class _Asgi:
-    """An ASGI function as Starlette's router takes one (a bare function it would call as a
-    request handler)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    """``messages`` as Starlette's router takes an ASGI app (a bare function it would call
+    as a request handler)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
+        await messages(scope, receive, send)
 
 
 ROUTES = [
-    *(Route(path, _Asgi(messages), methods=["POST"]) for path in MESSAGE_ROUTES),
+    *(Route(path, _Asgi(), methods=["POST"]) for path in MESSAGE_ROUTES),
     Route("/v1/quote", quote, methods=["POST"]),
     Route("/v1/users/{user}/balance", balance, methods=["GET"]),
     Route("/v1/users/{user}/events", events, methods=["GET"]),

@@ -106,10 +106,27 @@ class GroupCommit:
 
     async def _charge(self, items: list[Item]) -> list[ChargeResult]:
         began = time.perf_counter()
-        results = await self._call(self._charger.charge_batch, items)
+        if self._thread is None:
+            results = await self._commit_behind(items)
+        else:
+            results = await self._call(self._charger.charge_batch, items)
         if self._observe is not None:
             self._observe(len(items), time.perf_counter() - began)
         return results
+
+    async def _commit_behind(self, items: list[Item]) -> list[ChargeResult]:
+        """SQLite's batch, charged in this thread; its commit, which waits on the disk, on
+        the charger's commit thread, while the loop reads the next requests."""
+        loop = asyncio.get_running_loop()
+        durable: asyncio.Future[None] = loop.create_future()
+
+        def on_durable() -> None:  # in the commit thread
+            loop.call_soon_threadsafe(_settle, durable)
+
+        pending = self._charger.begin(items, on_durable=on_durable)
+        if pending.committing:
+            await durable
+        return pending.wait()
 
     async def close(self) -> None:
         """Let the queued requests commit, then give back the connection."""
@@ -124,6 +141,11 @@ class GroupCommit:
         if self._thread is None:
             return work(*args)
         return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _answer(waiting: _Waiting, outcome: list[ChargeResult] | BaseException) -> None:
