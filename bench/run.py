@@ -18,6 +18,8 @@ Creates its own databases in a temporary directory (and, with a Postgres URL fro
 8. ``smscredits serve``: single-message ``POST /v1/charge`` from 32 keep-alive connections
    (``wrk``) on SQLite and on Postgres, throughput and p99 latency, vs a bare uvicorn app that
    answers a constant JSON under the same uvicorn settings and the same ``wrk`` command;
+   beside them, ``serve`` with its charging replaced by a constant result (no database
+   work): its HTTP layer alone, the most the rows could reach;
 9. ``smscredits serve``: arrays of 1 000 messages from a few keep-alive connections on SQLite
    vs ``charge --file`` of the same messages (8 and 9: the median of alternated runs).
 
@@ -1048,6 +1050,31 @@ if __name__ == "__main__":
                 server_header=False, lifespan="on", log_level="warning")
 '''
 
+# ``python SCRIPT ARGS...``: ``smscredits ARGS...`` with group commit replaced by a constant
+# result per message, nothing read or written: ``serve``'s HTTP layer alone (uvicorn, the
+# app, reading the request, writing the answer, metrics), the ceiling of figure 8's rows.
+HTTP_ONLY_SERVE = r'''
+import sys
+from decimal import Decimal
+
+from smscredits.charging import ChargeResult
+from smscredits.cli import main
+from smscredits.serve import group
+
+COST, BALANCE = Decimal("0.05"), Decimal("999999.95")
+
+
+async def run(self, items):
+    return [ChargeResult("charged", i.id, i.user, i.to, cost=COST, parts=1, encoding="GSM-7",
+                         price=COST, rule="default", country="HU", balance=BALANCE)
+            for i in items]
+
+
+group.GroupCommit.run = run
+sys.argv = ["smscredits", *sys.argv[1:]]
+main()
+'''
+
 # ``python SCRIPT OUT ARGS...``: ``smscredits ARGS...`` with cProfile switched on by SIGUSR1
 # (sent once the server is warm: its start and imports stay out) in every thread, the event
 # loop's and group commit's charging thread alike; the threads' profiles merged into OUT at
@@ -1243,15 +1270,26 @@ def serve_argv(ctx: Context, db: str) -> Callable[[int], list[str]]:
     return lambda port: ctx.cli.cmd(db, "serve", "--port", str(port), "--no-access-log")
 
 
-def wrk_serve_run(ctx: Context, script: Path, db: str, label: str) -> WrkRun:
+def wrk_serve_run(ctx: Context, script: Path, db: str, label: str, *,
+                  http_only: Path | None = None) -> WrkRun:
     """``serve`` on ``db``: a warm-up, then the timed wrk run; then, the server stopped, the
-    charges in the database checked against the requests wrk sent."""
+    charges in the database checked against the requests wrk sent. ``http_only``: the
+    script that runs ``serve`` charging nothing (``HTTP_ONLY_SERVE``), nothing to check."""
     s = ctx.sizes
-    with Served(serve_argv(ctx, db), ctx.cli.env, ctx.tmp / f"serve-{label}.log",
+    plain = serve_argv(ctx, db)
+
+    def argv(port: int) -> list[str]:
+        if http_only is None:
+            return plain(port)
+        return [PYTHON, str(http_only), *plain(port)[len(ctx.cli.argv):]]
+
+    with Served(argv, ctx.cli.env, ctx.tmp / f"serve-{label}.log",
                 f"serve ({label})") as srv:
         warm = run_wrk(ctx, script, srv.url, s.serve_warmup, f"{label}-warm")
         timed_run = run_wrk(ctx, script, srv.url, s.serve_seconds, label)
     check_wrk(ctx, f"serve ({label})", timed_run, warm)
+    if http_only is not None:
+        return timed_run
     # Every request wrk saw answered (and not refused) must be charged; so may be those still
     # in flight when wrk stopped, if the server read them whole before wrk closed the
     # connection (the server drains on SIGTERM), so the charges lie between the two counts.
@@ -1280,7 +1318,9 @@ def figure_serve_single(ctx: Context) -> list[Figure]:
     floor_py.write_text(FLOOR_APP, encoding="utf-8")
     template = serve_template(ctx)
     engines = ["SQLite", *(["Postgres"] if ctx.pg else [])]
-    runs: dict[str, list[WrkRun]] = {"floor": [], **{e: [] for e in engines}}
+    http_only_py = ctx.tmp / "http_only_serve.py"
+    http_only_py.write_text(HTTP_ONLY_SERVE, encoding="utf-8")
+    runs: dict[str, list[WrkRun]] = {"floor": [], "http": [], **{e: [] for e in engines}}
     what = (f"single charges, {s.serve_connections} connections, {s.serve_seconds} s "
             f"(+{s.serve_warmup} s warm-up)")
     for run in range(s.serve_runs):
@@ -1304,12 +1344,24 @@ def figure_serve_single(ctx: Context) -> list[Figure]:
                     runs["floor"].append(run_wrk(ctx, script, bare.url, s.serve_seconds,
                                                  "floor"))
                 check_wrk(ctx, "bare uvicorn app", runs["floor"][-1])
+                log(f"8: serve's HTTP layer alone, {what} (run {run + 1} of {s.serve_runs})")
+                db = ctx.tmp / f"serve-http-{run}.db"
+                copy_db(template, db)
+                runs["http"].append(wrk_serve_run(ctx, script, str(db), f"http{run}",
+                                                  http_only=http_only_py))
+                remove_db(db)
 
     def median_run(sample: list[WrkRun]) -> WrkRun:
         return sorted(sample, key=lambda r: r.rate)[len(sample) // 2]
 
     floor = median_run(runs["floor"])
-    figures = []
+    http = median_run(runs["http"])
+    # No target: what the rows above could reach at most, had charging cost nothing.
+    figures = [Figure("8", "serve's HTTP layer alone (charge replaced by a constant)",
+                      http.rate, "req/s", "bare uvicorn app", floor.rate, "-", None,
+                      higher_is_better=True,
+                      detail={"runs_per_s": [r.rate for r in runs["http"]],
+                              "p99_ms": http.p99 * 1000})]
     for engine in engines:
         ours = median_run(runs[engine])
         detail = {"connections": s.serve_connections, "wrk_threads": s.serve_wrk_threads,

@@ -101,13 +101,15 @@ def test_batches_begun_back_to_back_all_commit_in_order(accounts: Any) -> None:
     assert replayed.replayed and replayed.balance == Decimal(1_000_000 - 1)
 
 
-def _failing_commit(self: Any, conn: Any, deferred: Any = ()) -> None:
+def _failing_commit(self: Any, conn: Any, deferred: Any = (), on_durable: Any = None) -> None:
     """The driver's commit failing as a full disk makes it fail."""
     try:
         with driver_errors(conn, "COMMIT"):
             raise conn.dialect.loaded_dbapi.OperationalError("disk I/O error")
     except BaseException as e:
         self._failure = e
+    if on_durable is not None:
+        on_durable()
 
 
 def test_a_failed_background_commit_leaves_nothing_and_carries_nothing(
@@ -166,3 +168,31 @@ def test_a_file_bigger_than_one_read_is_charged_in_full_batches(accounts: Any, c
     log = cli("--json", "log", "alice", "--kind", "message.charged", "--limit", "5000").json()
     assert len(log) == 3000
     assert sorted(Counter(row["at"] for row in log).values()) == [1000, 1000, 1000]
+
+
+# On Postgres a batch runs whole on a thread of its own: test_serve_races covers its failures.
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_service_answers_a_failed_commit_as_a_failure_and_goes_on(
+        accounts: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve``'s group commit on SQLite commits each batch on the commit thread while the
+    event loop goes on: a commit that fails there fails its requests, with nothing charged,
+    and the next batch goes through."""
+    import asyncio
+
+    from smscredits.serve.group import GroupCommit
+
+    async def run() -> None:
+        group = GroupCommit(Charger(accounts))
+        with monkeypatch.context() as patch:
+            patch.setattr(charging.Pending, "_driver_commit", _failing_commit)
+            lost = [ChargeRequest("alice", TO, parts=1, id=f"lost-{i}") for i in range(3)]
+            answers = await asyncio.gather(*(group.run([r]) for r in lost),
+                                           return_exceptions=True)
+            assert all(isinstance(a, DatabaseError) for a in answers), answers
+        assert _balance(accounts) == Decimal(1_000_000)
+        again = await asyncio.gather(*(group.run([r]) for r in lost))
+        assert [r.status for [r] in again] == ["charged"] * 3
+        await group.close()
+
+    asyncio.run(run())
+    assert _balance(accounts) == Decimal(1_000_000 - 3)
