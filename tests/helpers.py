@@ -8,6 +8,8 @@ script reading amounts should.
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -64,3 +66,11 @@ def dump(db: Any) -> dict[str, list[tuple[Any, ...]]]:
 def jl(**fields: Any) -> str:
     """The fields as one JSON line of a ``charge --file`` input, without its line end."""
     return json.dumps(fields)
+
+
+def kill_left(procs: Iterable[subprocess.Popen[Any]]) -> None:
+    """Kill (and reap) whichever of a test's processes is still running at its end."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -47,7 +47,7 @@ from sqlalchemy import select
 from smscredits import clock
 from smscredits.storage.engine import open_db
 from smscredits.storage.tables import events, users
-from tests.helpers import data, doc, ok
+from tests.helpers import data, doc, kill_left, ok
 from tests.test_races import (
     BUDAPEST,
     EPOCH,
@@ -163,10 +163,7 @@ class Procs:
         return self.start(name, ["--each-line"], ahead)
 
     def kill(self) -> None:
-        for p in self.started:
-            if p.proc.poll() is None:
-                p.proc.kill()
-                p.proc.wait()
+        kill_left(p.proc for p in self.started)
 
 
 @pytest.fixture

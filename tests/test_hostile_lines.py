@@ -69,6 +69,8 @@ BAD_LINES = [
     bad("many-unknown-fields", b"{" + b",".join(b'"f%d":1' % i for i in range(10_000)) + b"}",
         "unknown field"),
     bad("array", b"[1,2]", "JSON object"),
+    bad("void-note-too-long", b'{"op":"void","id":"h-1","note":"' + b"n" * 1001 + b'"}',
+        "note too long"),
     bad("string", b'"\\ud800"', "JSON object"),
 ]
 

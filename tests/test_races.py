@@ -48,6 +48,7 @@ from sqlalchemy import select
 from smscredits import clock
 from smscredits.storage.engine import open_db
 from smscredits.storage.tables import events, users
+from tests.helpers import kill_left
 
 pytestmark = pytest.mark.race
 
@@ -321,10 +322,7 @@ class Processes:
         return loop
 
     def kill(self) -> None:
-        for p in self.started:
-            if p.proc.poll() is None:
-                p.proc.kill()
-                p.proc.wait()
+        kill_left(p.proc for p in self.started)
 
 
 @pytest.fixture

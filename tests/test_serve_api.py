@@ -536,7 +536,7 @@ MAX_BODY = 65_536
 def test_bodies_over_the_limits_and_malformed_ones_are_refused_and_the_server_serves_on(
         funded: Any, db_url: str, tmp_path: Path) -> None:
     with running(db_url, tmp_path, tokens=TOKENS, args=["--max-body", str(MAX_BODY)]) as server, \
-            server.client(GATEWAY_TOKEN) as gw:
+            server.client(GATEWAY_TOKEN) as gw, server.client(ADMIN_TOKEN) as admin:
         big = json.dumps([msg(text="x" * 100, id=f"big-{n}") for n in range(600)]).encode()
         assert len(big) > MAX_BODY
         # with a Content-Length
@@ -595,8 +595,10 @@ def test_bodies_over_the_limits_and_malformed_ones_are_refused_and_the_server_se
             error(gw.post("/v1/settle", content=raw), 400, "bad_json")
             error(gw.post("/v1/dlr", content=raw), 400, "bad_json")
         for raw in (b'{"id":"m\\u0000"}', b'{"id":"' + b"x" * 129 + b'"}', b'{"id":5}',
-                    b'{"id":"a b"}', b'{"id":"ok","note":"\\u0000"}'):
+                    b'{"id":"a b"}', b'{"id":"ok","note":"\\u0000"}',
+                    b'{"id":"ok","note":"' + b"n" * 1001 + b'"}'):  # the CLI's --note limit
             error(gw.post("/v1/void", content=raw), 400, "bad_input")
+        error(admin.post("/v1/refund", json={"id": "ok", "note": "n" * 1001}), 400, "bad_input")
         # no route, wrong method
         error(gw.get("/v1/nothing"), 404, "no_route")
         error(gw.get("/"), 404, "no_route")

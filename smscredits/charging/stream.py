@@ -38,6 +38,7 @@ from smscredits.holds import parse_ttl
 from smscredits.pricing import MAX_PARTS
 from smscredits.render import charge_line
 from smscredits.validate import is_message_id
+from smscredits.validate import note as valid_note
 
 
 def read_batches(stream: BufferedIOBase, size: int = 1000) -> Iterator[list[bytes] | None]:
@@ -178,6 +179,7 @@ def _act(op: str, data: dict[str, Any]) -> MessageOp:
             raise BadInput(f"{key} must be a string")
     if op == "dlr" and (data.get("status") is None or data.get("from") is None):
         raise BadInput("dlr needs a status and from (kannel, jasmin or smpp)")
+    valid_note(data.get("note"))  # as long as the CLI's --note may be
     for key in ("user", "note", "status", "from"):
         if isinstance(data.get(key), str) and ("\x00" in data[key] or not is_text(data[key])):
             raise BadInput(f"bad {key}: a NUL or a lone surrogate")
