@@ -457,31 +457,38 @@ def test_admin_commands_beside_the_service_lose_no_update(
     adds, late_wanted = 3, 40  # credits added, one at a time; charges sent once disabled
     assert funded("credits", "add", "alice", "900").exit_code == 0  # never short of credits
     answers: list[tuple[bool, int, Any]] = []  # (sent after `user disable` returned, ...)
-    disabled = False
+    added = disabled = False
     late = 0
     flowing = asyncio.Event()  # set once charges are being answered
+    # Set by a charge sent once the adds had returned: it lies after them in the log, so the
+    # adds fall among the charges however the machine schedules the processes.
+    charged_after_adds = asyncio.Event()
 
     async def work(number: int, http: httpx.AsyncClient) -> None:
         nonlocal late
         n = 0
         while late < late_wanted:
             n += 1
-            after_disable = disabled
+            after_adds, after_disable = added, disabled
             response = await http.post("/v1/charge", json=message(f"a-{number}-{n}", "alice"))
             answers.append((after_disable, response.status_code, body(response)))
             late += after_disable
             if len(answers) >= 50:
                 flowing.set()
+            if after_adds and response.status_code == 200:
+                charged_after_adds.set()
 
     def admin(*args: str) -> None:  # the CLI in a thread: its own connection, beside serve's
         run = funded(*args, "--actor", "admin")
         assert run.exit_code == 0, run.stderr
 
     async def admin_side() -> None:
-        nonlocal disabled
+        nonlocal added, disabled
         await flowing.wait()
         for _ in range(adds):
             await asyncio.to_thread(admin, "credits", "add", "alice", "1")
+        added = True
+        await charged_after_adds.wait()
         await asyncio.to_thread(admin, "user", "disable", "alice")
         disabled = True
 
@@ -505,11 +512,11 @@ def test_admin_commands_beside_the_service_lose_no_update(
     assert Counter(r["ref"] for r in log if r["kind"] == "message.charged") == Counter(
         doc["id"] for doc in charged)
     # the adds fell among the charges, and each change starts from the one before it
-    added = [n for n, r in enumerate(log)
-             if r["kind"] == "credits.added" and r["actor"] == "admin"]
-    assert len(added) == adds
-    assert log[added[0] - 1]["kind"] == "message.charged"
-    assert any(r["kind"] == "message.charged" for r in log[added[-1]:])
+    adds_at = [n for n, r in enumerate(log)
+               if r["kind"] == "credits.added" and r["actor"] == "admin"]
+    assert len(adds_at) == adds
+    assert log[adds_at[0] - 1]["kind"] == "message.charged"
+    assert any(r["kind"] == "message.charged" for r in log[adds_at[-1]:])
     for before, row in itertools.pairwise(log):
         assert row["balance_after"] == before["balance_after"] + row["amount"], row
     assert verified(funded)
