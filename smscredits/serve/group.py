@@ -3,12 +3,13 @@ the next one.
 
 A request hands its messages to ``GroupCommit.run`` and waits. The first to find no batch
 under way starts one, which runs as soon as the event loop has let every request already
-read do the same: it takes them all, in order of arrival, through ``Charger.charge_batch`` —
-the path of ``charge --file`` — and a lone request waits for no timer. On SQLite the batch
-runs in the event loop's own thread: requests that arrive meanwhile wait in the sockets and
-make the next batch (a charging thread beside the loop was a third slower: the two traded
-the interpreter's lock at every call into SQLite). On Postgres a batch mostly waits on the
-server, so it runs on a thread of its own while the loop reads the next requests.
+read do the same: it takes them all, in order of arrival, through ``Charger.begin`` — the
+path of ``charge --file`` — and a lone request waits for no timer. On SQLite the batch is
+charged in the event loop's own thread (a charging thread beside the loop was a third
+slower: the two traded the interpreter's lock at every call into SQLite), and only its
+commit, which waits on the disk and needs no Python, runs on the charger's commit thread
+while the loop reads the next requests. On Postgres a batch mostly waits on the server, so
+it runs whole on a thread of its own.
 Each request gets back exactly its own results, once the transaction that made them has
 committed. A batch that fails for a reason other than the database (a message
 no check foresaw) is redone one request at a time, so one request cannot fail the others; a

@@ -33,6 +33,15 @@ disable_created_metrics()  # a *_created series per label set doubles the page f
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 5000)
 
 
+def _child(made: dict[Any, Any], key: Any, metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, made once per ``key``: ``labels`` takes a lock and builds
+    a key of its own, at every call."""
+    child = made.get(key)
+    if child is None:
+        child = made[key] = metric.labels(*labels)
+    return child
+
+
 class Metrics:
     def __init__(self) -> None:
         # In multiprocess mode the metrics live in the shared directory, not in a registry.
@@ -51,15 +60,12 @@ class Metrics:
                                     "(group commit)", buckets=_SIZES, registry=registry)
         self._requests: dict[tuple[str, int], Any] = {}
         self._messages: dict[tuple[str, str, str | None, bool], Any] = {}
+        self._credits: dict[str, Any] = {}
         self.commit = Histogram("smscredits_batch_seconds", "Seconds per transaction, "
                                 "charges and commit", buckets=_LATENCY, registry=registry)
 
     def request(self, route: str, status: int, seconds: float) -> None:
-        key = (route, status)
-        child = self._requests.get(key)
-        if child is None:  # ``labels`` takes a lock and builds a key: once per label set
-            child = self._requests[key] = self.requests.labels(route, str(status))
-        child.observe(seconds)
+        _child(self._requests, (route, status), self.requests, route, str(status)).observe(seconds)
 
     def batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -67,16 +73,12 @@ class Metrics:
 
     def results(self, op: str, results: Iterable[ChargeResult]) -> None:
         for r in results:
-            key = (op, r.status, r.reason, r.replayed)
-            child = self._messages.get(key)
-            if child is None:
-                child = self._messages[key] = self.messages.labels(
-                    op, r.status, r.reason or "", "yes" if r.replayed else "no")
-            child.inc()
+            _child(self._messages, (op, r.status, r.reason, r.replayed), self.messages, op,
+                   r.status, r.reason or "", "yes" if r.replayed else "no").inc()
             field = _MOVED.get(r.status)
             amount = getattr(r, field) if field is not None and not r.replayed else None
             if amount:
-                self.credits.labels(r.status).inc(int(amount * 1000))
+                _child(self._credits, r.status, self.credits, r.status).inc(int(amount * 1000))
 
     def render(self) -> tuple[bytes, str]:
         if self.registry is not None:
