@@ -73,11 +73,16 @@ def serve_env(db_url: str, extra: Mapping[str, str] | None = None) -> dict[str, 
 
 def start_server(db_url: str, tmp_path: Path, *, tokens: Mapping[str, str] | None = None,
                  args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 wait: bool = True) -> Server:
+                 wait: bool = True, clock_file: Path | None = None) -> Server:
     """Start ``smscredits serve`` on the database; ``tokens``: role -> token, written to an
-    owner-only tokens file."""
+    owner-only tokens file; ``clock_file``: on the clock of tests/shifted_clock.py, the
+    host's plus the offset the file holds."""
     port = free_port()
-    command = [sys.executable, "-m", "smscredits", "serve", "--port", str(port), *args]
+    runs = ([str(Path(__file__).with_name("shifted_clock.py"))] if clock_file is not None
+            else ["-m", "smscredits"])
+    if clock_file is not None:
+        env = {**(env or {}), "SMSCREDITS_TEST_CLOCK_OFFSET_US": f"@{clock_file}"}
+    command = [sys.executable, *runs, "serve", "--port", str(port), *args]
     if tokens:
         path = tmp_path / f"tokens-{port}"
         path.write_text("".join(f"{role} {token}\n" for role, token in tokens.items()))
