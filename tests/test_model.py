@@ -242,10 +242,11 @@ def stands(result: ChargeResult) -> tuple[Any, ...]:
 
 
 def as_it_stands(msg: MMessage) -> tuple[Any, ...]:
-    """The model's side of ``stands``: a refunded message shows as charged."""
+    """The model's side of ``stands``, for a hold's message: its status as it is now (a
+    settled hold refunded shows as refunded; only a refunded charge replays as charged)."""
     held = msg.status == "held"
     assert msg.cost is not None and msg.balance is not None and msg.expires_at is not None
-    return ("charged" if msg.status == "refunded" else msg.status, msg.reason, dec(msg.cost),
+    return (msg.status, msg.reason, dec(msg.cost),
             msg.parts, dec(msg.balance), dec(msg.cost) if held else None,
             iso(msg.expires_at) if held else None)
 
