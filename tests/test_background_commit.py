@@ -101,8 +101,9 @@ def test_batches_begun_back_to_back_all_commit_in_order(accounts: Any) -> None:
     assert replayed.replayed and replayed.balance == Decimal(1_000_000 - 1)
 
 
-def _failing_commit(self: Any, conn: Any, deferred: Any = (), on_durable: Any = None) -> None:
+def _failing_commit(self: Any, conn: Any, deferred: Any, on_durable: Any, started: Any) -> None:
     """The driver's commit failing as a full disk makes it fail."""
+    started.set()
     try:
         with driver_errors(conn, "COMMIT"):
             raise conn.dialect.loaded_dbapi.OperationalError("disk I/O error")

@@ -4,6 +4,7 @@ Python API that gateway code keeps and calls."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -55,10 +56,18 @@ class Pending:
             # while it waits on the disk or the server. SQLAlchemy's own bookkeeping (a
             # commit that finds nothing left to do, the connection's return to its pool)
             # stays in the caller's thread, so the two threads do not trade Python's lock.
-            self._thread = background.submit(self._driver_commit, conn, deferred, on_durable)
+            started = threading.Event()
+            self._thread = background.submit(self._driver_commit, conn, deferred, on_durable,
+                                             started)
+            # Handed over now: a caller that goes on keeps Python's lock until the switch
+            # interval (5 ms) takes it away, and the commit would wait that long to start.
+            # Waiting here lets the thread take the lock at once, and it gives the lock back
+            # as soon as it waits on the disk or the server (serve's single charges: +11 %).
+            started.wait()
 
     def _driver_commit(self, conn: Connection, deferred: list[Callable[[], None]],
-                       on_durable: Callable[[], None] | None) -> None:
+                       on_durable: Callable[[], None] | None, started: threading.Event) -> None:
+        started.set()
         try:
             for run in deferred:  # statements left to the end, all of them server work
                 run()
