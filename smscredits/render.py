@@ -107,14 +107,17 @@ def _plain_charge(r: ChargeResult) -> str | None:
     return None
 
 
-def result_json(r: ChargeResult) -> str:
-    """A result as the HTTP API answers it: ``to_json`` of ``as_dict`` without ``line``."""
-    plain = _plain_charge(r)
-    if plain is not None:
-        return plain + "}"
+def result_doc(r: ChargeResult) -> dict[str, Any]:
+    """A result as the HTTP API shows it: ``as_dict`` without ``line`` (a file's own)."""
     doc = r.as_dict()
     del doc["line"]
-    return to_json(doc)
+    return doc
+
+
+def result_json(r: ChargeResult) -> str:
+    """``to_json(result_doc(r))``, a plain charge's written out."""
+    plain = _plain_charge(r)
+    return plain + "}" if plain is not None else to_json(result_doc(r))
 
 
 def charge_line(r: ChargeResult, line: int) -> str:

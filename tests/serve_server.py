@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import shifted_clock
+
 GATEWAY_TOKEN = "gw-" + "g" * 29
 ADMIN_TOKEN = "adm-" + "a" * 28
 STARTUP_S = 30  # how long a server may take to answer its first /healthz
@@ -78,10 +80,9 @@ def start_server(db_url: str, tmp_path: Path, *, tokens: Mapping[str, str] | Non
     owner-only tokens file; ``clock_file``: on the clock of tests/shifted_clock.py, the
     host's plus the offset the file holds."""
     port = free_port()
-    runs = ([str(Path(__file__).with_name("shifted_clock.py"))] if clock_file is not None
-            else ["-m", "smscredits"])
+    runs = [shifted_clock.__file__] if clock_file is not None else ["-m", "smscredits"]
     if clock_file is not None:
-        env = {**(env or {}), "SMSCREDITS_TEST_CLOCK_OFFSET_US": f"@{clock_file}"}
+        env = {**(env or {}), shifted_clock.OFFSET_ENV: f"@{clock_file}"}
     command = [sys.executable, *runs, "serve", "--port", str(port), *args]
     if tokens:
         path = tmp_path / f"tokens-{port}"

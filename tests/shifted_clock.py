@@ -25,6 +25,13 @@ from datetime import datetime, timedelta
 OFFSET_ENV = "SMSCREDITS_TEST_CLOCK_OFFSET_US"
 
 
+def write_offset(path: os.PathLike[str] | str, offset_us: int) -> None:
+    """Set a clock file's offset (µs): one write of a fixed width, which ``offset_reader``
+    reads whole."""
+    with open(path, "w") as f:
+        f.write(f"{offset_us:24d}")
+
+
 def offset_reader(setting: str) -> Callable[[], timedelta]:
     if not setting.startswith("@"):
         fixed = timedelta(microseconds=int(setting))

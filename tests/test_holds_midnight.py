@@ -48,6 +48,7 @@ from smscredits import clock
 from smscredits.storage.engine import open_db
 from smscredits.storage.tables import events, users
 from tests.helpers import data, doc, kill_left, ok
+from tests.shifted_clock import write_offset
 from tests.test_races import (
     BUDAPEST,
     EPOCH,
@@ -146,7 +147,7 @@ class Procs:
     def set_clocks(self, behind: int, ahead: int) -> None:
         """Offsets (µs) from the host's clock; one write each, read whole by the processes."""
         for path, offset in ((self.behind, behind), (self.ahead, ahead)):
-            path.write_text(f"{offset:24d}")
+            write_offset(path, offset)
 
     def start(self, name: str, args: list[str], ahead: bool) -> Proc:
         proc = Proc(name, args, self.ahead if ahead else self.behind, self.folder)

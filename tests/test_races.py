@@ -49,13 +49,13 @@ from smscredits import clock
 from smscredits.storage.engine import open_db
 from smscredits.storage.tables import events, users
 from tests.helpers import kill_left
+from tests.shifted_clock import OFFSET_ENV
 
 pytestmark = pytest.mark.race
 
 Cli = Callable[..., Any]  # conftest's ``cli``: smscredits ARGS in-process, a ``Run``
 
 WRAPPER = Path(__file__).with_name("shifted_clock.py")
-OFFSET_ENV = "SMSCREDITS_TEST_CLOCK_OFFSET_US"
 TIMEOUT = 120  # seconds without an answer before a process counts as hung
 TO = "+36301234567"
 BUDAPEST = ZoneInfo("Europe/Budapest")

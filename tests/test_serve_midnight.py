@@ -26,6 +26,7 @@ import pytest
 from smscredits import clock
 from tests.helpers import data
 from tests.serve_server import start_server
+from tests.shifted_clock import write_offset
 from tests.test_races import (
     BUDAPEST,
     instants_out_of_order,
@@ -57,8 +58,8 @@ def test_charges_across_midnight_through_two_servers_on_two_clocks(
         """The behind clock showing ``behind_shows`` now, the ahead one ``SKEW`` later; the
         behind clock's offset (µs). One write each, read whole by the servers."""
         offset = us(behind_shows - clock.now())
-        behind.write_text(f"{offset:24d}")
-        ahead.write_text(f"{offset + us(SKEW):24d}")
+        write_offset(behind, offset)
+        write_offset(ahead, offset + us(SKEW))
         return offset
 
     set_clocks(MIDNIGHT - timedelta(hours=1))  # while the servers start

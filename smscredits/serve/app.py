@@ -33,7 +33,7 @@ from smscredits.charging import Charger, ChargeResult
 from smscredits.charging.model import EXIT_FOR, ChargeRequest, MessageOp
 from smscredits.charging.stream import quick_request, request_of
 from smscredits.errors import BadInput, DatabaseError, Exit, SmsCreditsError
-from smscredits.render import result_json, to_json
+from smscredits.render import result_doc, result_json, to_json
 from smscredits.serve import dlr
 from smscredits.serve.auth import ADMIN, GATEWAY, Tokens, load_tokens
 from smscredits.serve.group import GroupCommit
@@ -216,13 +216,7 @@ class Answer:
 
 
 def _json(value: Any, status: int = 200) -> Response:
-    return Response(to_json(value), status, media_type="application/json")
-
-
-def _result(r: ChargeResult) -> dict[str, Any]:
-    doc = r.as_dict()
-    del doc["line"]
-    return doc
+    return Answer(status, to_json(value).encode()).response()
 
 
 def _answer(r: ChargeResult) -> Answer:
@@ -230,7 +224,7 @@ def _answer(r: ChargeResult) -> Answer:
     if r.exit_code == 0:
         return Answer(200, result_json(r).encode())
     status = STATUS_FOR_EXIT.get(EXIT_FOR.get(r.reason or "", Exit.FAILURE), 500)
-    return _error(r.reason or "error", r.message or r.status, status, _result(r))
+    return _error(r.reason or "error", r.message or r.status, status, result_doc(r))
 
 
 async def _run(service: Service, op: str, raw: bytes, role: str) -> Answer:
@@ -384,7 +378,7 @@ async def _acted_on(request: Request, as_op: Callable[[dict[str, str]], MessageO
 async def kannel_dlr(request: Request) -> Response:
     # Kannel retries a report until it gets 200 or 202: one that changes nothing (a
     # duplicate, an unknown message) would come back for nothing. The body says what it did.
-    return _json(_result(await _acted_on(request, dlr.kannel)))
+    return _json(result_doc(await _acted_on(request, dlr.kannel)))
 
 
 async def jasmin_dlr(request: Request) -> Response:
